@@ -1,0 +1,428 @@
+//! The configuration schema of `../shared/design/contract.md`, validated.
+//!
+//! [`load`] takes the bytes of a YAML (or JSON) file and returns either a [`Config`] whose every
+//! field has been checked, or *every* error found, each with its key path
+//! (`routes[1].upstreams[0].weight`) and, where the parser can tell, its line.
+//!
+//! The types in this module are the validated form the front ends use: durations are
+//! [`Duration`]s, addresses are parsed, sticky keys are an enum. They serialize back to the
+//! contract's YAML/JSON shape (for the admin API's `/config`, with secrets redacted by
+//! [`Config::redacted`]).
+
+mod load;
+mod validate;
+
+pub use load::{ConfigError, ConfigErrors, load, load_filter};
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::Serialize;
+
+/// A whole, validated configuration file.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Config {
+    /// Where HTTP and WebSocket traffic is accepted. Default `0.0.0.0:8080`.
+    pub listen: SocketAddr,
+    /// Where the admin API and `/metrics` are served. Absent: no admin listener.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin: Option<SocketAddr>,
+    /// Graceful shutdown.
+    pub shutdown: Shutdown,
+    /// Routes, first match wins.
+    pub routes: Vec<Route>,
+    /// TURN REST credentials and the optional TURN relay.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub turn: Option<Turn>,
+    /// OpenTelemetry export.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tracing: Option<Tracing>,
+}
+
+/// `shutdown:`
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Shutdown {
+    /// On SIGTERM: stop accepting, close sessions with 1001, wait at most this. Default `30s`.
+    #[serde(with = "duration_str")]
+    pub drain_timeout: Duration,
+}
+
+impl Default for Shutdown {
+    fn default() -> Self {
+        Shutdown { drain_timeout: Duration::from_secs(30) }
+    }
+}
+
+/// One entry of `routes:`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Route {
+    /// Unique name; appears in metrics, traces and `/sessions`.
+    pub name: String,
+    /// What requests this route takes.
+    #[serde(rename = "match")]
+    pub matcher: Match,
+    /// Present: terminate the WebSocket and relay message by message. Absent: plain HTTP.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub websocket: Option<WebSocket>,
+    /// Token buckets.
+    pub limits: Limits,
+    /// How a new session picks its upstream.
+    pub split: Split,
+    /// The upstreams; at least one, names unique within the route.
+    pub upstreams: Vec<Upstream>,
+}
+
+/// `routes[].match`
+#[derive(Debug, Clone, PartialEq, Default, Serialize)]
+pub struct Match {
+    /// Exact path (without the query).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Path prefix. When neither `path` nor `path_prefix` is given the route matches every path.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path_prefix: Option<String>,
+    /// Exact host (case-insensitive, port ignored) or a leading wildcard `*.example.com`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// Exact header matches; names are lower-case.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+}
+
+/// `routes[].websocket`
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct WebSocket {
+    /// Largest message (after reassembly) in bytes; larger: close 1009. Default 65536.
+    pub max_message_bytes: usize,
+    /// No message either way for this long: close 1001. Default `120s`.
+    #[serde(with = "duration_str")]
+    pub idle_timeout: Duration,
+    /// Allowed `Origin` values; empty: any origin.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub allowed_origins: Vec<String>,
+    /// JSON pointers into text messages.
+    pub signaling: Signaling,
+}
+
+impl Default for WebSocket {
+    fn default() -> Self {
+        WebSocket {
+            max_message_bytes: 65536,
+            idle_timeout: Duration::from_secs(120),
+            allowed_origins: Vec::new(),
+            signaling: Signaling::default(),
+        }
+    }
+}
+
+/// `routes[].websocket.signaling`: JSON pointers (RFC 6901) into text messages.
+#[derive(Debug, Clone, PartialEq, Default, Serialize)]
+pub struct Signaling {
+    /// Where the message type is (`offer`, `answer`, `candidate`, `join`, ...).
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// Where the room is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub room: Option<String>,
+    /// Where the sending peer's id is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer: Option<String>,
+}
+
+/// `routes[].limits`
+#[derive(Debug, Clone, PartialEq, Default, Serialize)]
+pub struct Limits {
+    /// New connections.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connections: Option<ConnectionLimit>,
+    /// Messages per connection (client to upstream).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub messages: Option<MessageLimit>,
+    /// Messages per room (needs `websocket.signaling.room` or a sticky room key).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rooms: Option<Rate>,
+}
+
+/// A token bucket's shape: `rate` tokens every `per`, holding at most `burst`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Rate {
+    /// Tokens added every `per`. At least 1.
+    pub rate: u32,
+    /// The refill period. Default `1s`.
+    #[serde(with = "duration_str")]
+    pub per: Duration,
+    /// Bucket size. Default: `rate`. At least 1.
+    pub burst: u32,
+}
+
+/// `limits.connections`
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ConnectionLimit {
+    /// The bucket.
+    #[serde(flatten)]
+    pub rate: Rate,
+    /// What one bucket is kept for. Default `client_ip`.
+    pub key: LimitKey,
+}
+
+/// `limits.connections.key`
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LimitKey {
+    /// One bucket per client IP address (`client_ip`).
+    ClientIp,
+    /// One bucket for the whole route (`route`).
+    Route,
+    /// One bucket per value of a request header (`header:NAME`); name lower-case.
+    Header(String),
+}
+
+/// `limits.messages`
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MessageLimit {
+    /// The bucket.
+    #[serde(flatten)]
+    pub rate: Rate,
+    /// What happens to a message over the limit. Default `drop`.
+    pub on_exceed: OnExceed,
+}
+
+/// `limits.messages.on_exceed`
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnExceed {
+    /// The message is not forwarded, and counted.
+    Drop,
+    /// The session is closed with 1008.
+    Close,
+}
+
+/// `routes[].split`
+#[derive(Debug, Clone, PartialEq, Default, Serialize)]
+pub struct Split {
+    /// Where the sticky key comes from. Default `none`.
+    pub sticky: Sticky,
+    /// A request carrying this header, naming an upstream, goes there whatever the weights.
+    /// Default `x-sigmesh-upstream`; lower-case.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub override_header: Option<String>,
+}
+
+/// `split.sticky`
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Sticky {
+    /// `query:NAME`: a query parameter of the request URI.
+    Query(String),
+    /// `header:NAME`: a request header (name lower-case).
+    Header(String),
+    /// `cookie:NAME`: a cookie.
+    Cookie(String),
+    /// `message:/json/pointer`: a field of the client's first text message.
+    Message(String),
+    /// `none`: no stickiness; each session is split at random.
+    #[default]
+    None,
+}
+
+/// `routes[].upstreams[]`
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Upstream {
+    /// Unique within the route; the split's and the override header's name for it.
+    pub name: String,
+    /// `ws://`, `wss://`, `http://` or `https://` URL. Required by the standalone proxy;
+    /// absent in the Wasm filter's config.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// Relative weight; default 1. The weights of a route sum to more than 0.
+    pub weight: u32,
+}
+
+/// `turn:`
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Turn {
+    /// TURN REST API shared secret (coturn `use-auth-secret`).
+    pub secret: String,
+    /// Credential lifetime. Default `1h`.
+    #[serde(with = "duration_str")]
+    pub ttl: Duration,
+    /// TURN URIs handed to clients.
+    pub uris: Vec<String>,
+    /// Path served on `listen`. Default `/turn-credentials`.
+    pub credentials_path: String,
+    /// Optional relay in front of a TURN server.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub relay: Option<TurnRelay>,
+}
+
+/// `turn.relay`
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TurnRelay {
+    /// UDP and TCP listen address.
+    pub listen: SocketAddr,
+    /// The TURN server.
+    pub upstream: SocketAddr,
+    /// Denied peer ranges, as CIDRs. `None`: every non-global range is denied.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deny_peers: Option<Vec<Cidr>>,
+}
+
+/// An IPv4 or IPv6 network, `10.0.0.0/8`. Host bits are cleared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    /// Network address.
+    pub addr: std::net::IpAddr,
+    /// Prefix length.
+    pub prefix: u8,
+}
+
+/// `tracing:`
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Tracing {
+    /// OTLP endpoint URL.
+    pub otlp_endpoint: String,
+    /// `grpc` or `http`.
+    pub protocol: OtlpProtocol,
+    /// `service.name`. Default `sigmesh`.
+    pub service_name: String,
+    /// Parent-based ratio sampler's ratio, 0.0 to 1.0. Default 1.0.
+    pub sample_ratio: f64,
+}
+
+/// `tracing.protocol`
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OtlpProtocol {
+    /// OTLP/gRPC.
+    Grpc,
+    /// OTLP/HTTP with protobuf bodies.
+    Http,
+}
+
+impl Config {
+    /// A copy with every secret replaced by `"[redacted]"`, for `/config`.
+    pub fn redacted(&self) -> Config {
+        let mut c = self.clone();
+        if let Some(t) = c.turn.as_mut() {
+            t.secret = "[redacted]".to_owned();
+        }
+        c
+    }
+
+    /// The route named `name`.
+    pub fn route(&self, name: &str) -> Option<&Route> {
+        self.routes.iter().find(|r| r.name == name)
+    }
+}
+
+impl Route {
+    /// The override header in force: the configured one, or `x-sigmesh-upstream`.
+    pub fn override_header(&self) -> &str {
+        self.split.override_header.as_deref().unwrap_or(DEFAULT_OVERRIDE_HEADER)
+    }
+}
+
+/// The override header used when `split.override_header` is absent.
+pub const DEFAULT_OVERRIDE_HEADER: &str = "x-sigmesh-upstream";
+
+// === string forms ===
+
+impl std::fmt::Display for LimitKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LimitKey::ClientIp => f.write_str("client_ip"),
+            LimitKey::Route => f.write_str("route"),
+            LimitKey::Header(h) => write!(f, "header:{h}"),
+        }
+    }
+}
+
+impl std::fmt::Display for Sticky {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Sticky::Query(n) => write!(f, "query:{n}"),
+            Sticky::Header(n) => write!(f, "header:{n}"),
+            Sticky::Cookie(n) => write!(f, "cookie:{n}"),
+            Sticky::Message(p) => write!(f, "message:{p}"),
+            Sticky::None => f.write_str("none"),
+        }
+    }
+}
+
+impl std::fmt::Display for Cidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+macro_rules! serialize_display {
+    ($($t:ty),*) => {$(
+        impl Serialize for $t {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_str(self)
+            }
+        }
+    )*};
+}
+serialize_display!(LimitKey, Sticky, Cidr);
+
+/// Durations as the contract writes them: `250ms`, `30s`, `5m`, `1h`, `1h30m`.
+pub mod duration_str {
+    use std::time::Duration;
+
+    /// Parses `250ms`, `30s`, `5m`, `1h`, `2d`, and sums such as `1h30m`. `0` alone is zero.
+    pub fn parse(s: &str) -> Result<Duration, String> {
+        let t = s.trim();
+        if t == "0" {
+            return Ok(Duration::ZERO);
+        }
+        if t.is_empty() {
+            return Err("empty duration".into());
+        }
+        let mut total = Duration::ZERO;
+        let mut rest = t;
+        while !rest.is_empty() {
+            let digits = rest.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(rest.len());
+            if digits == 0 {
+                return Err(format!("bad duration `{s}`: expected a number, as in `250ms`, `30s`, `1h`"));
+            }
+            let num: f64 = rest[..digits]
+                .parse()
+                .map_err(|_| format!("bad duration `{s}`: `{}` is not a number", &rest[..digits]))?;
+            rest = &rest[digits..];
+            let unit_len = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
+            let unit = &rest[..unit_len];
+            rest = &rest[unit_len..];
+            let secs = match unit {
+                "ns" => 1e-9,
+                "us" | "µs" => 1e-6,
+                "ms" => 1e-3,
+                "s" => 1.0,
+                "m" => 60.0,
+                "h" => 3600.0,
+                "d" => 86400.0,
+                "" => return Err(format!("bad duration `{s}`: a unit is needed (ms, s, m, h)")),
+                other => return Err(format!("bad duration `{s}`: unknown unit `{other}` (use ms, s, m, h)")),
+            };
+            let d = Duration::try_from_secs_f64(num * secs)
+                .map_err(|_| format!("bad duration `{s}`: out of range"))?;
+            total = total.checked_add(d).ok_or_else(|| format!("bad duration `{s}`: out of range"))?;
+        }
+        Ok(total)
+    }
+
+    /// Formats a duration in the largest unit that is exact: `1h`, `90s`, `250ms`.
+    pub fn format(d: Duration) -> String {
+        let ns = d.as_nanos();
+        for (unit, n) in [("h", 3_600_000_000_000u128), ("m", 60_000_000_000), ("s", 1_000_000_000), ("ms", 1_000_000), ("us", 1_000)] {
+            if ns != 0 && ns % n == 0 {
+                return format!("{}{unit}", ns / n);
+            }
+        }
+        if ns == 0 { "0s".into() } else { format!("{ns}ns") }
+    }
+
+    /// serde `serialize_with` helper.
+    pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format(*d))
+    }
+}

@@ -1,0 +1,1 @@
+//! Semantic validation. (Stub: to be written.)

@@ -1,0 +1,28 @@
+//! # sigmesh-core — the sans-IO policy core of sigmesh
+//!
+//! Everything sigmesh *decides* lives here once, so the standalone proxy (`proxy/`) and the
+//! Envoy/Istio Wasm filter (`filter-wasm/`) behave the same way.
+//!
+//! ## I/O contract
+//! - No sockets, no files, no threads, no clocks, no randomness. Callers pass bytes in
+//!   and get values or verdicts out.
+//! - Time is always an argument: `now` is a [`core::time::Duration`] measured from any fixed,
+//!   monotonic origin the caller chooses (the proxy uses process start).
+//! - Randomness is injected: where a choice is random (a split without a sticky key), the caller
+//!   passes the random number.
+//! - Builds for `wasm32-wasip1` and imports nothing from the host.
+//!
+//! ## Modules
+//! - [`config`]: the contract's schema, YAML/JSON loading, validation with key paths and lines.
+//! - [`route`]: the first-match route table.
+//! - [`bucket`]: token buckets and bounded keyed bucket sets.
+//! - [`split`]: the stable sticky hash and weighted canary split.
+//! - [`signal`]: reading signaling fields (type, room, peer) out of text messages.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod bucket;
+pub mod config;
+pub mod route;
+pub mod signal;
+pub mod split;
