@@ -1,1 +1,128 @@
-fn main() {}
+//! The `sigmesh` command.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(name = "sigmesh", version, about = "A signaling-aware L7 proxy for WebRTC signaling over WebSocket")]
+struct Cli {
+    /// Log format; `RUST_LOG` sets the level (default `info`).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy.
+    Run {
+        /// The config file (YAML or JSON).
+        #[arg(long, env = "SIGMESH_CONFIG")]
+        config: PathBuf,
+    },
+    /// Validate a config file: exit 0, or print every error and exit 1.
+    Check {
+        #[arg(long, env = "SIGMESH_CONFIG")]
+        config: PathBuf,
+    },
+    /// The proxy, two signaling upstreams and a demo page on 127.0.0.1.
+    Demo {
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+        #[arg(long, default_value = "127.0.0.1:9901")]
+        admin: std::net::SocketAddr,
+    },
+}
+
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn read_config(path: &PathBuf) -> Result<sigmesh_core::config::Config, ExitCode> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: cannot read {}: {e}", path.display());
+            return Err(ExitCode::from(1));
+        }
+    };
+    sigmesh_core::config::load(&text).map_err(|errors| {
+        eprintln!("{}: {} error(s):", path.display(), errors.0.len());
+        for e in &errors.0 {
+            eprintln!("  {}: {e}", path.display());
+        }
+        ExitCode::from(1)
+    })
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| {
+        eprintln!("error: cannot start the runtime: {e}");
+        ExitCode::from(2)
+    })
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logs(cli.log_format);
+    match cli.command {
+        Command::Check { config } => match read_config(&config) {
+            Ok(c) => {
+                println!("{}: ok ({} routes)", config.display(), c.routes.len());
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        },
+        Command::Run { config: path } => {
+            let config = match read_config(&path) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let rt = match runtime() {
+                Ok(rt) => rt,
+                Err(code) => return code,
+            };
+            match rt.block_on(sigmesh::app::run(config, Some(path))) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Command::Demo { listen, admin } => {
+            let rt = match runtime() {
+                Ok(rt) => rt,
+                Err(code) => return code,
+            };
+            rt.block_on(async move {
+                let demo = match sigmesh::demo::Demo::start(listen, admin).await {
+                    Ok(d) => d,
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        return ExitCode::from(2);
+                    }
+                };
+                println!("{}", demo.banner());
+                sigmesh::app::shutdown_signal().await;
+                demo.stop().await;
+                ExitCode::SUCCESS
+            })
+        }
+    }
+}

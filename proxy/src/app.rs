@@ -1,0 +1,102 @@
+//! Starting and stopping the proxy.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use sigmesh_core::config::Config;
+use tokio::net::TcpListener;
+
+use crate::state::{Runtime, Shared, Tuning};
+
+/// Why the proxy could not run (exit code 2).
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("{0}")]
+    Config(String),
+}
+
+/// A running proxy: its bound addresses and the handle to stop it.
+pub struct Proxy {
+    pub shared: Arc<Shared>,
+    pub listen: SocketAddr,
+    pub admin: Option<SocketAddr>,
+    tasks: tokio::task::JoinSet<()>,
+}
+
+impl Proxy {
+    /// Binds the listeners and starts serving. `config_path` enables reloads.
+    pub async fn start(config: Config, config_path: Option<PathBuf>) -> Result<Proxy, RunError> {
+        Self::start_with(config, config_path, Tuning::default()).await
+    }
+
+    /// [`Proxy::start`] with non-default timeouts.
+    pub async fn start_with(config: Config, config_path: Option<PathBuf>, tuning: Tuning) -> Result<Proxy, RunError> {
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| RunError::Bind { addr: config.listen, source })?;
+        let admin_listener = match config.admin {
+            Some(addr) => Some(TcpListener::bind(addr).await.map_err(|source| RunError::Bind { addr, source })?),
+            None => None,
+        };
+        let runtime = Runtime::new(config, None).map_err(RunError::Config)?;
+        let shared = Shared::new(runtime, config_path, tuning);
+        let listen = listener.local_addr().map_err(|source| RunError::Bind { addr: shared.runtime.load().config.listen, source })?;
+        let admin = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
+        let mut tasks = tokio::task::JoinSet::new();
+        tasks.spawn(crate::server::serve(shared.clone(), listener));
+        if let Some(l) = admin_listener {
+            tasks.spawn(crate::admin::serve(shared.clone(), l));
+        }
+        tasks.spawn(crate::reload::watch(shared.clone()));
+        Ok(Proxy { shared, listen, admin, tasks })
+    }
+
+    /// Drains: readiness 503, listener closed, sessions closed with 1001; returns when no
+    /// session is left or at `drain_timeout`. Then stops every task.
+    pub async fn drain(mut self) {
+        let timeout = self.shared.runtime.load().config.shutdown.drain_timeout;
+        self.shared.start_drain();
+        tracing::info!(sessions = self.shared.sessions.len(), ?timeout, "draining");
+        if tokio::time::timeout(timeout, self.shared.sessions.wait_empty()).await.is_err() {
+            tracing::warn!(left = self.shared.sessions.len(), "drain timeout; closing the rest");
+        }
+        self.tasks.abort_all();
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+/// Runs until SIGTERM or SIGINT, then drains.
+pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), RunError> {
+    let proxy = Proxy::start(config, config_path).await?;
+    tracing::info!(listen = %proxy.listen, admin = ?proxy.admin, "sigmesh running");
+    shutdown_signal().await;
+    proxy.drain().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// SIGTERM or SIGINT (Ctrl-C).
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = match signal(SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,115 @@
+//! Plain HTTP forwarding: routes without `websocket:`, and requests without an upgrade on
+//! WebSocket routes (Socket.IO/Engine.IO long-polling shares the route and the split).
+//! Bodies stream both ways; hop-by-hop headers are removed.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode, Uri};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+use crate::http_util::{self, Body};
+use crate::state::{RouteRuntime, Shared};
+use crate::upstream::Target;
+
+/// Upstream TCP connect must finish within this.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The upstream's response head must arrive within this.
+pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
+
+pub struct Forwarder {
+    client: Client<HttpConnector, Incoming>,
+}
+
+impl Default for Forwarder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Forwarder {
+    pub fn new() -> Forwarder {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(64)
+            .build(connector);
+        Forwarder { client }
+    }
+
+    pub async fn forward(&self, shared: &Shared, route: &RouteRuntime, mut req: Request<Incoming>, client: SocketAddr) -> Response<Body> {
+        let rname = route.route.name.as_str();
+        let override_name = req.headers().get(route.route.override_header()).and_then(|v| v.to_str().ok());
+        let sticky = sigmesh_core::signal::sticky_key(
+            &route.route.split.sticky,
+            req.uri().query(),
+            &http_util::HeaderView(req.headers()),
+        );
+        let pick = route.splitter.load().pick(override_name, sticky.as_deref().map(str::as_bytes), rand::random());
+        let up = &route.route.upstreams[pick.index];
+        let uname = up.name.as_str();
+        let target = match up.url.as_deref().map(Target::parse) {
+            Some(Ok(t)) if !t.tls => t,
+            Some(Ok(_)) => {
+                shared.metrics.upstream_error(rname, uname, "config");
+                return http_util::text(StatusCode::BAD_GATEWAY, "https upstreams are not supported in this build");
+            }
+            _ => {
+                shared.metrics.upstream_error(rname, uname, "config");
+                return http_util::text(StatusCode::BAD_GATEWAY, "bad upstream url");
+            }
+        };
+        let pq = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        let uri = target.request_uri("http", route.route.matcher.path_prefix.as_deref(), pq);
+        let Ok(uri) = uri.parse::<Uri>() else {
+            return http_util::text(StatusCode::BAD_REQUEST, "bad request path");
+        };
+        let original_host = req.headers().get(header::HOST).cloned();
+        *req.uri_mut() = uri;
+        let h = req.headers_mut();
+        http_util::strip_hop_by_hop(h);
+        h.remove(header::HOST);
+        if let Some(host) = original_host {
+            h.insert("x-forwarded-host", host);
+        }
+        http_util::set_forwarded(h, client.ip(), "http");
+        http_util::ensure_traceparent(h);
+        match tokio::time::timeout(RESPONSE_TIMEOUT, self.client.request(req)).await {
+            Ok(Ok(mut resp)) => {
+                http_util::strip_hop_by_hop(resp.headers_mut());
+                let class = match resp.status().as_u16() {
+                    100..=199 => "1xx",
+                    200..=299 => "2xx",
+                    300..=399 => "3xx",
+                    400..=499 => "4xx",
+                    _ => "5xx",
+                };
+                shared.metrics.http_requests.get_or_create(&crate::metrics::ConnLabels {
+                    route: rname.to_owned(),
+                    upstream: uname.to_owned(),
+                    outcome: class,
+                }).inc();
+                resp.map(|b| b.boxed())
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(route = rname, upstream = uname, error = %e, "upstream request failed");
+                let kind = if e.is_connect() { "connect" } else { "reset" };
+                shared.metrics.upstream_error(rname, uname, kind);
+                let mut r = http_util::text(StatusCode::BAD_GATEWAY, "upstream request failed");
+                r.headers_mut().insert("x-sigmesh-upstream-error", HeaderValue::from_static(kind));
+                r
+            }
+            Err(_) => {
+                shared.metrics.upstream_error(rname, uname, "timeout");
+                http_util::text(StatusCode::GATEWAY_TIMEOUT, "upstream timed out")
+            }
+        }
+    }
+}

@@ -1,0 +1,172 @@
+//! Prometheus metrics, named as in the contract.
+//!
+//! Counters are registered without their `_total` suffix: prometheus-client appends it.
+//! Label values that come from the network (signaling message types) are folded into a fixed
+//! set first, so a client cannot grow the label space.
+
+use std::sync::Arc;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// `route, upstream, outcome`
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConnLabels {
+    pub route: String,
+    pub upstream: String,
+    pub outcome: &'static str,
+}
+
+/// `route, upstream`
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteUpstream {
+    pub route: String,
+    pub upstream: String,
+}
+
+/// `route, upstream, direction, type`
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MessageLabels {
+    pub route: String,
+    pub upstream: String,
+    pub direction: &'static str,
+    #[prometheus(flatten)]
+    pub kind: KindLabel,
+}
+
+/// The `type` label (a keyword in Rust, hence the wrapper).
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub struct KindLabel(pub &'static str);
+
+impl EncodeLabelSet for KindLabel {
+    fn encode(
+        &self,
+        encoder: &mut prometheus_client::encoding::LabelSetEncoder<'_>,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeLabel;
+        ("type", self.0).encode(encoder.encode_label())
+    }
+}
+
+/// `route, limit`
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimitLabels {
+    pub route: String,
+    pub limit: &'static str,
+}
+
+/// `route, upstream, kind`
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamErrorLabels {
+    pub route: String,
+    pub upstream: String,
+    pub kind: &'static str,
+}
+
+/// `result`
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: &'static str,
+}
+
+/// Every metric sigmesh exports, and the registry that encodes them.
+pub struct Metrics {
+    registry: Registry,
+    pub connections: Family<ConnLabels, Counter>,
+    pub connections_active: Family<RouteUpstream, Gauge>,
+    pub messages: Family<MessageLabels, Counter>,
+    pub rate_limited: Family<LimitLabels, Counter>,
+    pub upstream_errors: Family<UpstreamErrorLabels, Counter>,
+    pub config_reloads: Family<ResultLabel, Counter>,
+    pub http_requests: Family<ConnLabels, Counter>,
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Self> {
+        let mut registry = Registry::default();
+        let connections = Family::default();
+        registry.register(
+            "sigmesh_connections",
+            "WebSocket connections by route, upstream and outcome",
+            connections.clone(),
+        );
+        let connections_active = Family::default();
+        registry.register(
+            "sigmesh_connections_active",
+            "Live proxied WebSocket sessions",
+            connections_active.clone(),
+        );
+        let messages = Family::default();
+        registry.register(
+            "sigmesh_messages",
+            "WebSocket messages relayed or dropped (direction in: client to upstream, out: upstream to client)",
+            messages.clone(),
+        );
+        let rate_limited = Family::default();
+        registry.register(
+            "sigmesh_rate_limited",
+            "Decisions refused by a token bucket, by route and limit (connections, messages, rooms)",
+            rate_limited.clone(),
+        );
+        let upstream_errors = Family::default();
+        registry.register(
+            "sigmesh_upstream_errors",
+            "Upstream failures by kind (connect, handshake, timeout, reset, protocol)",
+            upstream_errors.clone(),
+        );
+        let config_reloads = Family::default();
+        registry.register(
+            "sigmesh_config_reloads",
+            "Config reload attempts by result (success, error)",
+            config_reloads.clone(),
+        );
+        let http_requests = Family::default();
+        registry.register(
+            "sigmesh_http_requests",
+            "Plain HTTP requests forwarded, by route, upstream and outcome (status class or error)",
+            http_requests.clone(),
+        );
+        Arc::new(Metrics {
+            registry,
+            connections,
+            connections_active,
+            messages,
+            rate_limited,
+            upstream_errors,
+            config_reloads,
+            http_requests,
+        })
+    }
+
+    /// Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(4096);
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+
+    pub fn connection(&self, route: &str, upstream: &str, outcome: &'static str) {
+        self.connections
+            .get_or_create(&ConnLabels { route: route.to_owned(), upstream: upstream.to_owned(), outcome })
+            .inc();
+    }
+
+    pub fn rate_limited(&self, route: &str, limit: &'static str) {
+        self.rate_limited.get_or_create(&LimitLabels { route: route.to_owned(), limit }).inc();
+    }
+
+    pub fn upstream_error(&self, route: &str, upstream: &str, kind: &'static str) {
+        self.upstream_errors
+            .get_or_create(&UpstreamErrorLabels { route: route.to_owned(), upstream: upstream.to_owned(), kind })
+            .inc();
+    }
+
+    pub fn reload(&self, ok: bool) {
+        self.config_reloads.get_or_create(&ResultLabel { result: if ok { "success" } else { "error" } }).inc();
+    }
+}

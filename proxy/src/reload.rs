@@ -1,0 +1,84 @@
+//! Config reloads: on SIGHUP and when the file changes (checked every second by content, so
+//! editors that replace the file and ConfigMap symlink swaps are both seen).
+//!
+//! The new config applies to new connections; live sessions keep the route generation they
+//! started with. An invalid file is refused, logged and counted in
+//! `sigmesh_config_reloads_total{result="error"}`; the old config stays.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::state::{Runtime, Shared};
+
+/// How often the file is looked at.
+pub const POLL: Duration = Duration::from_secs(1);
+
+/// Watches `shared.config_path` until the drain starts.
+pub async fn watch(shared: Arc<Shared>) {
+    let Some(path) = shared.config_path.clone() else { return };
+    let mut last = std::fs::read(&path).ok();
+    #[cfg(unix)]
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let mut tick = tokio::time::interval(POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        #[cfg(unix)]
+        let hup_recv = async {
+            match hup.as_mut() {
+                Some(h) => h.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let hup_recv = std::future::pending::<Option<()>>();
+        let forced = tokio::select! {
+            _ = tick.tick() => false,
+            _ = hup_recv => true,
+            _ = shared.drain.cancelled() => return,
+        };
+        let current = tokio::fs::read(&path).await.ok();
+        if !forced && current == last {
+            continue;
+        }
+        if current.is_none() {
+            tracing::warn!(path = %path.display(), "config file unreadable; keeping the config in force");
+            shared.metrics.reload(false);
+            last = current;
+            continue;
+        }
+        last = current.clone();
+        let text = String::from_utf8_lossy(current.as_deref().unwrap_or_default()).into_owned();
+        apply(&shared, &path, &text);
+    }
+}
+
+/// Validates and applies `text`; returns whether it was applied.
+pub fn apply(shared: &Shared, path: &Path, text: &str) -> bool {
+    match sigmesh_core::config::load(text) {
+        Ok(config) => {
+            let old = shared.runtime.load_full();
+            if config.listen != old.config.listen || config.admin != old.config.admin {
+                tracing::warn!("listen and admin addresses change only on restart");
+            }
+            match Runtime::new(config, Some(&old)) {
+                Ok(rt) => {
+                    shared.runtime.store(Arc::new(rt));
+                    shared.metrics.reload(true);
+                    tracing::info!(path = %path.display(), "config reloaded");
+                    true
+                }
+                Err(e) => {
+                    shared.metrics.reload(false);
+                    tracing::error!(path = %path.display(), error = %e, "config refused; keeping the config in force");
+                    false
+                }
+            }
+        }
+        Err(errors) => {
+            shared.metrics.reload(false);
+            tracing::error!(path = %path.display(), "config refused; keeping the config in force:\n{errors}");
+            false
+        }
+    }
+}
