@@ -324,7 +324,7 @@ async fn message_sticky_session<C>(
             tracing::warn!(route = %rname, upstream = %uname, error = %e, "upstream handshake failed");
             shared.metrics.upstream_error(&rname, &uname, e.kind());
             shared.metrics.connection(&rname, &uname, "upstream_error");
-            let _ = client_ws.close(Some(close_frame(CloseCode::from(1014), "upstream unavailable"))).await;
+            let _ = client_ws.close(Some(close_frame(CloseCode::Error, "upstream unavailable"))).await;
         }
     }
 }
@@ -348,6 +348,8 @@ where
 fn read_error_close(e: &tungstenite::Error) -> Option<CloseFrame> {
     match e {
         tungstenite::Error::Capacity(_) => Some(close_frame(CloseCode::Size, "message too big")),
+        // The peer just vanished: nobody to send a close frame to.
+        tungstenite::Error::Protocol(tungstenite::error::ProtocolError::ResetWithoutClosingHandshake) => None,
         tungstenite::Error::Protocol(_) => Some(close_frame(CloseCode::Protocol, "protocol error")),
         tungstenite::Error::Utf8(_) => Some(close_frame(CloseCode::Invalid, "invalid utf-8")),
         _ => None,
@@ -660,7 +662,7 @@ async fn pump_in<C>(
         if let Err(e) = sent {
             tracing::debug!(session = info.id, error = %e, "upstream write failed");
             shared.metrics.upstream_error(&r.name, &info.upstream, "reset");
-            closer.end(Some(close_frame(CloseCode::from(1014), "upstream failed")), None);
+            closer.end(Some(close_frame(CloseCode::Error, "upstream failed")), None);
             return;
         }
     }
@@ -703,13 +705,13 @@ async fn pump_out<C>(
                 tracing::debug!(session = info.id, error = %e, "upstream read failed");
                 let kind = if read_error_close(&e).is_some() { "protocol" } else { "reset" };
                 shared.metrics.upstream_error(&r.name, &info.upstream, kind);
-                closer.end(Some(close_frame(CloseCode::from(1014), "upstream failed")), read_error_close(&e));
+                closer.end(Some(close_frame(CloseCode::Error, "upstream failed")), read_error_close(&e));
                 send_assigned_close(&mut tx, closer.to_client.get(), shared.tuning.close_grace).await;
                 return;
             }
             None => {
                 shared.metrics.upstream_error(&r.name, &info.upstream, "reset");
-                closer.end(Some(close_frame(CloseCode::from(1014), "upstream closed the connection")), None);
+                closer.end(Some(close_frame(CloseCode::Error, "upstream closed the connection")), None);
                 send_assigned_close(&mut tx, closer.to_client.get(), shared.tuning.close_grace).await;
                 return;
             }
