@@ -93,6 +93,10 @@ routes:
     for needle in ["routes[1].upstreams[0].url", "routes[0].upstreams[1].weight", "routes[0].websocket.idle_timeout", "routes[1].name", "bogus", "line "] {
         assert!(err.contains(needle), "missing `{needle}` in:\n{err}");
     }
+    // The shipped example config is valid.
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/configs/sigmesh.yaml");
+    let out = Command::new(BIN).args(["check", "--config", example]).output().await.unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     // Not a file at all: still exit 1 with a message, no panic.
     let out = Command::new(BIN).args(["check", "--config", "/nonexistent/sigmesh.yaml"]).output().await.unwrap();
     assert_eq!(out.status.code(), Some(1));
