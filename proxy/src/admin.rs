@@ -104,7 +104,7 @@ fn set_weights(shared: &Shared, route: &str, body: &[u8]) -> Response<Body> {
         if !current.iter().any(|(n, _)| n == name) {
             let known: Vec<_> = current.iter().map(|(n, _)| n.as_str()).collect();
             errors.push(format!("unknown upstream `{name}` (route `{route}` has {})", known.join(", ")));
-        } else if !value.as_u64().is_some_and(|w| w <= u64::from(u32::MAX)) {
+        } else if value.as_u64().is_none_or(|w| w > u64::from(u32::MAX)) {
             errors.push(format!("weight of `{name}` must be a non-negative integer, got {value}"));
         }
     }
