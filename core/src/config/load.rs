@@ -1,7 +1,11 @@
-//! Loading: YAML/JSON bytes to a validated [`Config`], or every error.
-//! (Stub: to be written.)
+//! Loading: YAML/JSON text to a validated [`Config`], or every error.
+//!
+//! Two passes: [`super::tree`] parses the YAML (JSON is YAML) into a tree whose nodes carry
+//! their line, then [`super::validate`] walks that tree against the schema, turning it into the
+//! validated types and recording every problem with its key path and line.
 
 use super::Config;
+use super::validate::{Cx, Mode};
 
 /// One problem in a config file.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -22,13 +26,47 @@ pub struct ConfigErrors(pub Vec<ConfigError>);
 
 /// Loads a config for the standalone proxy: every upstream needs a `url`.
 pub fn load(text: &str) -> Result<Config, ConfigErrors> {
-    let _ = text;
-    todo!()
+    load_mode(text, Mode::Proxy)
 }
 
 /// Loads the Wasm filter's config: only `routes` and `turn` (without `relay`); upstreams have
 /// a `name` and `weight` and no `url`.
 pub fn load_filter(text: &str) -> Result<Config, ConfigErrors> {
-    let _ = text;
-    todo!()
+    load_mode(text, Mode::Filter)
+}
+
+fn load_mode(text: &str, mode: Mode) -> Result<Config, ConfigErrors> {
+    let parsed = super::tree::parse(text);
+    let mut cx = Cx {
+        mode,
+        errors: parsed.errors,
+    };
+    let config = parsed
+        .root
+        .as_ref()
+        .map(|root| super::validate::config(&mut cx, root));
+    match config {
+        Some(c) if cx.errors.is_empty() => Ok(c),
+        _ => {
+            let mut errors = cx.errors;
+            // Document order; errors without a line (none today) last.
+            errors.sort_by_key(|e| e.line.unwrap_or(usize::MAX));
+            errors.dedup();
+            if errors.is_empty() {
+                errors.push(ConfigError {
+                    path: String::new(),
+                    line: None,
+                    message: "invalid config".into(),
+                });
+            }
+            Err(ConfigErrors(errors))
+        }
+    }
+}
+
+impl ConfigErrors {
+    /// The errors, in document order.
+    pub fn iter(&self) -> std::slice::Iter<'_, ConfigError> {
+        self.0.iter()
+    }
 }

@@ -10,6 +10,7 @@
 //! [`Config::redacted`]).
 
 mod load;
+mod tree;
 mod validate;
 
 pub use load::{ConfigError, ConfigErrors, load, load_filter};
@@ -385,26 +386,39 @@ pub mod duration_str {
             if digits == 0 {
                 return Err(format!("bad duration `{s}`: expected a number, as in `250ms`, `30s`, `1h`"));
             }
-            let num: f64 = rest[..digits]
-                .parse()
-                .map_err(|_| format!("bad duration `{s}`: `{}` is not a number", &rest[..digits]))?;
+            let num = &rest[..digits];
             rest = &rest[digits..];
             let unit_len = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
             let unit = &rest[..unit_len];
             rest = &rest[unit_len..];
-            let secs = match unit {
-                "ns" => 1e-9,
-                "us" | "µs" => 1e-6,
-                "ms" => 1e-3,
-                "s" => 1.0,
-                "m" => 60.0,
-                "h" => 3600.0,
-                "d" => 86400.0,
+            let unit_ns: u128 = match unit {
+                "ns" => 1,
+                "us" | "µs" => 1_000,
+                "ms" => 1_000_000,
+                "s" => 1_000_000_000,
+                "m" => 60_000_000_000,
+                "h" => 3_600_000_000_000,
+                "d" => 86_400_000_000_000,
                 "" => return Err(format!("bad duration `{s}`: a unit is needed (ms, s, m, h)")),
                 other => return Err(format!("bad duration `{s}`: unknown unit `{other}` (use ms, s, m, h)")),
             };
-            let d = Duration::try_from_secs_f64(num * secs)
-                .map_err(|_| format!("bad duration `{s}`: out of range"))?;
+            // Exact decimal arithmetic, so that `format` and `parse` round-trip.
+            let (int_part, frac_part) = num.split_once('.').unwrap_or((num, ""));
+            if frac_part.contains('.') || (int_part.is_empty() && frac_part.is_empty()) {
+                return Err(format!("bad duration `{s}`: `{num}` is not a number"));
+            }
+            let out_of_range = || format!("bad duration `{s}`: out of range");
+            let int: u128 = if int_part.is_empty() { 0 } else { int_part.parse().map_err(|_| out_of_range())? };
+            let frac_digits = &frac_part[..frac_part.len().min(18)];
+            let frac_ns = if frac_digits.is_empty() {
+                0
+            } else {
+                let f: u128 = frac_digits.parse().map_err(|_| out_of_range())?;
+                f * unit_ns / 10u128.pow(frac_digits.len() as u32)
+            };
+            let ns = int.checked_mul(unit_ns).and_then(|n| n.checked_add(frac_ns)).ok_or_else(out_of_range)?;
+            let secs = u64::try_from(ns / 1_000_000_000).map_err(|_| out_of_range())?;
+            let d = Duration::new(secs, (ns % 1_000_000_000) as u32);
             total = total.checked_add(d).ok_or_else(|| format!("bad duration `{s}`: out of range"))?;
         }
         Ok(total)
