@@ -21,7 +21,9 @@ const MAX_BODY: usize = 64 * 1024;
 /// can say 503.
 pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
         let shared = shared.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
@@ -29,7 +31,8 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
                 async move { Ok::<_, std::convert::Infallible>(handle(&shared, req).await) }
             });
             let mut b = hyper::server::conn::http1::Builder::new();
-            b.timer(TokioTimer::new()).header_read_timeout(crate::state::Tuning::default().header_read_timeout);
+            b.timer(TokioTimer::new())
+                .header_read_timeout(crate::state::Tuning::default().header_read_timeout);
             let _ = b.serve_connection(TokioIo::new(stream), svc).await;
         });
     }
@@ -50,14 +53,19 @@ pub async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
             let mut r = Response::new(http_util::full(shared.metrics.encode()));
             r.headers_mut().insert(
                 http::header::CONTENT_TYPE,
-                http::HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+                http::HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
             );
             r
         }
         (&Method::GET, "/sessions") => {
             let all = shared.sessions.all();
             let views: Vec<_> = all.iter().map(|s| s.snapshot()).collect();
-            http_util::json(StatusCode::OK, serde_json::to_string(&views).unwrap_or_else(|_| "[]".into()))
+            http_util::json(
+                StatusCode::OK,
+                serde_json::to_string(&views).unwrap_or_else(|_| "[]".into()),
+            )
         }
         (&Method::GET, "/config") => {
             let cfg = shared.runtime.load().effective_config();
@@ -83,7 +91,10 @@ pub async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
 }
 
 fn bad(reason: &str) -> Response<Body> {
-    http_util::json(StatusCode::BAD_REQUEST, serde_json::json!({ "error": reason }).to_string())
+    http_util::json(
+        StatusCode::BAD_REQUEST,
+        serde_json::json!({ "error": reason }).to_string(),
+    )
 }
 
 /// `PUT /routes/NAME/weights` with `{"stable": 50, "canary": 50}`. Upstreams not named keep
@@ -92,20 +103,32 @@ fn bad(reason: &str) -> Response<Body> {
 fn set_weights(shared: &Shared, route: &str, body: &[u8]) -> Response<Body> {
     let runtime = shared.runtime.load();
     let Some(rt) = runtime.route(route) else {
-        return http_util::json(StatusCode::NOT_FOUND, serde_json::json!({ "error": format!("no route named `{route}`") }).to_string());
+        return http_util::json(
+            StatusCode::NOT_FOUND,
+            serde_json::json!({ "error": format!("no route named `{route}`") }).to_string(),
+        );
     };
     let requested: BTreeMap<String, serde_json::Value> = match serde_json::from_slice(body) {
         Ok(m) => m,
-        Err(e) => return bad(&format!("body must be a JSON object of upstream name to weight: {e}")),
+        Err(e) => {
+            return bad(&format!(
+                "body must be a JSON object of upstream name to weight: {e}"
+            ));
+        }
     };
     let current = rt.splitter.load().weights();
     let mut errors = Vec::new();
     for (name, value) in &requested {
         if !current.iter().any(|(n, _)| n == name) {
             let known: Vec<_> = current.iter().map(|(n, _)| n.as_str()).collect();
-            errors.push(format!("unknown upstream `{name}` (route `{route}` has {})", known.join(", ")));
+            errors.push(format!(
+                "unknown upstream `{name}` (route `{route}` has {})",
+                known.join(", ")
+            ));
         } else if value.as_u64().is_none_or(|w| w > u64::from(u32::MAX)) {
-            errors.push(format!("weight of `{name}` must be a non-negative integer, got {value}"));
+            errors.push(format!(
+                "weight of `{name}` must be a non-negative integer, got {value}"
+            ));
         }
     }
     if !errors.is_empty() {
@@ -114,7 +137,10 @@ fn set_weights(shared: &Shared, route: &str, body: &[u8]) -> Response<Body> {
     let next: Vec<(String, u32)> = current
         .into_iter()
         .map(|(n, w)| {
-            let w = requested.get(&n).and_then(|v| v.as_u64()).map_or(w, |v| v as u32);
+            let w = requested
+                .get(&n)
+                .and_then(|v| v.as_u64())
+                .map_or(w, |v| v as u32);
             (n, w)
         })
         .collect();
@@ -123,7 +149,10 @@ fn set_weights(shared: &Shared, route: &str, body: &[u8]) -> Response<Body> {
             rt.splitter.store(Arc::new(s));
             tracing::info!(route, weights = ?next, "weights changed");
             let body: BTreeMap<_, _> = next.into_iter().collect();
-            http_util::json(StatusCode::OK, serde_json::to_string(&body).unwrap_or_default())
+            http_util::json(
+                StatusCode::OK,
+                serde_json::to_string(&body).unwrap_or_default(),
+            )
         }
         Err(e) => bad(&format!("{e}")),
     }

@@ -13,7 +13,10 @@ use crate::state::{Runtime, Shared, Tuning};
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Config(String),
 }
@@ -33,17 +36,31 @@ impl Proxy {
     }
 
     /// [`Proxy::start`] with non-default timeouts.
-    pub async fn start_with(config: Config, config_path: Option<PathBuf>, tuning: Tuning) -> Result<Proxy, RunError> {
+    pub async fn start_with(
+        config: Config,
+        config_path: Option<PathBuf>,
+        tuning: Tuning,
+    ) -> Result<Proxy, RunError> {
         let listener = TcpListener::bind(config.listen)
             .await
-            .map_err(|source| RunError::Bind { addr: config.listen, source })?;
+            .map_err(|source| RunError::Bind {
+                addr: config.listen,
+                source,
+            })?;
         let admin_listener = match config.admin {
-            Some(addr) => Some(TcpListener::bind(addr).await.map_err(|source| RunError::Bind { addr, source })?),
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| RunError::Bind { addr, source })?,
+            ),
             None => None,
         };
         let runtime = Runtime::new(config, None).map_err(RunError::Config)?;
         let shared = Shared::new(runtime, config_path, tuning);
-        let listen = listener.local_addr().map_err(|source| RunError::Bind { addr: shared.runtime.load().config.listen, source })?;
+        let listen = listener.local_addr().map_err(|source| RunError::Bind {
+            addr: shared.runtime.load().config.listen,
+            source,
+        })?;
         let admin = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
         let mut tasks = tokio::task::JoinSet::new();
         tasks.spawn(crate::server::serve(shared.clone(), listener));
@@ -51,7 +68,12 @@ impl Proxy {
             tasks.spawn(crate::admin::serve(shared.clone(), l));
         }
         tasks.spawn(crate::reload::watch(shared.clone()));
-        Ok(Proxy { shared, listen, admin, tasks })
+        Ok(Proxy {
+            shared,
+            listen,
+            admin,
+            tasks,
+        })
     }
 
     /// Drains: readiness 503, listener closed, sessions closed with 1001; returns when no
@@ -60,8 +82,14 @@ impl Proxy {
         let timeout = self.shared.runtime.load().config.shutdown.drain_timeout;
         self.shared.start_drain();
         tracing::info!(sessions = self.shared.sessions.len(), ?timeout, "draining");
-        if tokio::time::timeout(timeout, self.shared.sessions.wait_empty()).await.is_err() {
-            tracing::warn!(left = self.shared.sessions.len(), "drain timeout; closing the rest");
+        if tokio::time::timeout(timeout, self.shared.sessions.wait_empty())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                left = self.shared.sessions.len(),
+                "drain timeout; closing the rest"
+            );
         }
         self.tasks.abort_all();
         while self.tasks.join_next().await.is_some() {}

@@ -48,10 +48,18 @@ impl Demo {
     pub async fn start(listen: SocketAddr, admin: SocketAddr) -> Result<Demo, RunError> {
         let upstream = |name: &'static str| async move {
             let addr: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 0));
-            let l = TcpListener::bind(addr).await.map_err(|source| RunError::Bind { addr, source })?;
-            sigmesh_signaling_server::serve(l, ServerOptions { name: name.into(), ..Default::default() })
+            let l = TcpListener::bind(addr)
                 .await
-                .map_err(|source| RunError::Bind { addr, source })
+                .map_err(|source| RunError::Bind { addr, source })?;
+            sigmesh_signaling_server::serve(
+                l,
+                ServerOptions {
+                    name: name.into(),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|source| RunError::Bind { addr, source })
         };
         let stable = upstream("stable").await?;
         let canary = upstream("canary").await?;
@@ -60,9 +68,14 @@ impl Demo {
             .replace("{ADMIN}", &admin.to_string())
             .replace("{STABLE}", &stable.local_addr.to_string())
             .replace("{CANARY}", &canary.local_addr.to_string());
-        let config = sigmesh_core::config::load(&text).map_err(|e| RunError::Config(e.to_string()))?;
+        let config =
+            sigmesh_core::config::load(&text).map_err(|e| RunError::Config(e.to_string()))?;
         let proxy = Proxy::start(config, None).await?;
-        Ok(Demo { proxy, stable, canary })
+        Ok(Demo {
+            proxy,
+            stable,
+            canary,
+        })
     }
 
     /// What `sigmesh demo` prints.

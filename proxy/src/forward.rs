@@ -44,29 +44,49 @@ impl Forwarder {
         Forwarder { client }
     }
 
-    pub async fn forward(&self, shared: &Shared, route: &RouteRuntime, mut req: Request<Incoming>, client: SocketAddr) -> Response<Body> {
+    pub async fn forward(
+        &self,
+        shared: &Shared,
+        route: &RouteRuntime,
+        mut req: Request<Incoming>,
+        client: SocketAddr,
+    ) -> Response<Body> {
         let rname = route.route.name.as_str();
-        let override_name = req.headers().get(route.route.override_header()).and_then(|v| v.to_str().ok());
+        let override_name = req
+            .headers()
+            .get(route.route.override_header())
+            .and_then(|v| v.to_str().ok());
         let sticky = sigmesh_core::signal::sticky_key(
             &route.route.split.sticky,
             req.uri().query(),
             &http_util::HeaderView(req.headers()),
         );
-        let pick = route.splitter.load().pick(override_name, sticky.as_deref().map(str::as_bytes), rand::random());
+        let pick = route.splitter.load().pick(
+            override_name,
+            sticky.as_deref().map(str::as_bytes),
+            rand::random(),
+        );
         let up = &route.route.upstreams[pick.index];
         let uname = up.name.as_str();
         let target = match up.url.as_deref().map(Target::parse) {
             Some(Ok(t)) if !t.tls => t,
             Some(Ok(_)) => {
                 shared.metrics.upstream_error(rname, uname, "config");
-                return http_util::text(StatusCode::BAD_GATEWAY, "https upstreams are not supported in this build");
+                return http_util::text(
+                    StatusCode::BAD_GATEWAY,
+                    "https upstreams are not supported in this build",
+                );
             }
             _ => {
                 shared.metrics.upstream_error(rname, uname, "config");
                 return http_util::text(StatusCode::BAD_GATEWAY, "bad upstream url");
             }
         };
-        let pq = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        let pq = req
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/");
         let uri = target.request_uri("http", route.route.matcher.path_prefix.as_deref(), pq);
         let Ok(uri) = uri.parse::<Uri>() else {
             return http_util::text(StatusCode::BAD_REQUEST, "bad request path");
@@ -91,11 +111,15 @@ impl Forwarder {
                     400..=499 => "4xx",
                     _ => "5xx",
                 };
-                shared.metrics.http_requests.get_or_create(&crate::metrics::ConnLabels {
-                    route: rname.to_owned(),
-                    upstream: uname.to_owned(),
-                    outcome: class,
-                }).inc();
+                shared
+                    .metrics
+                    .http_requests
+                    .get_or_create(&crate::metrics::ConnLabels {
+                        route: rname.to_owned(),
+                        upstream: uname.to_owned(),
+                        outcome: class,
+                    })
+                    .inc();
                 resp.map(|b| b.boxed())
             }
             Ok(Err(e)) => {
@@ -103,7 +127,8 @@ impl Forwarder {
                 let kind = if e.is_connect() { "connect" } else { "reset" };
                 shared.metrics.upstream_error(rname, uname, kind);
                 let mut r = http_util::text(StatusCode::BAD_GATEWAY, "upstream request failed");
-                r.headers_mut().insert("x-sigmesh-upstream-error", HeaderValue::from_static(kind));
+                r.headers_mut()
+                    .insert("x-sigmesh-upstream-error", HeaderValue::from_static(kind));
                 r
             }
             Err(_) => {

@@ -13,14 +13,19 @@ pub type Body = BoxBody<Bytes, hyper::Error>;
 
 /// A body from bytes.
 pub fn full(b: impl Into<Bytes>) -> Body {
-    Full::new(b.into()).map_err(|never: Infallible| match never {}).boxed()
+    Full::new(b.into())
+        .map_err(|never: Infallible| match never {})
+        .boxed()
 }
 
 /// A short local answer: `status` with a text body ending in a newline.
 pub fn text(status: StatusCode, msg: &str) -> Response<Body> {
     let mut r = Response::new(full(format!("{msg}\n")));
     *r.status_mut() = status;
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     r
 }
 
@@ -28,7 +33,10 @@ pub fn text(status: StatusCode, msg: &str) -> Response<Body> {
 pub fn json(status: StatusCode, body: String) -> Response<Body> {
     let mut r = Response::new(full(body));
     *r.status_mut() = status;
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     r
 }
 
@@ -76,7 +84,11 @@ pub fn ensure_traceparent(headers: &mut HeaderMap) {
     let valid = headers
         .get("traceparent")
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.len() == 55 && v.as_bytes()[2] == b'-' && v.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-'));
+        .is_some_and(|v| {
+            v.len() == 55
+                && v.as_bytes()[2] == b'-'
+                && v.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-')
+        });
     if !valid {
         let trace: u128 = rand::random::<u128>() | 1;
         let span: u64 = rand::random::<u64>() | 1;

@@ -6,7 +6,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Parser)]
-#[command(name = "sigmesh", version, about = "A signaling-aware L7 proxy for WebRTC signaling over WebSocket")]
+#[command(
+    name = "sigmesh",
+    version,
+    about = "A signaling-aware L7 proxy for WebRTC signaling over WebSocket"
+)]
 struct Cli {
     /// Log format; `RUST_LOG` sets the level (default `info`).
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
@@ -46,7 +50,9 @@ enum Command {
 fn init_logs(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
@@ -71,10 +77,13 @@ fn read_config(path: &PathBuf) -> Result<sigmesh_core::config::Config, ExitCode>
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| {
-        eprintln!("error: cannot start the runtime: {e}");
-        ExitCode::from(2)
-    })
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("error: cannot start the runtime: {e}");
+            ExitCode::from(2)
+        })
 }
 
 fn main() -> ExitCode {

@@ -152,21 +152,38 @@ impl Metrics {
 
     pub fn connection(&self, route: &str, upstream: &str, outcome: &'static str) {
         self.connections
-            .get_or_create(&ConnLabels { route: route.to_owned(), upstream: upstream.to_owned(), outcome })
+            .get_or_create(&ConnLabels {
+                route: route.to_owned(),
+                upstream: upstream.to_owned(),
+                outcome,
+            })
             .inc();
     }
 
     pub fn rate_limited(&self, route: &str, limit: &'static str) {
-        self.rate_limited.get_or_create(&LimitLabels { route: route.to_owned(), limit }).inc();
+        self.rate_limited
+            .get_or_create(&LimitLabels {
+                route: route.to_owned(),
+                limit,
+            })
+            .inc();
     }
 
     pub fn upstream_error(&self, route: &str, upstream: &str, kind: &'static str) {
         self.upstream_errors
-            .get_or_create(&UpstreamErrorLabels { route: route.to_owned(), upstream: upstream.to_owned(), kind })
+            .get_or_create(&UpstreamErrorLabels {
+                route: route.to_owned(),
+                upstream: upstream.to_owned(),
+                kind,
+            })
             .inc();
     }
 
     pub fn reload(&self, ok: bool) {
-        self.config_reloads.get_or_create(&ResultLabel { result: if ok { "success" } else { "error" } }).inc();
+        self.config_reloads
+            .get_or_create(&ResultLabel {
+                result: if ok { "success" } else { "error" },
+            })
+            .inc();
     }
 }

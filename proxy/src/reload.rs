@@ -16,7 +16,9 @@ pub const POLL: Duration = Duration::from_secs(1);
 
 /// Watches `shared.config_path` until the drain starts.
 pub async fn watch(shared: Arc<Shared>) {
-    let Some(path) = shared.config_path.clone() else { return };
+    let Some(path) = shared.config_path.clone() else {
+        return;
+    };
     let mut last = std::fs::read(&path).ok();
     #[cfg(unix)]
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();

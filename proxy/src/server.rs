@@ -55,11 +55,21 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
             let svc = service_fn(move |req| {
                 let shared = shared.clone();
                 let forwarder = forwarder.clone();
-                async move { Ok::<_, std::convert::Infallible>(dispatch(shared, forwarder, req, client).await) }
+                async move {
+                    Ok::<_, std::convert::Infallible>(
+                        dispatch(shared, forwarder, req, client).await,
+                    )
+                }
             });
             let mut builder = hyper::server::conn::http1::Builder::new();
-            builder.timer(TokioTimer::new()).header_read_timeout(header_timeout);
-            let mut conn = pin!(builder.serve_connection(TokioIo::new(stream), svc).with_upgrades());
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout);
+            let mut conn = pin!(
+                builder
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .with_upgrades()
+            );
             tokio::select! {
                 r = conn.as_mut() => { if let Err(e) = r { tracing::debug!(error = %e, "connection ended with an error") } }
                 _ = drain.cancelled() => {
@@ -72,10 +82,16 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
     drop(listener);
 }
 
-async fn dispatch(shared: Arc<Shared>, forwarder: Arc<Forwarder>, req: Request<Incoming>, client: SocketAddr) -> Response<Body> {
+async fn dispatch(
+    shared: Arc<Shared>,
+    forwarder: Arc<Forwarder>,
+    req: Request<Incoming>,
+    client: SocketAddr,
+) -> Response<Body> {
     if shared.is_draining() {
         let mut r = http_util::text(StatusCode::SERVICE_UNAVAILABLE, "draining");
-        r.headers_mut().insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        r.headers_mut()
+            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
         return r;
     }
     let runtime = shared.runtime.load_full();
@@ -84,7 +100,11 @@ async fn dispatch(shared: Arc<Shared>, forwarder: Arc<Forwarder>, req: Request<I
         .get(http::header::HOST)
         .and_then(|v| v.to_str().ok())
         .or_else(|| req.uri().authority().map(|a| a.as_str()));
-    let head = RequestHead { host, path: req.uri().path(), headers: &HeaderView(req.headers()) };
+    let head = RequestHead {
+        host,
+        path: req.uri().path(),
+        headers: &HeaderView(req.headers()),
+    };
     let Some(index) = runtime.table.find(&head) else {
         shared.metrics.connection("", "", "no_route");
         return http_util::text(StatusCode::NOT_FOUND, "no route");
@@ -103,17 +123,36 @@ async fn dispatch(shared: Arc<Shared>, forwarder: Arc<Forwarder>, req: Request<I
 }
 
 /// Applies the route's connection bucket; `Some(429)` when it is empty.
-pub fn check_connection_limit(shared: &Shared, route: &RouteRuntime, headers: &HeaderMap, client: SocketAddr) -> Option<Response<Body>> {
+pub fn check_connection_limit(
+    shared: &Shared,
+    route: &RouteRuntime,
+    headers: &HeaderMap,
+    client: SocketAddr,
+) -> Option<Response<Body>> {
     let (buckets, key) = route.connections.as_ref()?;
-    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
     // A request without the keyed header shares one bucket with the others that lack it.
     let key = state::connection_key(key, client.ip(), header).unwrap_or_default();
     match state::take(buckets, &key) {
         Verdict::Allow { .. } => None,
         Verdict::Limited { retry_after } => {
-            let limit = route.route.limits.connections.as_ref().map_or(0, |c| c.rate.burst);
-            shared.metrics.rate_limited(&route.route.name, "connections");
-            shared.metrics.connection(&route.route.name, "", "rate_limited");
+            let limit = route
+                .route
+                .limits
+                .connections
+                .as_ref()
+                .map_or(0, |c| c.rate.burst);
+            shared
+                .metrics
+                .rate_limited(&route.route.name, "connections");
+            shared
+                .metrics
+                .connection(&route.route.name, "", "rate_limited");
             Some(too_many_requests(limit, retry_after))
         }
     }
@@ -137,6 +176,8 @@ pub fn too_many_requests(limit: u32, retry_after: Duration) -> Response<Body> {
 pub fn sticky_room(route: &RouteRuntime, req: &Request<Incoming>) -> Option<String> {
     match &route.route.split.sticky {
         Sticky::None | Sticky::Message(_) => None,
-        sticky => sigmesh_core::signal::sticky_key(sticky, req.uri().query(), &HeaderView(req.headers())),
+        sticky => {
+            sigmesh_core::signal::sticky_key(sticky, req.uri().query(), &HeaderView(req.headers()))
+        }
     }
 }

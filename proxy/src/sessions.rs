@@ -135,7 +135,10 @@ impl Sessions {
     /// Registers a session; it is removed when the guard drops.
     pub fn register(self: &Arc<Self>, info: Arc<SessionInfo>) -> SessionGuard {
         self.lock().insert(info.id, info.clone());
-        SessionGuard { sessions: self.clone(), info }
+        SessionGuard {
+            sessions: self.clone(),
+            info,
+        }
     }
 
     pub fn len(&self) -> usize {

@@ -58,8 +58,9 @@ impl Runtime {
         let mut routes = Vec::with_capacity(config.routes.len());
         for route in &config.routes {
             let old = previous.and_then(|p| p.route(&route.name));
-            let splitter = Splitter::new(route.upstreams.iter().map(|u| (u.name.as_str(), u.weight)))
-                .map_err(|e| format!("route {}: {e}", route.name))?;
+            let splitter =
+                Splitter::new(route.upstreams.iter().map(|u| (u.name.as_str(), u.weight)))
+                    .map_err(|e| format!("route {}: {e}", route.name))?;
             let connections = route.limits.connections.as_ref().map(|c| {
                 let reuse = old.and_then(|o| match (&o.connections, &o.route.limits.connections) {
                     (Some((b, _)), Some(oc)) if oc == c => Some(b.clone()),
@@ -81,7 +82,11 @@ impl Runtime {
                 rooms,
             }));
         }
-        Ok(Runtime { config, table, routes })
+        Ok(Runtime {
+            config,
+            table,
+            routes,
+        })
     }
 
     pub fn route(&self, name: &str) -> Option<&Arc<RouteRuntime>> {
@@ -116,7 +121,11 @@ pub fn take(buckets: &SharedBuckets, key: &str) -> Verdict {
 }
 
 /// The connection bucket key of a request.
-pub fn connection_key(key: &LimitKey, client: IpAddr, header: impl Fn(&str) -> Option<String>) -> Option<String> {
+pub fn connection_key(
+    key: &LimitKey,
+    client: IpAddr,
+    header: impl Fn(&str) -> Option<String>,
+) -> Option<String> {
     match key {
         LimitKey::ClientIp => Some(client.to_string()),
         LimitKey::Route => Some(String::new()),

@@ -37,14 +37,23 @@ impl Target {
         Ok(Target {
             tls,
             authority,
-            base_path: if path == "/" { String::new() } else { path.to_owned() },
+            base_path: if path == "/" {
+                String::new()
+            } else {
+                path.to_owned()
+            },
             base_query: uri.query().map(str::to_owned),
         })
     }
 
     /// The request URI for `client_path_and_query` on a route with `route_prefix`, with
     /// `scheme` (`ws` or `http`).
-    pub fn request_uri(&self, scheme: &str, route_prefix: Option<&str>, client_path_and_query: &str) -> String {
+    pub fn request_uri(
+        &self,
+        scheme: &str,
+        route_prefix: Option<&str>,
+        client_path_and_query: &str,
+    ) -> String {
         let (path, query) = match client_path_and_query.split_once('?') {
             Some((p, q)) => (p, Some(q)),
             None => (client_path_and_query, None),
@@ -55,7 +64,13 @@ impl Target {
                 join(&self.base_path, rest)
             }
             (false, None) => self.base_path.clone(),
-            (true, _) => if path.is_empty() { "/".to_owned() } else { path.to_owned() },
+            (true, _) => {
+                if path.is_empty() {
+                    "/".to_owned()
+                } else {
+                    path.to_owned()
+                }
+            }
         };
         let query = match (&self.base_query, query) {
             (Some(a), Some(b)) if !b.is_empty() => Some(format!("{a}&{b}")),
@@ -87,14 +102,29 @@ mod tests {
     fn maps_paths_like_nginx() {
         let t = Target::parse("ws://127.0.0.1:9001/ws").expect("url");
         assert_eq!(t.authority, "127.0.0.1:9001");
-        assert_eq!(t.request_uri("ws", Some("/ws"), "/ws?room=a"), "ws://127.0.0.1:9001/ws?room=a");
-        assert_eq!(t.request_uri("ws", Some("/ws"), "/ws/x"), "ws://127.0.0.1:9001/ws/x");
-        assert_eq!(t.request_uri("ws", None, "/other?q=1"), "ws://127.0.0.1:9001/ws?q=1");
+        assert_eq!(
+            t.request_uri("ws", Some("/ws"), "/ws?room=a"),
+            "ws://127.0.0.1:9001/ws?room=a"
+        );
+        assert_eq!(
+            t.request_uri("ws", Some("/ws"), "/ws/x"),
+            "ws://127.0.0.1:9001/ws/x"
+        );
+        assert_eq!(
+            t.request_uri("ws", None, "/other?q=1"),
+            "ws://127.0.0.1:9001/ws?q=1"
+        );
         let v2 = Target::parse("ws://h/v2?a=1").expect("url");
         assert_eq!(v2.authority, "h:80");
-        assert_eq!(v2.request_uri("ws", Some("/ws"), "/ws/abc?b=2"), "ws://h:80/v2/abc?a=1&b=2");
+        assert_eq!(
+            v2.request_uri("ws", Some("/ws"), "/ws/abc?b=2"),
+            "ws://h:80/v2/abc?a=1&b=2"
+        );
         let bare = Target::parse("http://h:8000").expect("url");
-        assert_eq!(bare.request_uri("http", Some("/"), "/x/y?z"), "http://h:8000/x/y?z");
+        assert_eq!(
+            bare.request_uri("http", Some("/"), "/x/y?z"),
+            "http://h:8000/x/y?z"
+        );
         assert!(Target::parse("ftp://h").is_err());
         assert!(Target::parse("wss://h").expect("url").tls);
     }

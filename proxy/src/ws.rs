@@ -50,7 +50,11 @@ pub fn ws_config(ws: &WsConfig) -> WebSocketConfig {
     WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(0)
-        .max_write_buffer_size(ws.max_message_bytes.saturating_mul(2).saturating_add(64 * 1024))
+        .max_write_buffer_size(
+            ws.max_message_bytes
+                .saturating_mul(2)
+                .saturating_add(64 * 1024),
+        )
         .max_message_size(Some(ws.max_message_bytes))
         .max_frame_size(Some(ws.max_message_bytes))
 }
@@ -69,7 +73,10 @@ pub fn is_upgrade(req: &Request<Incoming>) -> bool {
 }
 
 fn close_frame(code: CloseCode, reason: &'static str) -> CloseFrame {
-    CloseFrame { code, reason: reason.into() }
+    CloseFrame {
+        code,
+        reason: reason.into(),
+    }
 }
 
 /// Handles an upgrade request on a `websocket:` route.
@@ -87,29 +94,52 @@ pub async fn handle(
     let Some(key) = req.headers().get(header::SEC_WEBSOCKET_KEY).cloned() else {
         return http_util::text(StatusCode::BAD_REQUEST, "missing sec-websocket-key");
     };
-    if req.headers().get(header::SEC_WEBSOCKET_VERSION).map(|v| v.as_bytes()) != Some(b"13") {
-        let mut r = http_util::text(StatusCode::UPGRADE_REQUIRED, "unsupported websocket version");
-        r.headers_mut().insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+    if req
+        .headers()
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .map(|v| v.as_bytes())
+        != Some(b"13")
+    {
+        let mut r = http_util::text(
+            StatusCode::UPGRADE_REQUIRED,
+            "unsupported websocket version",
+        );
+        r.headers_mut().insert(
+            header::SEC_WEBSOCKET_VERSION,
+            HeaderValue::from_static("13"),
+        );
         return r;
     }
     if req.method() != http::Method::GET {
-        return http_util::text(StatusCode::METHOD_NOT_ALLOWED, "websocket upgrade needs GET");
+        return http_util::text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "websocket upgrade needs GET",
+        );
     }
     // Origin.
     if !ws.allowed_origins.is_empty() {
-        let origin = req.headers().get(header::ORIGIN).and_then(|v| v.to_str().ok());
+        let origin = req
+            .headers()
+            .get(header::ORIGIN)
+            .and_then(|v| v.to_str().ok());
         if !origin.is_some_and(|o| ws.allowed_origins.iter().any(|a| a.eq_ignore_ascii_case(o))) {
             shared.metrics.connection(rname, "", "forbidden");
             return http_util::text(StatusCode::FORBIDDEN, "origin not allowed");
         }
     }
     // Connection bucket.
-    if let Some(resp) = crate::server::check_connection_limit(&shared, &route, req.headers(), client) {
+    if let Some(resp) =
+        crate::server::check_connection_limit(&shared, &route, req.headers(), client)
+    {
         return resp;
     }
     let on_upgrade = hyper::upgrade::on(&mut req);
     let headers = upstream_headers(req.headers(), client);
-    let path_and_query = req.uri().path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "/".into());
+    let path_and_query = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "/".into());
     let sticky_room = crate::server::sticky_room(&route, &req);
 
     if let Sticky::Message(pointer) = &route.route.split.sticky {
@@ -119,19 +149,45 @@ pub async fn handle(
         let shared2 = shared.clone();
         let route2 = route.clone();
         tokio::spawn(async move {
-            let Ok(upgraded) = on_upgrade.await else { return };
-            let client_ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(cfg)).await;
-            message_sticky_session(shared2, route2, client_ws, client, headers, path_and_query, pointer).await;
+            let Ok(upgraded) = on_upgrade.await else {
+                return;
+            };
+            let client_ws =
+                WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(cfg))
+                    .await;
+            message_sticky_session(
+                shared2,
+                route2,
+                client_ws,
+                client,
+                headers,
+                path_and_query,
+                pointer,
+            )
+            .await;
         });
         return switching_protocols(&key, None, &HeaderMap::new());
     }
 
-    let override_name = req.headers().get(route.route.override_header()).and_then(|v| v.to_str().ok());
+    let override_name = req
+        .headers()
+        .get(route.route.override_header())
+        .and_then(|v| v.to_str().ok());
     let sticky_key = sticky_room.as_deref().map(str::as_bytes);
-    let pick = route.splitter.load().pick(override_name, sticky_key, rand::random());
+    let pick = route
+        .splitter
+        .load()
+        .pick(override_name, sticky_key, rand::random());
     let up = &route.route.upstreams[pick.index];
     let uname = up.name.as_str();
-    let connect = connect_upstream(up.url.as_deref().unwrap_or_default(), route.route.matcher.path_prefix.as_deref(), &path_and_query, headers, ws, shared.tuning.upstream_handshake_timeout);
+    let connect = connect_upstream(
+        up.url.as_deref().unwrap_or_default(),
+        route.route.matcher.path_prefix.as_deref(),
+        &path_and_query,
+        headers,
+        ws,
+        shared.tuning.upstream_handshake_timeout,
+    );
     let (upstream_ws, up_resp) = match connect.await {
         Ok(ok) => ok,
         Err(e) => {
@@ -141,10 +197,18 @@ pub async fn handle(
             return http_util::text(StatusCode::BAD_GATEWAY, "upstream handshake failed");
         }
     };
-    let protocol = up_resp.headers().get(header::SEC_WEBSOCKET_PROTOCOL).cloned();
+    let protocol = up_resp
+        .headers()
+        .get(header::SEC_WEBSOCKET_PROTOCOL)
+        .cloned();
     let resp = switching_protocols(&key, protocol, up_resp.headers());
     let cfg = ws_config(ws);
-    let info = Arc::new(SessionInfo::new(shared.sessions.next_id(), rname, uname, client));
+    let info = Arc::new(SessionInfo::new(
+        shared.sessions.next_id(),
+        rname,
+        uname,
+        client,
+    ));
     if let Some(room) = sticky_room {
         let _ = info.room.set(room);
     }
@@ -156,14 +220,19 @@ pub async fn handle(
                 return;
             }
         };
-        let client_ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(cfg)).await;
+        let client_ws =
+            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(cfg)).await;
         run_session(shared, route, info, client_ws, upstream_ws, None).await;
     });
     resp
 }
 
 /// The 101 answer to the client, with the upstream's subprotocol and end-to-end headers.
-fn switching_protocols(key: &HeaderValue, protocol: Option<HeaderValue>, upstream: &HeaderMap) -> Response<Body> {
+fn switching_protocols(
+    key: &HeaderValue,
+    protocol: Option<HeaderValue>,
+    upstream: &HeaderMap,
+) -> Response<Body> {
     let mut r = Response::new(http_util::full(bytes::Bytes::new()));
     *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let h = r.headers_mut();
@@ -246,23 +315,34 @@ async fn connect_upstream(
 ) -> Result<(UpstreamWs, tungstenite::handshake::client::Response), UpstreamError> {
     let target = upstream::Target::parse(url).map_err(UpstreamError::Url)?;
     if target.tls {
-        return Err(UpstreamError::Url(format!("{url}: wss:// upstreams are not supported in this build")));
+        return Err(UpstreamError::Url(format!(
+            "{url}: wss:// upstreams are not supported in this build"
+        )));
     }
     let uri = target.request_uri("ws", route_prefix, client_path);
-    let mut request = uri.as_str().into_client_request().map_err(UpstreamError::Handshake)?;
+    let mut request = uri
+        .as_str()
+        .into_client_request()
+        .map_err(UpstreamError::Handshake)?;
     for (name, value) in &headers {
         request.headers_mut().append(name, value.clone());
     }
     let cfg = ws_config(ws);
     let work = async {
-        let tcp = TcpStream::connect(target.authority.as_str()).await.map_err(UpstreamError::Connect)?;
+        let tcp = TcpStream::connect(target.authority.as_str())
+            .await
+            .map_err(UpstreamError::Connect)?;
         let _ = tcp.set_nodelay(true);
-        tokio_tungstenite::client_async_with_config(request, tcp, Some(cfg)).await.map_err(|e| match e {
-            tungstenite::Error::Http(resp) => UpstreamError::Refused(resp.status()),
-            other => UpstreamError::Handshake(other),
-        })
+        tokio_tungstenite::client_async_with_config(request, tcp, Some(cfg))
+            .await
+            .map_err(|e| match e {
+                tungstenite::Error::Http(resp) => UpstreamError::Refused(resp.status()),
+                other => UpstreamError::Handshake(other),
+            })
     };
-    tokio::time::timeout(timeout, work).await.map_err(|_| UpstreamError::Timeout(timeout))?
+    tokio::time::timeout(timeout, work)
+        .await
+        .map_err(|_| UpstreamError::Timeout(timeout))?
 }
 
 /// `sticky: message:/pointer`: read the first message, pick, connect, forward it, relay.
@@ -278,7 +358,9 @@ async fn message_sticky_session<C>(
     C: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let rname = route.route.name.clone();
-    let Some(ws) = route.route.websocket.as_ref() else { return };
+    let Some(ws) = route.route.websocket.as_ref() else {
+        return;
+    };
     let first = tokio::select! {
         m = tokio::time::timeout(shared.tuning.first_message_timeout, next_data(&mut client_ws)) => m,
         _ = shared.drain.cancelled() => {
@@ -289,13 +371,16 @@ async fn message_sticky_session<C>(
     let first = match first {
         Ok(Some(Ok(m))) => m,
         Ok(Some(Err(e))) => {
-            let frame = read_error_close(&e).unwrap_or_else(|| close_frame(CloseCode::Protocol, "protocol error"));
+            let frame = read_error_close(&e)
+                .unwrap_or_else(|| close_frame(CloseCode::Protocol, "protocol error"));
             let _ = client_ws.close(Some(frame)).await;
             return;
         }
         Ok(None) => return,
         Err(_) => {
-            let _ = client_ws.close(Some(close_frame(CloseCode::Policy, "no first message"))).await;
+            let _ = client_ws
+                .close(Some(close_frame(CloseCode::Policy, "no first message")))
+                .await;
             return;
         }
     };
@@ -303,8 +388,14 @@ async fn message_sticky_session<C>(
         Message::Text(t) => sigmesh_core::signal::pointer_value(t.as_str(), &pointer),
         _ => None,
     };
-    let override_name = headers.get(route.route.override_header()).and_then(|v| v.to_str().ok());
-    let pick = route.splitter.load().pick(override_name, key.as_deref().map(str::as_bytes), rand::random());
+    let override_name = headers
+        .get(route.route.override_header())
+        .and_then(|v| v.to_str().ok());
+    let pick = route.splitter.load().pick(
+        override_name,
+        key.as_deref().map(str::as_bytes),
+        rand::random(),
+    );
     let up = &route.route.upstreams[pick.index];
     let uname = up.name.clone();
     let connect = connect_upstream(
@@ -317,14 +408,21 @@ async fn message_sticky_session<C>(
     );
     match connect.await {
         Ok((upstream_ws, _)) => {
-            let info = Arc::new(SessionInfo::new(shared.sessions.next_id(), &rname, &uname, client));
+            let info = Arc::new(SessionInfo::new(
+                shared.sessions.next_id(),
+                &rname,
+                &uname,
+                client,
+            ));
             run_session(shared, route, info, client_ws, upstream_ws, Some(first)).await;
         }
         Err(e) => {
             tracing::warn!(route = %rname, upstream = %uname, error = %e, "upstream handshake failed");
             shared.metrics.upstream_error(&rname, &uname, e.kind());
             shared.metrics.connection(&rname, &uname, "upstream_error");
-            let _ = client_ws.close(Some(close_frame(CloseCode::Error, "upstream unavailable"))).await;
+            let _ = client_ws
+                .close(Some(close_frame(CloseCode::Error, "upstream unavailable")))
+                .await;
         }
     }
 }
@@ -349,7 +447,9 @@ fn read_error_close(e: &tungstenite::Error) -> Option<CloseFrame> {
     match e {
         tungstenite::Error::Capacity(_) => Some(close_frame(CloseCode::Size, "message too big")),
         // The peer just vanished: nobody to send a close frame to.
-        tungstenite::Error::Protocol(tungstenite::error::ProtocolError::ResetWithoutClosingHandshake) => None,
+        tungstenite::Error::Protocol(
+            tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
+        ) => None,
         tungstenite::Error::Protocol(_) => Some(close_frame(CloseCode::Protocol, "protocol error")),
         tungstenite::Error::Utf8(_) => Some(close_frame(CloseCode::Invalid, "invalid utf-8")),
         _ => None,
@@ -376,7 +476,8 @@ impl Closer {
     }
 
     fn touch(&self) {
-        self.last_activity.store(state::now().as_millis() as u64, Ordering::Relaxed);
+        self.last_activity
+            .store(state::now().as_millis() as u64, Ordering::Relaxed);
     }
 }
 
@@ -395,14 +496,12 @@ impl DirCounters {
             c.inc();
             return;
         }
-        let c = self
-            .family
-            .get_or_create_owned(&MessageLabels {
-                route: self.route.clone(),
-                upstream: self.upstream.clone(),
-                direction: self.direction,
-                kind: KindLabel(kind),
-            });
+        let c = self.family.get_or_create_owned(&MessageLabels {
+            route: self.route.clone(),
+            upstream: self.upstream.clone(),
+            direction: self.direction,
+            kind: KindLabel(kind),
+        });
         c.inc();
         self.by_kind.push((kind, c));
     }
@@ -412,14 +511,26 @@ impl DirCounters {
 /// the route reads no type. A fixed set, so clients cannot grow the label space.
 pub fn kind_label(msg: &Message, signal: Option<&Signal>) -> &'static str {
     const KNOWN: [&str; 12] = [
-        "offer", "answer", "candidate", "join", "leave", "bye", "welcome", "peer-joined", "peer-left", "ping",
-        "pong", "error",
+        "offer",
+        "answer",
+        "candidate",
+        "join",
+        "leave",
+        "bye",
+        "welcome",
+        "peer-joined",
+        "peer-left",
+        "ping",
+        "pong",
+        "error",
     ];
     match (msg, signal) {
         (Message::Binary(_), _) => "binary",
-        (_, Some(Signal { kind: Some(k), .. })) => {
-            KNOWN.iter().find(|known| known.eq_ignore_ascii_case(k)).copied().unwrap_or("other")
-        }
+        (_, Some(Signal { kind: Some(k), .. })) => KNOWN
+            .iter()
+            .find(|known| known.eq_ignore_ascii_case(k))
+            .copied()
+            .unwrap_or("other"),
         (_, Some(_)) => "other",
         _ => "text",
     }
@@ -438,8 +549,14 @@ async fn run_session<C>(
 {
     let rname = route.route.name.clone();
     let uname = info.upstream.clone();
-    let labels = RouteUpstream { route: rname.clone(), upstream: uname.clone() };
-    let active = shared.metrics.connections_active.get_or_create_owned(&labels);
+    let labels = RouteUpstream {
+        route: rname.clone(),
+        upstream: uname.clone(),
+    };
+    let active = shared
+        .metrics
+        .connections_active
+        .get_or_create_owned(&labels);
     active.inc();
     shared.metrics.connection(&rname, &uname, "accepted");
     let _guard = shared.sessions.register(info.clone());
@@ -454,10 +571,29 @@ async fn run_session<C>(
     closer.touch();
     let (c_tx, c_rx) = client_ws.split();
     let (u_tx, u_rx) = upstream_ws.split();
-    let idle = route.route.websocket.as_ref().map_or(Duration::from_secs(120), |w| w.idle_timeout);
+    let idle = route
+        .route
+        .websocket
+        .as_ref()
+        .map_or(Duration::from_secs(120), |w| w.idle_timeout);
 
-    let inbound = tokio::spawn(pump_in(shared.clone(), route.clone(), info.clone(), closer.clone(), c_rx, u_tx, first));
-    let outbound = tokio::spawn(pump_out(shared.clone(), route.clone(), info.clone(), closer.clone(), u_rx, c_tx));
+    let inbound = tokio::spawn(pump_in(
+        shared.clone(),
+        route.clone(),
+        info.clone(),
+        closer.clone(),
+        c_rx,
+        u_tx,
+        first,
+    ));
+    let outbound = tokio::spawn(pump_out(
+        shared.clone(),
+        route.clone(),
+        info.clone(),
+        closer.clone(),
+        u_rx,
+        c_tx,
+    ));
     let mut inbound = AbortOnDrop(inbound);
     let mut outbound = AbortOnDrop(outbound);
 
@@ -465,7 +601,8 @@ async fn run_session<C>(
     let mut ended_one = false;
     loop {
         let last = Duration::from_millis(closer.last_activity.load(Ordering::Relaxed));
-        let idle_deadline = tokio::time::Instant::now() + (last + idle).saturating_sub(state::now());
+        let idle_deadline =
+            tokio::time::Instant::now() + (last + idle).saturating_sub(state::now());
         tokio::select! {
             r = &mut inbound.0, if !inbound.finished() => { inbound.done(r); if ended_one { break } ended_one = true; }
             r = &mut outbound.0, if !outbound.finished() => { outbound.done(r); if ended_one { break } ended_one = true; }
@@ -492,11 +629,18 @@ async fn run_session<C>(
                     outbound.done(r);
                 }
             };
-            if tokio::time::timeout(shared.tuning.close_grace, rest).await.is_err() {
+            if tokio::time::timeout(shared.tuning.close_grace, rest)
+                .await
+                .is_err()
+            {
                 closer.end(None, None);
                 let _ = tokio::time::timeout(Duration::from_millis(200), async {
-                    if !inbound.finished() { let _ = (&mut inbound.0).await; }
-                    if !outbound.finished() { let _ = (&mut outbound.0).await; }
+                    if !inbound.finished() {
+                        let _ = (&mut inbound.0).await;
+                    }
+                    if !outbound.finished() {
+                        let _ = (&mut outbound.0).await;
+                    }
                 })
                 .await;
             }
@@ -533,8 +677,11 @@ type Sink<S> = futures_util::stream::SplitSink<WebSocketStream<S>, Message>;
 type Source<S> = futures_util::stream::SplitStream<WebSocketStream<S>>;
 
 /// Sends the close frame this leg was assigned by [`Closer::end`], if any.
-async fn send_assigned_close<S>(tx: &mut Sink<S>, frame: Option<&Option<CloseFrame>>, grace: Duration)
-where
+async fn send_assigned_close<S>(
+    tx: &mut Sink<S>,
+    frame: Option<&Option<CloseFrame>>,
+    grace: Duration,
+) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     if let Some(Some(f)) = frame {
@@ -556,9 +703,12 @@ async fn pump_in<C>(
 {
     let r = &route.route;
     let ws = r.websocket.clone().unwrap_or_default();
-    let read_signal = ws.signaling.kind.is_some() || ws.signaling.room.is_some() || ws.signaling.peer.is_some();
+    let read_signal =
+        ws.signaling.kind.is_some() || ws.signaling.room.is_some() || ws.signaling.peer.is_some();
     let msg_limit = r.limits.messages.clone();
-    let mut msg_bucket = msg_limit.as_ref().map(|l| TokenBucket::new(&l.rate, state::now()));
+    let mut msg_bucket = msg_limit
+        .as_ref()
+        .map(|l| TokenBucket::new(&l.rate, state::now()));
     let on_exceed_rooms = msg_limit.as_ref().map_or(OnExceed::Drop, |l| l.on_exceed);
     let mut counters = DirCounters {
         route: r.name.clone(),
@@ -586,15 +736,27 @@ async fn pump_in<C>(
                 // saying why where that still makes sense, the upstream a 1001.
                 tracing::debug!(session = info.id, error = %e, "client read failed");
                 if matches!(e, tungstenite::Error::Capacity(_)) {
-                    shared.metrics.rate_limited.get_or_create(&crate::metrics::LimitLabels { route: r.name.clone(), limit: "message_size" }).inc();
+                    shared
+                        .metrics
+                        .rate_limited
+                        .get_or_create(&crate::metrics::LimitLabels {
+                            route: r.name.clone(),
+                            limit: "message_size",
+                        })
+                        .inc();
                 }
-                closer.end(read_error_close(&e), Some(close_frame(CloseCode::Away, "client gone")));
-                send_assigned_close(&mut tx, closer.to_upstream.get(), shared.tuning.close_grace).await;
+                closer.end(
+                    read_error_close(&e),
+                    Some(close_frame(CloseCode::Away, "client gone")),
+                );
+                send_assigned_close(&mut tx, closer.to_upstream.get(), shared.tuning.close_grace)
+                    .await;
                 return;
             }
             None => {
                 closer.end(None, Some(close_frame(CloseCode::Away, "client gone")));
-                send_assigned_close(&mut tx, closer.to_upstream.get(), shared.tuning.close_grace).await;
+                send_assigned_close(&mut tx, closer.to_upstream.get(), shared.tuning.close_grace)
+                    .await;
                 return;
             }
         };
@@ -628,8 +790,12 @@ async fn pump_in<C>(
         {
             shared.metrics.rate_limited(&r.name, "messages");
             if limit.on_exceed == OnExceed::Close {
-                closer.end(Some(close_frame(CloseCode::Policy, "message rate limit")), Some(close_frame(CloseCode::Away, "client closed by policy")));
-                send_assigned_close(&mut tx, closer.to_upstream.get(), shared.tuning.close_grace).await;
+                closer.end(
+                    Some(close_frame(CloseCode::Policy, "message rate limit")),
+                    Some(close_frame(CloseCode::Away, "client closed by policy")),
+                );
+                send_assigned_close(&mut tx, closer.to_upstream.get(), shared.tuning.close_grace)
+                    .await;
                 return;
             }
             info.dropped.fetch_add(1, Ordering::Relaxed);
@@ -637,13 +803,20 @@ async fn pump_in<C>(
         }
         // Room bucket (shared by every session of the room).
         if let Some(rooms) = &route.rooms
-            && let Some(room) = signal.as_ref().and_then(|s| s.room.as_deref()).or(info.room.get().map(String::as_str))
+            && let Some(room) = signal
+                .as_ref()
+                .and_then(|s| s.room.as_deref())
+                .or(info.room.get().map(String::as_str))
             && let Verdict::Limited { .. } = state::take(rooms, room)
         {
             shared.metrics.rate_limited(&r.name, "rooms");
             if on_exceed_rooms == OnExceed::Close {
-                closer.end(Some(close_frame(CloseCode::Policy, "room rate limit")), Some(close_frame(CloseCode::Away, "client closed by policy")));
-                send_assigned_close(&mut tx, closer.to_upstream.get(), shared.tuning.close_grace).await;
+                closer.end(
+                    Some(close_frame(CloseCode::Policy, "room rate limit")),
+                    Some(close_frame(CloseCode::Away, "client closed by policy")),
+                );
+                send_assigned_close(&mut tx, closer.to_upstream.get(), shared.tuning.close_grace)
+                    .await;
                 return;
             }
             info.dropped.fetch_add(1, Ordering::Relaxed);
@@ -661,7 +834,9 @@ async fn pump_in<C>(
         };
         if let Err(e) = sent {
             tracing::debug!(session = info.id, error = %e, "upstream write failed");
-            shared.metrics.upstream_error(&r.name, &info.upstream, "reset");
+            shared
+                .metrics
+                .upstream_error(&r.name, &info.upstream, "reset");
             closer.end(Some(close_frame(CloseCode::Error, "upstream failed")), None);
             return;
         }
@@ -703,16 +878,33 @@ async fn pump_out<C>(
                 // The upstream failed mid-session: 1014 (bad gateway) to the client; if it broke
                 // the protocol (or sent an oversized message) it gets a close frame saying so.
                 tracing::debug!(session = info.id, error = %e, "upstream read failed");
-                let kind = if read_error_close(&e).is_some() { "protocol" } else { "reset" };
+                let kind = if read_error_close(&e).is_some() {
+                    "protocol"
+                } else {
+                    "reset"
+                };
                 shared.metrics.upstream_error(&r.name, &info.upstream, kind);
-                closer.end(Some(close_frame(CloseCode::Error, "upstream failed")), read_error_close(&e));
-                send_assigned_close(&mut tx, closer.to_client.get(), shared.tuning.close_grace).await;
+                closer.end(
+                    Some(close_frame(CloseCode::Error, "upstream failed")),
+                    read_error_close(&e),
+                );
+                send_assigned_close(&mut tx, closer.to_client.get(), shared.tuning.close_grace)
+                    .await;
                 return;
             }
             None => {
-                shared.metrics.upstream_error(&r.name, &info.upstream, "reset");
-                closer.end(Some(close_frame(CloseCode::Error, "upstream closed the connection")), None);
-                send_assigned_close(&mut tx, closer.to_client.get(), shared.tuning.close_grace).await;
+                shared
+                    .metrics
+                    .upstream_error(&r.name, &info.upstream, "reset");
+                closer.end(
+                    Some(close_frame(
+                        CloseCode::Error,
+                        "upstream closed the connection",
+                    )),
+                    None,
+                );
+                send_assigned_close(&mut tx, closer.to_client.get(), shared.tuning.close_grace)
+                    .await;
                 return;
             }
         };

@@ -21,7 +21,11 @@ fn free_addr() -> SocketAddr {
 
 fn signal(child: &Child, sig: &str) {
     let pid = child.id().unwrap().to_string();
-    let ok = std::process::Command::new("kill").args([sig, &pid]).status().unwrap().success();
+    let ok = std::process::Command::new("kill")
+        .args([sig, &pid])
+        .status()
+        .unwrap()
+        .success();
     assert!(ok, "kill {sig} {pid}");
 }
 
@@ -44,7 +48,13 @@ fn write(path: &std::path::Path, text: &str) {
     std::fs::rename(&tmp, path).unwrap();
 }
 
-fn config(listen: SocketAddr, admin: SocketAddr, stable: SocketAddr, canary: SocketAddr, weights: (u32, u32)) -> String {
+fn config(
+    listen: SocketAddr,
+    admin: SocketAddr,
+    stable: SocketAddr,
+    canary: SocketAddr,
+    weights: (u32, u32),
+) -> String {
     format!(
         r#"listen: {listen}
 admin: {admin}
@@ -65,9 +75,22 @@ routes:
 async fn check_accepts_good_and_reports_every_error_with_path_and_line() {
     let dir = tempfile::tempdir().unwrap();
     let good = dir.path().join("good.yaml");
-    write(&good, &config(free_addr(), free_addr(), free_addr(), free_addr(), (90, 10)));
-    let out = Command::new(BIN).args(["check", "--config"]).arg(&good).output().await.unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    write(
+        &good,
+        &config(free_addr(), free_addr(), free_addr(), free_addr(), (90, 10)),
+    );
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&good)
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let bad = dir.path().join("bad.yaml");
     write(
@@ -87,18 +110,46 @@ routes:
       - { name: x, url: "not a url" }
 "#,
     );
-    let out = Command::new(BIN).args(["check", "--config"]).arg(&bad).output().await.unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&bad)
+        .output()
+        .await
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    for needle in ["routes[1].upstreams[0].url", "routes[0].upstreams[1].weight", "routes[0].websocket.idle_timeout", "routes[1].name", "bogus", "line "] {
+    for needle in [
+        "routes[1].upstreams[0].url",
+        "routes[0].upstreams[1].weight",
+        "routes[0].websocket.idle_timeout",
+        "routes[1].name",
+        "bogus",
+        "line ",
+    ] {
         assert!(err.contains(needle), "missing `{needle}` in:\n{err}");
     }
     // The shipped example config is valid.
-    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/configs/sigmesh.yaml");
-    let out = Command::new(BIN).args(["check", "--config", example]).output().await.unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let example = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/configs/sigmesh.yaml"
+    );
+    let out = Command::new(BIN)
+        .args(["check", "--config", example])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // Not a file at all: still exit 1 with a message, no panic.
-    let out = Command::new(BIN).args(["check", "--config", "/nonexistent/sigmesh.yaml"]).output().await.unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "--config", "/nonexistent/sigmesh.yaml"])
+        .output()
+        .await
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"));
 }
@@ -110,7 +161,16 @@ async fn run_reloads_on_change_and_sighup_refuses_bad_files_and_drains_on_sigter
     let (listen, admin) = (free_addr(), free_addr());
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("sigmesh.yaml");
-    write(&path, &config(listen, admin, stable.local_addr, canary.local_addr, (100, 0)));
+    write(
+        &path,
+        &config(
+            listen,
+            admin,
+            stable.local_addr,
+            canary.local_addr,
+            (100, 0),
+        ),
+    );
     let mut child = Command::new(BIN)
         .args(["run", "--log-format", "json"])
         .env("SIGMESH_CONFIG", &path)
@@ -134,10 +194,23 @@ async fn run_reloads_on_change_and_sighup_refuses_bad_files_and_drains_on_sigter
     assert_eq!(whoami(&mut live).await["server"], "stable");
 
     // A file change applies to new sessions; the live one keeps its upstream.
-    write(&path, &config(listen, admin, stable.local_addr, canary.local_addr, (0, 100)));
+    write(
+        &path,
+        &config(
+            listen,
+            admin,
+            stable.local_addr,
+            canary.local_addr,
+            (0, 100),
+        ),
+    );
     let reloads = |result: &'static str| async move {
         let m = http(admin, "GET", "/metrics", &[], "").await.2;
-        metric(&m, &format!(r#"sigmesh_config_reloads_total{{result="{result}"}}"#)).unwrap_or(0.0)
+        metric(
+            &m,
+            &format!(r#"sigmesh_config_reloads_total{{result="{result}"}}"#),
+        )
+        .unwrap_or(0.0)
     };
     eventually(|| async { reloads("success").await == 1.0 }).await;
     let mut c = ws(listen, "/ws").await;
@@ -151,7 +224,16 @@ async fn run_reloads_on_change_and_sighup_refuses_bad_files_and_drains_on_sigter
     assert_eq!(whoami(&mut c).await["server"], "canary");
 
     // SIGHUP reloads even when the file did not change since the last look.
-    write(&path, &config(listen, admin, stable.local_addr, canary.local_addr, (100, 0)));
+    write(
+        &path,
+        &config(
+            listen,
+            admin,
+            stable.local_addr,
+            canary.local_addr,
+            (100, 0),
+        ),
+    );
     eventually(|| async { reloads("success").await == 2.0 }).await;
     signal(&child, "-HUP");
     eventually(|| async { reloads("success").await == 3.0 }).await;
@@ -166,7 +248,10 @@ async fn run_reloads_on_change_and_sighup_refuses_bad_files_and_drains_on_sigter
     assert_eq!(status.code(), Some(0));
     let logs = log.await.unwrap();
     assert!(logs.contains("config refused"), "{logs}");
-    assert!(logs.lines().all(|l| l.starts_with('{')), "json logs: {logs}");
+    assert!(
+        logs.lines().all(|l| l.starts_with('{')),
+        "json logs: {logs}"
+    );
 }
 
 #[tokio::test]
@@ -175,8 +260,18 @@ async fn listener_that_cannot_bind_exits_2() {
     let addr = taken.local_addr().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("c.yaml");
-    write(&path, &config(addr, free_addr(), free_addr(), free_addr(), (1, 1)));
-    let out = within(Command::new(BIN).args(["run", "--config"]).arg(&path).output()).await.unwrap();
+    write(
+        &path,
+        &config(addr, free_addr(), free_addr(), free_addr(), (1, 1)),
+    );
+    let out = within(
+        Command::new(BIN)
+            .args(["run", "--config"])
+            .arg(&path)
+            .output(),
+    )
+    .await
+    .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot listen"));
 }
@@ -185,7 +280,13 @@ async fn listener_that_cannot_bind_exits_2() {
 async fn demo_serves_page_signaling_and_admin() {
     let (listen, admin) = (free_addr(), free_addr());
     let mut child = Command::new(BIN)
-        .args(["demo", "--listen", &listen.to_string(), "--admin", &admin.to_string()])
+        .args([
+            "demo",
+            "--listen",
+            &listen.to_string(),
+            "--admin",
+            &admin.to_string(),
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .kill_on_drop(true)
@@ -204,7 +305,10 @@ async fn demo_serves_page_signaling_and_admin() {
     let (status, h, body) = http(listen, "GET", "/?room=demo", &[], "").await;
     assert_eq!(status, 200);
     assert!(header(&h, "content-type").unwrap().starts_with("text/html"));
-    assert!(body.contains("RTCPeerConnection"), "the page makes a WebRTC call");
+    assert!(
+        body.contains("RTCPeerConnection"),
+        "the page makes a WebRTC call"
+    );
     let mut a = ws(listen, "/ws?room=demo").await;
     let mut b = ws(listen, "/ws?room=demo").await;
     send(&mut a, r#"{"type":"join","room":"demo","from":"a"}"#).await;

@@ -44,7 +44,13 @@ routes:
     assert_eq!(h["x-ratelimit-remaining"], "0");
     assert!(h.contains_key("x-ratelimit-reset"));
     let m = metrics(&p).await;
-    assert_eq!(metric(&m, r#"sigmesh_rate_limited_total{route="sig",limit="connections"}"#), Some(1.0));
+    assert_eq!(
+        metric(
+            &m,
+            r#"sigmesh_rate_limited_total{route="sig",limit="connections"}"#
+        ),
+        Some(1.0)
+    );
 }
 
 #[tokio::test]
@@ -61,9 +67,16 @@ routes:
         &[up.local_addr],
     )
     .await;
-    assert_eq!(refused_status(p.listen, "/ws", &[("origin", "https://evil.example.com")]).await.0, 403);
+    assert_eq!(
+        refused_status(p.listen, "/ws", &[("origin", "https://evil.example.com")])
+            .await
+            .0,
+        403
+    );
     assert_eq!(refused_status(p.listen, "/ws", &[]).await.0, 403);
-    let (mut c, _) = connect(p.listen, "/ws", &[("origin", "https://app.example.com")]).await.unwrap();
+    let (mut c, _) = connect(p.listen, "/ws", &[("origin", "https://app.example.com")])
+        .await
+        .unwrap();
     assert_eq!(whoami(&mut c).await["server"], "stable");
 }
 
@@ -101,7 +114,11 @@ routes:
         // The signaling server answers plain HTTP on any path it does not serve with 404, and
         // says who it is either way.
         assert!(status == 200 || status == 404, "status {status}");
-        assert_eq!(header(&h, "x-signaling-server"), Some(over_ws.as_str()), "room-{i}");
+        assert_eq!(
+            header(&h, "x-signaling-server"),
+            Some(over_ws.as_str()),
+            "room-{i}"
+        );
     }
 }
 
@@ -114,7 +131,13 @@ async fn upstream_refusing_gives_502() {
     let p = proxy(ECHO, &[dead]).await;
     assert_eq!(refused_status(p.listen, "/ws", &[]).await.0, 502);
     let m = metrics(&p).await;
-    assert_eq!(metric(&m, r#"sigmesh_upstream_errors_total{route="echo",upstream="up",kind="connect"}"#), Some(1.0));
+    assert_eq!(
+        metric(
+            &m,
+            r#"sigmesh_upstream_errors_total{route="echo",upstream="up",kind="connect"}"#
+        ),
+        Some(1.0)
+    );
 }
 
 #[tokio::test]
@@ -131,7 +154,13 @@ async fn upstream_timing_out_in_handshake_gives_502() {
     let p = proxy(ECHO, &[addr]).await;
     assert_eq!(refused_status(p.listen, "/ws", &[]).await.0, 502);
     let m = metrics(&p).await;
-    assert_eq!(metric(&m, r#"sigmesh_upstream_errors_total{route="echo",upstream="up",kind="timeout"}"#), Some(1.0));
+    assert_eq!(
+        metric(
+            &m,
+            r#"sigmesh_upstream_errors_total{route="echo",upstream="up",kind="timeout"}"#
+        ),
+        Some(1.0)
+    );
     hold.abort();
 }
 
@@ -164,12 +193,24 @@ routes:
     for i in 0..3 {
         assert_eq!(recv_text(&mut c).await, format!("m{i}"));
     }
-    eventually(|| async { sessions(&p).await.first().is_some_and(|s| s["dropped"] == 7) }).await;
+    eventually(|| async {
+        sessions(&p)
+            .await
+            .first()
+            .is_some_and(|s| s["dropped"] == 7)
+    })
+    .await;
     let s = &sessions(&p).await[0];
     assert_eq!(s["messages_in"], 3);
     assert_eq!(s["route"], "drop");
     let m = metrics(&p).await;
-    assert_eq!(metric(&m, r#"sigmesh_rate_limited_total{route="drop",limit="messages"}"#), Some(7.0));
+    assert_eq!(
+        metric(
+            &m,
+            r#"sigmesh_rate_limited_total{route="drop",limit="messages"}"#
+        ),
+        Some(7.0)
+    );
     for i in 0..3 {
         match within(seen.recv()).await {
             Some(Seen::Text(t)) => assert_eq!(t, format!("m{i}")),
@@ -220,9 +261,14 @@ async fn close_codes_propagate_both_ways() {
     let mut c = ws(p.listen, "/ws").await;
     send(&mut c, "hello").await;
     assert_eq!(recv_text(&mut c).await, "hello");
-    within(c.close(Some(tokio_tungstenite::tungstenite::protocol::CloseFrame { code: 4001.into(), reason: "done".into() })))
-        .await
-        .unwrap();
+    within(
+        c.close(Some(tokio_tungstenite::tungstenite::protocol::CloseFrame {
+            code: 4001.into(),
+            reason: "done".into(),
+        })),
+    )
+    .await
+    .unwrap();
     let mut got = None;
     while got.is_none() {
         if let Some(Seen::Close(f)) = within(seen.recv()).await {
@@ -242,7 +288,14 @@ async fn upstream_failing_mid_session_gives_1011() {
     // 1011 rather than 1014: tungstenite (and other stacks) reject 1014 as a protocol error.
     assert_eq!(recv_close(&mut c).await.0, 1011);
     let m = metrics(&p).await;
-    assert!(metric(&m, r#"sigmesh_upstream_errors_total{route="echo",upstream="up",kind="reset"}"#).is_some(), "{m}");
+    assert!(
+        metric(
+            &m,
+            r#"sigmesh_upstream_errors_total{route="echo",upstream="up",kind="reset"}"#
+        )
+        .is_some(),
+        "{m}"
+    );
 }
 
 #[tokio::test]
@@ -260,7 +313,9 @@ routes:
     )
     .await;
     let mut c = ws(p.listen, "/").await;
-    within(c.send(Message::Ping(b"are you there".to_vec().into()))).await.unwrap();
+    within(c.send(Message::Ping(b"are you there".to_vec().into())))
+        .await
+        .unwrap();
     match within(c.next()).await {
         Some(Ok(Message::Pong(p))) => assert_eq!(&p[..], b"are you there"),
         other => panic!("expected pong, got {other:?}"),
@@ -290,7 +345,10 @@ async fn drain_turns_readyz_503_refuses_new_and_closes_sessions_1001() {
         assert!(status == 503 || status == 0, "readyz {status}");
     }
     within(drained).await.unwrap();
-    assert!(tokio::net::TcpStream::connect(listen).await.is_err(), "listener still open");
+    assert!(
+        tokio::net::TcpStream::connect(listen).await.is_err(),
+        "listener still open"
+    );
 }
 
 #[tokio::test]
@@ -304,7 +362,10 @@ async fn subprotocols_cookies_and_authorization_pass_and_forwarding_headers_are_
             ("sec-websocket-protocol", "sig.v9, sig.v1"),
             ("cookie", "session=abc"),
             ("authorization", "Bearer t0k"),
-            ("traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+            (
+                "traceparent",
+                "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            ),
         ],
     )
     .await
@@ -317,11 +378,17 @@ async fn subprotocols_cookies_and_authorization_pass_and_forwarding_headers_are_
     assert_eq!(h["authorization"], "Bearer t0k");
     assert_eq!(h["x-forwarded-for"], "127.0.0.1");
     assert_eq!(h["x-forwarded-proto"], "http");
-    assert_eq!(h["traceparent"], "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01");
+    assert_eq!(
+        h["traceparent"],
+        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    );
     assert_eq!(w["path"], "/ws?room=r1");
     // Without a traceparent, sigmesh starts one.
     let mut c = ws(p.listen, "/ws").await;
-    let tp = whoami(&mut c).await["headers"]["traceparent"].as_str().unwrap().to_owned();
+    let tp = whoami(&mut c).await["headers"]["traceparent"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     assert_eq!(tp.len(), 55, "{tp}");
 }
 
@@ -331,10 +398,15 @@ async fn slow_loris_does_not_hold_a_connection() {
     let up = signaling("stable").await;
     let p = proxy(ECHO, &[up.local_addr]).await;
     let mut s = tokio::net::TcpStream::connect(p.listen).await.unwrap();
-    s.write_all(b"GET /ws HTTP/1.1\r\nhost: x\r\n").await.unwrap();
+    s.write_all(b"GET /ws HTTP/1.1\r\nhost: x\r\n")
+        .await
+        .unwrap();
     // The header read timeout (500 ms in tests) closes the connection.
     let mut buf = Vec::new();
     within(s.read_to_end(&mut buf)).await.unwrap();
     let text = String::from_utf8_lossy(&buf);
-    assert!(text.is_empty() || text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(
+        text.is_empty() || text.starts_with("HTTP/1.1 408"),
+        "{text}"
+    );
 }

@@ -40,10 +40,17 @@ async fn split_ratio_over_1000_rooms_and_rooms_stick() {
         first.push(s);
     }
     // 20% of 1000 rooms: binomial sd is about 12.6; allow four sd.
-    assert!((150..=250).contains(&canary_rooms), "canary got {canary_rooms} of 1000 rooms");
+    assert!(
+        (150..=250).contains(&canary_rooms),
+        "canary got {canary_rooms} of 1000 rooms"
+    );
     // The same room always goes to the same upstream.
     for i in (0..1000).step_by(50) {
-        assert_eq!(server_of(&p, &format!("/ws?room=call-{i}"), &[]).await, first[i], "call-{i}");
+        assert_eq!(
+            server_of(&p, &format!("/ws?room=call-{i}"), &[]).await,
+            first[i],
+            "call-{i}"
+        );
     }
 }
 
@@ -54,8 +61,14 @@ async fn override_header_wins_over_weights() {
     let p = proxy(SPLIT, &[stable.local_addr, canary.local_addr]).await;
     for i in 0..10 {
         let path = format!("/ws?room=o-{i}");
-        assert_eq!(server_of(&p, &path, &[("x-sigmesh-upstream", "canary")]).await, "canary");
-        assert_eq!(server_of(&p, &path, &[("x-sigmesh-upstream", "stable")]).await, "stable");
+        assert_eq!(
+            server_of(&p, &path, &[("x-sigmesh-upstream", "canary")]).await,
+            "canary"
+        );
+        assert_eq!(
+            server_of(&p, &path, &[("x-sigmesh-upstream", "stable")]).await,
+            "stable"
+        );
     }
 }
 
@@ -76,7 +89,14 @@ async fn live_weight_change_applies_to_new_sessions_only() {
     let mut live = ws(p.listen, &room).await;
     assert_eq!(whoami(&mut live).await["server"], "stable");
 
-    let (status, _, body) = http(admin, "PUT", "/routes/signaling/weights", &[], r#"{"stable": 0, "canary": 100}"#).await;
+    let (status, _, body) = http(
+        admin,
+        "PUT",
+        "/routes/signaling/weights",
+        &[],
+        r#"{"stable": 0, "canary": 100}"#,
+    )
+    .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(server_of(&p, &room, &[]).await, "canary");
     // The live session keeps its upstream.
@@ -88,12 +108,23 @@ async fn live_weight_change_applies_to_new_sessions_only() {
     assert_eq!(cfg["routes"][0]["upstreams"][1]["weight"], 100);
 
     // Bad input: 400 with a reason, weights unchanged.
-    for bad in [r#"{"stable": -1}"#, r#"{"nope": 5}"#, r#"{"stable": 0, "canary": 0}"#, "not json", r#"{"stable": 1.5}"#] {
+    for bad in [
+        r#"{"stable": -1}"#,
+        r#"{"nope": 5}"#,
+        r#"{"stable": 0, "canary": 0}"#,
+        "not json",
+        r#"{"stable": 1.5}"#,
+    ] {
         let (status, _, body) = http(admin, "PUT", "/routes/signaling/weights", &[], bad).await;
         assert_eq!(status, 400, "{bad}: {body}");
         assert!(body.contains("error"), "{body}");
     }
-    assert_eq!(http(admin, "PUT", "/routes/missing/weights", &[], "{}").await.0, 404);
+    assert_eq!(
+        http(admin, "PUT", "/routes/missing/weights", &[], "{}")
+            .await
+            .0,
+        404
+    );
     assert_eq!(server_of(&p, &room, &[]).await, "canary");
 }
 
@@ -123,13 +154,19 @@ routes:
         let expected = ["stable", "canary"][splitter.pick(None, Some(room.as_bytes()), 0).index];
         let mut c = ws(p.listen, "/ws").await;
         // The first message is forwarded to the upstream picked from it: the join is answered.
-        send(&mut c, &format!(r#"{{"type":"join","room":"{room}","from":"alice"}}"#)).await;
+        send(
+            &mut c,
+            &format!(r#"{{"type":"join","room":"{room}","from":"alice"}}"#),
+        )
+        .await;
         let welcome = recv_json(&mut c).await;
         assert_eq!(welcome["type"], "welcome");
         assert_eq!(welcome["server"], expected, "{room}");
         seen.insert(expected);
         eventually(|| async {
-            sessions(&p).await.iter().any(|s| s["room"] == room.as_str() && s["peer"] == "alice" && s["upstream"] == expected)
+            sessions(&p).await.iter().any(|s| {
+                s["room"] == room.as_str() && s["peer"] == "alice" && s["upstream"] == expected
+            })
         })
         .await;
     }
@@ -149,7 +186,11 @@ async fn sessions_metrics_and_config_show_the_call() {
     send(&mut bob, r#"{"type":"join","room":"abc","from":"bob"}"#).await;
     assert_eq!(recv_json(&mut bob).await["type"], "welcome");
     assert_eq!(recv_json(&mut alice).await["type"], "peer-joined");
-    send(&mut bob, r#"{"type":"offer","room":"abc","from":"bob","sdp":"v=0"}"#).await;
+    send(
+        &mut bob,
+        r#"{"type":"offer","room":"abc","from":"bob","sdp":"v=0"}"#,
+    )
+    .await;
     assert_eq!(recv_json(&mut alice).await["type"], "offer");
 
     let all = sessions(&p).await;
@@ -159,7 +200,18 @@ async fn sessions_metrics_and_config_show_the_call() {
         assert_eq!(s["room"], "abc");
         assert!(s["client"].as_str().unwrap().starts_with("127.0.0.1:"));
         assert!(s["opened_at"].as_str().unwrap().ends_with('Z'));
-        for k in ["id", "upstream", "messages_in", "messages_out", "bytes_in", "bytes_out", "dropped", "ice", "setup_ms", "peer"] {
+        for k in [
+            "id",
+            "upstream",
+            "messages_in",
+            "messages_out",
+            "bytes_in",
+            "bytes_out",
+            "dropped",
+            "ice",
+            "setup_ms",
+            "peer",
+        ] {
             assert!(s.get(k).is_some(), "missing {k} in {s}");
         }
     }
@@ -169,11 +221,49 @@ async fn sessions_metrics_and_config_show_the_call() {
 
     let m = metrics(&p).await;
     let up = all[0]["upstream"].as_str().unwrap();
-    assert_eq!(metric(&m, &format!(r#"sigmesh_connections_active{{route="signaling",upstream="{up}"}}"#)), Some(2.0));
-    assert_eq!(metric(&m, &format!(r#"sigmesh_connections_total{{route="signaling",upstream="{up}",outcome="accepted"}}"#)), Some(2.0));
-    assert_eq!(metric(&m, &format!(r#"sigmesh_messages_total{{route="signaling",upstream="{up}",direction="in",type="offer"}}"#)), Some(1.0));
-    assert_eq!(metric(&m, &format!(r#"sigmesh_messages_total{{route="signaling",upstream="{up}",direction="out",type="offer"}}"#)), Some(1.0));
-    assert_eq!(metric(&m, &format!(r#"sigmesh_messages_total{{route="signaling",upstream="{up}",direction="in",type="join"}}"#)), Some(2.0));
+    assert_eq!(
+        metric(
+            &m,
+            &format!(r#"sigmesh_connections_active{{route="signaling",upstream="{up}"}}"#)
+        ),
+        Some(2.0)
+    );
+    assert_eq!(
+        metric(
+            &m,
+            &format!(
+                r#"sigmesh_connections_total{{route="signaling",upstream="{up}",outcome="accepted"}}"#
+            )
+        ),
+        Some(2.0)
+    );
+    assert_eq!(
+        metric(
+            &m,
+            &format!(
+                r#"sigmesh_messages_total{{route="signaling",upstream="{up}",direction="in",type="offer"}}"#
+            )
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(
+            &m,
+            &format!(
+                r#"sigmesh_messages_total{{route="signaling",upstream="{up}",direction="out",type="offer"}}"#
+            )
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(
+            &m,
+            &format!(
+                r#"sigmesh_messages_total{{route="signaling",upstream="{up}",direction="in",type="join"}}"#
+            )
+        ),
+        Some(2.0)
+    );
 
     let (status, cfg) = admin_get(&p, "/config").await;
     assert_eq!(status, 200);

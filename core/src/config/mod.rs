@@ -51,7 +51,9 @@ pub struct Shutdown {
 
 impl Default for Shutdown {
     fn default() -> Self {
-        Shutdown { drain_timeout: Duration::from_secs(30) }
+        Shutdown {
+            drain_timeout: Duration::from_secs(30),
+        }
     }
 }
 
@@ -318,7 +320,10 @@ impl Config {
 impl Route {
     /// The override header in force: the configured one, or `x-sigmesh-upstream`.
     pub fn override_header(&self) -> &str {
-        self.split.override_header.as_deref().unwrap_or(DEFAULT_OVERRIDE_HEADER)
+        self.split
+            .override_header
+            .as_deref()
+            .unwrap_or(DEFAULT_OVERRIDE_HEADER)
     }
 }
 
@@ -382,13 +387,19 @@ pub mod duration_str {
         let mut total = Duration::ZERO;
         let mut rest = t;
         while !rest.is_empty() {
-            let digits = rest.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(rest.len());
+            let digits = rest
+                .find(|c: char| !c.is_ascii_digit() && c != '.')
+                .unwrap_or(rest.len());
             if digits == 0 {
-                return Err(format!("bad duration `{s}`: expected a number, as in `250ms`, `30s`, `1h`"));
+                return Err(format!(
+                    "bad duration `{s}`: expected a number, as in `250ms`, `30s`, `1h`"
+                ));
             }
             let num = &rest[..digits];
             rest = &rest[digits..];
-            let unit_len = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
+            let unit_len = rest
+                .find(|c: char| c.is_ascii_digit() || c == '.')
+                .unwrap_or(rest.len());
             let unit = &rest[..unit_len];
             rest = &rest[unit_len..];
             let unit_ns: u128 = match unit {
@@ -399,8 +410,16 @@ pub mod duration_str {
                 "m" => 60_000_000_000,
                 "h" => 3_600_000_000_000,
                 "d" => 86_400_000_000_000,
-                "" => return Err(format!("bad duration `{s}`: a unit is needed (ms, s, m, h)")),
-                other => return Err(format!("bad duration `{s}`: unknown unit `{other}` (use ms, s, m, h)")),
+                "" => {
+                    return Err(format!(
+                        "bad duration `{s}`: a unit is needed (ms, s, m, h)"
+                    ));
+                }
+                other => {
+                    return Err(format!(
+                        "bad duration `{s}`: unknown unit `{other}` (use ms, s, m, h)"
+                    ));
+                }
             };
             // Exact decimal arithmetic, so that `format` and `parse` round-trip.
             let (int_part, frac_part) = num.split_once('.').unwrap_or((num, ""));
@@ -408,7 +427,11 @@ pub mod duration_str {
                 return Err(format!("bad duration `{s}`: `{num}` is not a number"));
             }
             let out_of_range = || format!("bad duration `{s}`: out of range");
-            let int: u128 = if int_part.is_empty() { 0 } else { int_part.parse().map_err(|_| out_of_range())? };
+            let int: u128 = if int_part.is_empty() {
+                0
+            } else {
+                int_part.parse().map_err(|_| out_of_range())?
+            };
             let frac_digits = &frac_part[..frac_part.len().min(18)];
             let frac_ns = if frac_digits.is_empty() {
                 0
@@ -416,10 +439,15 @@ pub mod duration_str {
                 let f: u128 = frac_digits.parse().map_err(|_| out_of_range())?;
                 f * unit_ns / 10u128.pow(frac_digits.len() as u32)
             };
-            let ns = int.checked_mul(unit_ns).and_then(|n| n.checked_add(frac_ns)).ok_or_else(out_of_range)?;
+            let ns = int
+                .checked_mul(unit_ns)
+                .and_then(|n| n.checked_add(frac_ns))
+                .ok_or_else(out_of_range)?;
             let secs = u64::try_from(ns / 1_000_000_000).map_err(|_| out_of_range())?;
             let d = Duration::new(secs, (ns % 1_000_000_000) as u32);
-            total = total.checked_add(d).ok_or_else(|| format!("bad duration `{s}`: out of range"))?;
+            total = total
+                .checked_add(d)
+                .ok_or_else(|| format!("bad duration `{s}`: out of range"))?;
         }
         Ok(total)
     }
@@ -427,12 +455,22 @@ pub mod duration_str {
     /// Formats a duration in the largest unit that is exact: `1h`, `90s`, `250ms`.
     pub fn format(d: Duration) -> String {
         let ns = d.as_nanos();
-        for (unit, n) in [("h", 3_600_000_000_000u128), ("m", 60_000_000_000), ("s", 1_000_000_000), ("ms", 1_000_000), ("us", 1_000)] {
-            if ns != 0 && ns % n == 0 {
+        for (unit, n) in [
+            ("h", 3_600_000_000_000u128),
+            ("m", 60_000_000_000),
+            ("s", 1_000_000_000),
+            ("ms", 1_000_000),
+            ("us", 1_000),
+        ] {
+            if ns != 0 && ns.is_multiple_of(n) {
                 return format!("{}{unit}", ns / n);
             }
         }
-        if ns == 0 { "0s".into() } else { format!("{ns}ns") }
+        if ns == 0 {
+            "0s".into()
+        } else {
+            format!("{ns}ns")
+        }
     }
 
     /// serde `serialize_with` helper.

@@ -244,11 +244,11 @@ impl Shared {
     }
 
     fn deliver(&self, member: &Member, msg: Message, room: &str, peer: &str) {
-        if let Err(err) = member.tx.try_send(msg) {
-            if matches!(err, mpsc::error::TrySendError::Full(_)) {
-                let total = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-                tracing::warn!(server = %self.opts.name, room, peer, total, "peer queue full, message dropped");
-            }
+        if let Err(err) = member.tx.try_send(msg)
+            && matches!(err, mpsc::error::TrySendError::Full(_))
+        {
+            let total = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            tracing::warn!(server = %self.opts.name, room, peer, total, "peer queue full, message dropped");
         }
     }
 

@@ -466,7 +466,7 @@ async fn full_queue_drops_and_counts() {
         let msg = json!({"type": "offer", "room": "r", "sdp": payload});
         send_json(&mut sender, msg).await;
         sent += 1;
-        if sent % 64 == 0 {
+        if sent.is_multiple_of(64) {
             barrier(&mut sender).await;
         }
     }

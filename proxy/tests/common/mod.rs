@@ -47,9 +47,15 @@ pub fn fast_tuning() -> Tuning {
 /// A signaling-server upstream named `name`.
 pub async fn signaling(name: &str) -> sigmesh_signaling_server::ServerHandle {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    sigmesh_signaling_server::serve(l, sigmesh_signaling_server::ServerOptions { name: name.into(), subprotocols: vec!["sig.v2".into(), "sig.v1".into()] })
-        .await
-        .unwrap()
+    sigmesh_signaling_server::serve(
+        l,
+        sigmesh_signaling_server::ServerOptions {
+            name: name.into(),
+            subprotocols: vec!["sig.v2".into(), "sig.v1".into()],
+        },
+    )
+    .await
+    .unwrap()
 }
 
 /// Starts a proxy on ephemeral ports from a YAML config; `{A}`, `{B}`, ... in the text are
@@ -61,25 +67,42 @@ pub async fn proxy(yaml: &str, addrs: &[SocketAddr]) -> Proxy {
         text = text.replace(&key, &a.to_string());
     }
     let text = format!("listen: 127.0.0.1:0\nadmin: 127.0.0.1:0\n{text}");
-    let config = sigmesh_core::config::load(&text).unwrap_or_else(|e| panic!("test config: {e}\n{text}"));
-    Proxy::start_with(config, None, fast_tuning()).await.unwrap()
+    let config =
+        sigmesh_core::config::load(&text).unwrap_or_else(|e| panic!("test config: {e}\n{text}"));
+    Proxy::start_with(config, None, fast_tuning())
+        .await
+        .unwrap()
 }
 
 /// Opens a WebSocket through the proxy with extra headers.
-pub async fn connect(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Result<(Client, http::Response<Option<Vec<u8>>>), tungstenite::Error> {
+pub async fn connect(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Result<(Client, http::Response<Option<Vec<u8>>>), tungstenite::Error> {
     let mut req = format!("ws://{addr}{path}").into_client_request().unwrap();
     for (k, v) in headers {
-        req.headers_mut().append(http::HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
+        req.headers_mut().append(
+            http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            v.parse().unwrap(),
+        );
     }
     within(tokio_tungstenite::connect_async(req)).await
 }
 
 pub async fn ws(addr: SocketAddr, path: &str) -> Client {
-    connect(addr, path, &[]).await.expect("websocket handshake").0
+    connect(addr, path, &[])
+        .await
+        .expect("websocket handshake")
+        .0
 }
 
 /// The HTTP status a refused handshake got.
-pub async fn refused_status(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> (u16, http::HeaderMap) {
+pub async fn refused_status(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, http::HeaderMap) {
     match connect(addr, path, headers).await {
         Err(tungstenite::Error::Http(resp)) => (resp.status().as_u16(), resp.headers().clone()),
         Ok(_) => panic!("handshake succeeded"),
@@ -96,7 +119,9 @@ pub async fn recv_text(c: &mut Client) -> String {
     loop {
         match within(c.next()).await {
             Some(Ok(Message::Text(t))) => return t.to_string(),
-            Some(Ok(Message::Binary(_) | Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
+            Some(Ok(
+                Message::Binary(_) | Message::Ping(_) | Message::Pong(_) | Message::Frame(_),
+            )) => continue,
             other => panic!("expected text, got {other:?}"),
         }
     }
@@ -130,7 +155,13 @@ pub async fn whoami(c: &mut Client) -> serde_json::Value {
 }
 
 /// A minimal HTTP/1.1 request; returns status, headers (lower-case names) and body.
-pub async fn http(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> (u16, Vec<(String, String)>, String) {
+pub async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, Vec<(String, String)>, String) {
     within(async {
         let mut s = TcpStream::connect(addr).await.unwrap();
         let mut req = format!("{method} {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\ncontent-length: {}\r\n", body.len());
@@ -214,7 +245,9 @@ pub async fn scripted_upstream() -> (SocketAddr, mpsc::UnboundedReceiver<Seen>) 
         while let Ok((s, _)) = l.accept().await {
             let tx = tx.clone();
             tokio::spawn(async move {
-                let Ok(mut ws) = tokio_tungstenite::accept_async(s).await else { return };
+                let Ok(mut ws) = tokio_tungstenite::accept_async(s).await else {
+                    return;
+                };
                 while let Some(m) = ws.next().await {
                     match m {
                         Ok(Message::Text(t)) => {
@@ -222,18 +255,24 @@ pub async fn scripted_upstream() -> (SocketAddr, mpsc::UnboundedReceiver<Seen>) 
                             let _ = tx.send(Seen::Text(t.clone()));
                             if let Some(rest) = t.strip_prefix("close:") {
                                 let (code, reason) = rest.split_once(':').unwrap_or((rest, ""));
-                                let frame = CloseFrame { code: code.parse::<u16>().unwrap().into(), reason: reason.to_owned().into() };
+                                let frame = CloseFrame {
+                                    code: code.parse::<u16>().unwrap().into(),
+                                    reason: reason.to_owned().into(),
+                                };
                                 let _ = ws.send(Message::Close(Some(frame))).await;
                             } else if t == "reset" {
                                 return; // drop the socket: no close frame
                             } else if let Some(n) = t.strip_prefix("big:") {
-                                let _ = ws.send(Message::text("x".repeat(n.parse().unwrap()))).await;
+                                let _ =
+                                    ws.send(Message::text("x".repeat(n.parse().unwrap()))).await;
                             } else {
                                 let _ = ws.send(Message::text(t)).await;
                             }
                         }
                         Ok(Message::Close(f)) => {
-                            let _ = tx.send(Seen::Close(f.map(|f| (f.code.into(), f.reason.to_string()))));
+                            let _ = tx.send(Seen::Close(
+                                f.map(|f| (f.code.into(), f.reason.to_string())),
+                            ));
                         }
                         Ok(_) => {}
                         Err(_) => break,
