@@ -59,7 +59,36 @@ impl Signal {
             peer: non_empty(peer),
         }
     }
+
+    /// The message type as a metric label: a known signaling type (lower-case), or `other`
+    /// for an absent or unknown one. A fixed set, so clients cannot grow a label space.
+    pub fn type_label(&self) -> &'static str {
+        let Some(kind) = self.kind.as_deref() else {
+            return "other";
+        };
+        KNOWN_TYPES
+            .iter()
+            .find(|known| known.eq_ignore_ascii_case(kind))
+            .copied()
+            .unwrap_or("other")
+    }
 }
+
+/// Message types counted under their own name; the rest count as `other`.
+pub const KNOWN_TYPES: [&str; 12] = [
+    "offer",
+    "answer",
+    "candidate",
+    "join",
+    "leave",
+    "bye",
+    "welcome",
+    "peer-joined",
+    "peer-left",
+    "ping",
+    "pong",
+    "error",
+];
 
 /// The value at a JSON pointer in `text`, as a string (numbers and bools are formatted).
 pub fn pointer_value(text: &str, pointer: &str) -> Option<String> {
@@ -387,6 +416,21 @@ impl<'de> de::Deserialize<'de> for Key<'de> {
 
 #[cfg(test)]
 mod tests {
+    use super::Signal as TypedSignal;
+
+    #[test]
+    fn type_labels_are_a_fixed_set() {
+        let s = |k: Option<&str>| TypedSignal {
+            kind: k.map(str::to_owned),
+            ..TypedSignal::default()
+        };
+        assert_eq!(s(Some("offer")).type_label(), "offer");
+        assert_eq!(s(Some("OFFER")).type_label(), "offer");
+        assert_eq!(s(Some("peer-joined")).type_label(), "peer-joined");
+        assert_eq!(s(Some("x".repeat(100).as_str())).type_label(), "other");
+        assert_eq!(s(None).type_label(), "other");
+    }
+
     use super::*;
 
     /// The reference semantics: a full parse and `Value::pointer`.

@@ -8,7 +8,6 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use sigmesh_core::split::Splitter;
 use tokio::net::TcpListener;
 
 use crate::http_util::{self, Body};
@@ -108,52 +107,24 @@ fn set_weights(shared: &Shared, route: &str, body: &[u8]) -> Response<Body> {
             serde_json::json!({ "error": format!("no route named `{route}`") }).to_string(),
         );
     };
-    let requested: BTreeMap<String, serde_json::Value> = match serde_json::from_slice(body) {
+    let requested: BTreeMap<String, u32> = match serde_json::from_slice(body) {
         Ok(m) => m,
         Err(e) => {
             return bad(&format!(
-                "body must be a JSON object of upstream name to weight: {e}"
+                "body must be a JSON object of upstream name to a non-negative integer weight: {e}"
             ));
         }
     };
-    let current = rt.splitter.load().weights();
-    let mut errors = Vec::new();
-    for (name, value) in &requested {
-        if !current.iter().any(|(n, _)| n == name) {
-            let known: Vec<_> = current.iter().map(|(n, _)| n.as_str()).collect();
-            errors.push(format!(
-                "unknown upstream `{name}` (route `{route}` has {})",
-                known.join(", ")
-            ));
-        } else if value.as_u64().is_none_or(|w| w > u64::from(u32::MAX)) {
-            errors.push(format!(
-                "weight of `{name}` must be a non-negative integer, got {value}"
-            ));
-        }
-    }
-    if !errors.is_empty() {
-        return bad(&errors.join("; "));
-    }
-    let next: Vec<(String, u32)> = current
-        .into_iter()
-        .map(|(n, w)| {
-            let w = requested
-                .get(&n)
-                .and_then(|v| v.as_u64())
-                .map_or(w, |v| v as u32);
-            (n, w)
-        })
-        .collect();
-    match Splitter::new(next.iter().map(|(n, w)| (n.as_str(), *w))) {
-        Ok(s) => {
-            rt.splitter.store(Arc::new(s));
-            tracing::info!(route, weights = ?next, "weights changed");
-            let body: BTreeMap<_, _> = next.into_iter().collect();
+    match rt.splitter.load().reweighted(&requested) {
+        Ok(next) => {
+            let weights: BTreeMap<String, u32> = next.weights().into_iter().collect();
+            rt.splitter.store(Arc::new(next));
+            tracing::info!(route, ?weights, "weights changed");
             http_util::json(
                 StatusCode::OK,
-                serde_json::to_string(&body).unwrap_or_default(),
+                serde_json::to_string(&weights).unwrap_or_default(),
             )
         }
-        Err(e) => bad(&format!("{e}")),
+        Err(e) => bad(&format!("route `{route}`: {e}")),
     }
 }

@@ -1,449 +1,34 @@
-//! WebSocket routes: the handshake (origin, connection bucket, split, upstream first), and the
-//! session that relays message by message between the two legs.
+//! A session: two pumps (client → upstream, upstream → client), each in its own task, and a
+//! coordinator that owns them (idle timeout, drain, close grace).
 //!
-//! ```text
-//! client ──upgrade──► check origin ─► connection bucket ─► split ─► upstream handshake ─► 101 to client
-//!                                                                                        │
-//!            session: pump client→upstream (buckets, size, signaling)  ◄─────────────────┘
-//!                     pump upstream→client
-//!                     coordinator: idle timer, drain, close grace
-//! ```
-//! With `sticky: message:/pointer` the client is upgraded first, its first message read, and
-//! the upstream picked from that message before the upstream handshake.
+//! Whoever ends a session first decides, once, which close frame each leg gets
+//! ([`Closer::end`]); both pumps then send their leg's frame and stop. A close frame from one
+//! side is passed to the other as it is, and the other side's answer comes back the same way.
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use http::header::{self, HeaderMap, HeaderValue};
-use http::{Request, Response, StatusCode};
-use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use prometheus_client::metrics::counter::Counter;
 use sigmesh_core::bucket::{TokenBucket, Verdict};
-use sigmesh_core::config::{OnExceed, Sticky, WebSocket as WsConfig};
+use sigmesh_core::config::OnExceed;
 use sigmesh_core::signal::Signal;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_util::sync::CancellationToken;
 
-use crate::http_util::{self, Body};
+use super::close_frame;
+use super::connect::UpstreamWs;
 use crate::metrics::{KindLabel, MessageLabels, RouteUpstream};
 use crate::sessions::SessionInfo;
 use crate::state::{self, RouteRuntime, Shared};
-use crate::upstream;
 
-/// Read buffer of each leg; tungstenite's default (128 KiB, allocated eagerly) would make an
-/// idle session cost a quarter MiB.
-pub const READ_BUFFER: usize = 4096;
-
-/// tungstenite settings for one leg of a session on `ws`.
-pub fn ws_config(ws: &WsConfig) -> WebSocketConfig {
-    WebSocketConfig::default()
-        .read_buffer_size(READ_BUFFER)
-        .write_buffer_size(0)
-        .max_write_buffer_size(
-            ws.max_message_bytes
-                .saturating_mul(2)
-                .saturating_add(64 * 1024),
-        )
-        .max_message_size(Some(ws.max_message_bytes))
-        .max_frame_size(Some(ws.max_message_bytes))
-}
-
-/// Is this request a WebSocket upgrade?
-pub fn is_upgrade(req: &Request<Incoming>) -> bool {
-    let has_token = |name: header::HeaderName, token: &str| {
-        req.headers()
-            .get_all(name)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case(token))
-    };
-    has_token(header::UPGRADE, "websocket") && has_token(header::CONNECTION, "upgrade")
-}
-
-fn close_frame(code: CloseCode, reason: &'static str) -> CloseFrame {
-    CloseFrame {
-        code,
-        reason: reason.into(),
-    }
-}
-
-/// Handles an upgrade request on a `websocket:` route.
-pub async fn handle(
-    shared: Arc<Shared>,
-    route: Arc<RouteRuntime>,
-    mut req: Request<Incoming>,
-    client: SocketAddr,
-) -> Response<Body> {
-    let rname = route.route.name.as_str();
-    let Some(ws) = route.route.websocket.as_ref() else {
-        return http_util::text(StatusCode::INTERNAL_SERVER_ERROR, "not a websocket route");
-    };
-    // RFC 6455 §4.2.1: a GET with a key and version 13.
-    let Some(key) = req.headers().get(header::SEC_WEBSOCKET_KEY).cloned() else {
-        return http_util::text(StatusCode::BAD_REQUEST, "missing sec-websocket-key");
-    };
-    if req
-        .headers()
-        .get(header::SEC_WEBSOCKET_VERSION)
-        .map(|v| v.as_bytes())
-        != Some(b"13")
-    {
-        let mut r = http_util::text(
-            StatusCode::UPGRADE_REQUIRED,
-            "unsupported websocket version",
-        );
-        r.headers_mut().insert(
-            header::SEC_WEBSOCKET_VERSION,
-            HeaderValue::from_static("13"),
-        );
-        return r;
-    }
-    if req.method() != http::Method::GET {
-        return http_util::text(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "websocket upgrade needs GET",
-        );
-    }
-    // Origin.
-    if !ws.allowed_origins.is_empty() {
-        let origin = req
-            .headers()
-            .get(header::ORIGIN)
-            .and_then(|v| v.to_str().ok());
-        if !origin.is_some_and(|o| ws.allowed_origins.iter().any(|a| a.eq_ignore_ascii_case(o))) {
-            shared.metrics.connection(rname, "", "forbidden");
-            return http_util::text(StatusCode::FORBIDDEN, "origin not allowed");
-        }
-    }
-    // Connection bucket.
-    if let Some(resp) =
-        crate::server::check_connection_limit(&shared, &route, req.headers(), client)
-    {
-        return resp;
-    }
-    let on_upgrade = hyper::upgrade::on(&mut req);
-    let headers = upstream_headers(req.headers(), client);
-    let path_and_query = req
-        .uri()
-        .path_and_query()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "/".into());
-    let sticky_room = crate::server::sticky_room(&route, &req);
-
-    if let Sticky::Message(pointer) = &route.route.split.sticky {
-        // Upgrade the client first; the upstream is picked from its first message.
-        let pointer = pointer.clone();
-        let cfg = ws_config(ws);
-        let shared2 = shared.clone();
-        let route2 = route.clone();
-        tokio::spawn(async move {
-            let Ok(upgraded) = on_upgrade.await else {
-                return;
-            };
-            let client_ws =
-                WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(cfg))
-                    .await;
-            message_sticky_session(
-                shared2,
-                route2,
-                client_ws,
-                client,
-                headers,
-                path_and_query,
-                pointer,
-            )
-            .await;
-        });
-        return switching_protocols(&key, None, &HeaderMap::new());
-    }
-
-    let override_name = req
-        .headers()
-        .get(route.route.override_header())
-        .and_then(|v| v.to_str().ok());
-    let sticky_key = sticky_room.as_deref().map(str::as_bytes);
-    let pick = route
-        .splitter
-        .load()
-        .pick(override_name, sticky_key, rand::random());
-    let up = &route.route.upstreams[pick.index];
-    let uname = up.name.as_str();
-    let connect = connect_upstream(
-        up.url.as_deref().unwrap_or_default(),
-        route.route.matcher.path_prefix.as_deref(),
-        &path_and_query,
-        headers,
-        ws,
-        shared.tuning.upstream_handshake_timeout,
-    );
-    let (upstream_ws, up_resp) = match connect.await {
-        Ok(ok) => ok,
-        Err(e) => {
-            tracing::warn!(route = rname, upstream = uname, error = %e, "upstream handshake failed");
-            shared.metrics.upstream_error(rname, uname, e.kind());
-            shared.metrics.connection(rname, uname, "upstream_error");
-            return http_util::text(StatusCode::BAD_GATEWAY, "upstream handshake failed");
-        }
-    };
-    let protocol = up_resp
-        .headers()
-        .get(header::SEC_WEBSOCKET_PROTOCOL)
-        .cloned();
-    let resp = switching_protocols(&key, protocol, up_resp.headers());
-    let cfg = ws_config(ws);
-    let info = Arc::new(SessionInfo::new(
-        shared.sessions.next_id(),
-        rname,
-        uname,
-        client,
-    ));
-    if let Some(room) = sticky_room {
-        let _ = info.room.set(room);
-    }
-    tokio::spawn(async move {
-        let upgraded = match on_upgrade.await {
-            Ok(u) => u,
-            Err(e) => {
-                tracing::debug!(error = %e, "client upgrade did not complete");
-                return;
-            }
-        };
-        let client_ws =
-            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(cfg)).await;
-        run_session(shared, route, info, client_ws, upstream_ws, None).await;
-    });
-    resp
-}
-
-/// The 101 answer to the client, with the upstream's subprotocol and end-to-end headers.
-fn switching_protocols(
-    key: &HeaderValue,
-    protocol: Option<HeaderValue>,
-    upstream: &HeaderMap,
-) -> Response<Body> {
-    let mut r = Response::new(http_util::full(bytes::Bytes::new()));
-    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    let h = r.headers_mut();
-    for (name, value) in upstream {
-        if name == header::SET_COOKIE {
-            h.append(name, value.clone());
-        }
-    }
-    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    if let Ok(v) = HeaderValue::from_str(&derive_accept_key(key.as_bytes())) {
-        h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
-    }
-    if let Some(p) = protocol {
-        h.insert(header::SEC_WEBSOCKET_PROTOCOL, p);
-    }
-    r
-}
-
-/// The client's handshake headers to send upstream: end-to-end headers (cookies,
-/// authorization, subprotocols, origin, ...) without hop-by-hop and per-connection WebSocket
-/// headers, plus `x-forwarded-*` and `traceparent`.
-fn upstream_headers(client: &HeaderMap, addr: SocketAddr) -> HeaderMap {
-    let mut h = client.clone();
-    http_util::strip_hop_by_hop(&mut h);
-    for n in [
-        header::HOST,
-        header::SEC_WEBSOCKET_KEY,
-        header::SEC_WEBSOCKET_VERSION,
-        header::SEC_WEBSOCKET_EXTENSIONS,
-        header::SEC_WEBSOCKET_ACCEPT,
-        header::CONTENT_LENGTH,
-    ] {
-        h.remove(n);
-    }
-    http_util::set_forwarded(&mut h, addr.ip(), "http");
-    http_util::ensure_traceparent(&mut h);
-    h
-}
-
-/// Why an upstream handshake failed.
-#[derive(Debug, thiserror::Error)]
-pub enum UpstreamError {
-    #[error("bad upstream url: {0}")]
-    Url(String),
-    #[error("connect: {0}")]
-    Connect(std::io::Error),
-    #[error("handshake timed out after {0:?}")]
-    Timeout(Duration),
-    #[error("handshake refused with status {0}")]
-    Refused(StatusCode),
-    #[error("handshake: {0}")]
-    Handshake(tungstenite::Error),
-}
-
-impl UpstreamError {
-    /// The `kind` label of `sigmesh_upstream_errors_total`.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            UpstreamError::Url(_) => "config",
-            UpstreamError::Connect(_) => "connect",
-            UpstreamError::Timeout(_) => "timeout",
-            UpstreamError::Refused(_) => "refused",
-            UpstreamError::Handshake(_) => "handshake",
-        }
-    }
-}
-
-type UpstreamWs = WebSocketStream<TcpStream>;
-
-/// Connects to the upstream and completes its WebSocket handshake, within
-/// `timeout` ([`crate::state::Tuning::upstream_handshake_timeout`]).
-async fn connect_upstream(
-    url: &str,
-    route_prefix: Option<&str>,
-    client_path: &str,
-    headers: HeaderMap,
-    ws: &WsConfig,
-    timeout: Duration,
-) -> Result<(UpstreamWs, tungstenite::handshake::client::Response), UpstreamError> {
-    let target = upstream::Target::parse(url).map_err(UpstreamError::Url)?;
-    if target.tls {
-        return Err(UpstreamError::Url(format!(
-            "{url}: wss:// upstreams are not supported in this build"
-        )));
-    }
-    let uri = target.request_uri("ws", route_prefix, client_path);
-    let mut request = uri
-        .as_str()
-        .into_client_request()
-        .map_err(UpstreamError::Handshake)?;
-    for (name, value) in &headers {
-        request.headers_mut().append(name, value.clone());
-    }
-    let cfg = ws_config(ws);
-    let work = async {
-        let tcp = TcpStream::connect(target.authority.as_str())
-            .await
-            .map_err(UpstreamError::Connect)?;
-        let _ = tcp.set_nodelay(true);
-        tokio_tungstenite::client_async_with_config(request, tcp, Some(cfg))
-            .await
-            .map_err(|e| match e {
-                tungstenite::Error::Http(resp) => UpstreamError::Refused(resp.status()),
-                other => UpstreamError::Handshake(other),
-            })
-    };
-    tokio::time::timeout(timeout, work)
-        .await
-        .map_err(|_| UpstreamError::Timeout(timeout))?
-}
-
-/// `sticky: message:/pointer`: read the first message, pick, connect, forward it, relay.
-async fn message_sticky_session<C>(
-    shared: Arc<Shared>,
-    route: Arc<RouteRuntime>,
-    mut client_ws: WebSocketStream<C>,
-    client: SocketAddr,
-    headers: HeaderMap,
-    path_and_query: String,
-    pointer: String,
-) where
-    C: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let rname = route.route.name.clone();
-    let Some(ws) = route.route.websocket.as_ref() else {
-        return;
-    };
-    let first = tokio::select! {
-        m = tokio::time::timeout(shared.tuning.first_message_timeout, next_data(&mut client_ws)) => m,
-        _ = shared.drain.cancelled() => {
-            let _ = client_ws.close(Some(close_frame(CloseCode::Away, "server shutting down"))).await;
-            return;
-        }
-    };
-    let first = match first {
-        Ok(Some(Ok(m))) => m,
-        Ok(Some(Err(e))) => {
-            let frame = read_error_close(&e)
-                .unwrap_or_else(|| close_frame(CloseCode::Protocol, "protocol error"));
-            let _ = client_ws.close(Some(frame)).await;
-            return;
-        }
-        Ok(None) => return,
-        Err(_) => {
-            let _ = client_ws
-                .close(Some(close_frame(CloseCode::Policy, "no first message")))
-                .await;
-            return;
-        }
-    };
-    let key = match &first {
-        Message::Text(t) => sigmesh_core::signal::pointer_value(t.as_str(), &pointer),
-        _ => None,
-    };
-    let override_name = headers
-        .get(route.route.override_header())
-        .and_then(|v| v.to_str().ok());
-    let pick = route.splitter.load().pick(
-        override_name,
-        key.as_deref().map(str::as_bytes),
-        rand::random(),
-    );
-    let up = &route.route.upstreams[pick.index];
-    let uname = up.name.clone();
-    let connect = connect_upstream(
-        up.url.as_deref().unwrap_or_default(),
-        route.route.matcher.path_prefix.as_deref(),
-        &path_and_query,
-        headers,
-        ws,
-        shared.tuning.upstream_handshake_timeout,
-    );
-    match connect.await {
-        Ok((upstream_ws, _)) => {
-            let info = Arc::new(SessionInfo::new(
-                shared.sessions.next_id(),
-                &rname,
-                &uname,
-                client,
-            ));
-            run_session(shared, route, info, client_ws, upstream_ws, Some(first)).await;
-        }
-        Err(e) => {
-            tracing::warn!(route = %rname, upstream = %uname, error = %e, "upstream handshake failed");
-            shared.metrics.upstream_error(&rname, &uname, e.kind());
-            shared.metrics.connection(&rname, &uname, "upstream_error");
-            let _ = client_ws
-                .close(Some(close_frame(CloseCode::Error, "upstream unavailable")))
-                .await;
-        }
-    }
-}
-
-/// The next text or binary message (pings are answered by tungstenite while reading).
-async fn next_data<S>(ws: &mut WebSocketStream<S>) -> Option<Result<Message, tungstenite::Error>>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    loop {
-        match ws.next().await? {
-            Ok(m @ (Message::Text(_) | Message::Binary(_))) => return Some(Ok(m)),
-            Ok(Message::Close(_)) => return None,
-            Ok(_) => continue,
-            Err(e) => return Some(Err(e)),
-        }
-    }
-}
-
-/// The close frame a read error earns the side that caused it, if it is a policy matter.
-fn read_error_close(e: &tungstenite::Error) -> Option<CloseFrame> {
+pub(super) fn read_error_close(e: &tungstenite::Error) -> Option<CloseFrame> {
     match e {
         tungstenite::Error::Capacity(_) => Some(close_frame(CloseCode::Size, "message too big")),
         // The peer just vanished: nobody to send a close frame to.
@@ -507,37 +92,18 @@ impl DirCounters {
     }
 }
 
-/// The `type` label of a message: a known signaling type, `other`, or `text`/`binary` where
-/// the route reads no type. A fixed set, so clients cannot grow the label space.
-pub fn kind_label(msg: &Message, signal: Option<&Signal>) -> &'static str {
-    const KNOWN: [&str; 12] = [
-        "offer",
-        "answer",
-        "candidate",
-        "join",
-        "leave",
-        "bye",
-        "welcome",
-        "peer-joined",
-        "peer-left",
-        "ping",
-        "pong",
-        "error",
-    ];
+/// The `type` label of a message: the signaling type (a fixed set, see
+/// [`Signal::type_label`]), or `text`/`binary` where the route reads no type.
+fn kind_label(msg: &Message, signal: Option<&Signal>) -> &'static str {
     match (msg, signal) {
         (Message::Binary(_), _) => "binary",
-        (_, Some(Signal { kind: Some(k), .. })) => KNOWN
-            .iter()
-            .find(|known| known.eq_ignore_ascii_case(k))
-            .copied()
-            .unwrap_or("other"),
-        (_, Some(_)) => "other",
+        (_, Some(s)) => s.type_label(),
         _ => "text",
     }
 }
 
 /// Runs a session between two upgraded legs until both are closed.
-async fn run_session<C>(
+pub(super) async fn run_session<C>(
     shared: Arc<Shared>,
     route: Arc<RouteRuntime>,
     info: Arc<SessionInfo>,

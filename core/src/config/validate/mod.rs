@@ -1,0 +1,170 @@
+//! Semantic validation: the document tree of [`super::tree`] to the validated [`Config`].
+//!
+//! The walk never stops at the first problem: each builder records its errors (with key path
+//! and line) and carries on with a placeholder, so that one run reports everything. The caller
+//! returns the [`Config`] only when no error was recorded.
+//!
+//! This file holds the shared state (the [`Mode`], the error collector [`Cx`], key-path
+//! helpers), the allowed key names of every mapping, and the top of the walk ([`config`]).
+//! The rest is split by responsibility:
+//!
+//! - `fields`: reading a mapping, reporting unknown keys with a did-you-mean suggestion;
+//! - `scalars`: strings, numbers, durations, socket addresses, header names, JSON pointers,
+//!   names, URLs and CIDRs;
+//! - `route`: `routes`, each route, its `match` and `websocket` sections;
+//! - `limits`: a route's `limits` (connections, messages, rooms) and their token buckets;
+//! - `upstreams`: a route's `split` (stickiness, override header) and `upstreams`;
+//! - `turn`: the `turn` (with its relay) and `tracing` sections.
+
+mod fields;
+mod limits;
+mod route;
+mod scalars;
+mod turn;
+mod upstreams;
+
+use std::net::SocketAddr;
+
+use super::tree::Node;
+use super::{Config, ConfigError, Shutdown};
+use fields::fields;
+use route::routes;
+use scalars::{duration, socket_addr};
+use turn::{tracing, turn};
+
+/// Which front end the config is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// The standalone proxy: everything, and upstreams need a `url`.
+    Proxy,
+    /// The Envoy/Istio Wasm filter: `routes` and `turn` (without `relay`); upstreams have no `url`.
+    Filter,
+}
+
+/// The error collector.
+pub(crate) struct Cx {
+    pub mode: Mode,
+    pub errors: Vec<ConfigError>,
+}
+
+impl Cx {
+    fn err(&mut self, path: &str, line: usize, message: impl Into<String>) {
+        self.errors.push(ConfigError {
+            path: path.to_owned(),
+            line: Some(line),
+            message: message.into(),
+        });
+    }
+}
+
+fn join(path: &str, key: &str) -> String {
+    if path.is_empty() {
+        key.to_owned()
+    } else {
+        format!("{path}.{key}")
+    }
+}
+
+fn index(path: &str, i: usize) -> String {
+    format!("{path}[{i}]")
+}
+
+// === key names ===
+
+const TOP_PROXY: &[&str] = &["listen", "admin", "shutdown", "routes", "turn", "tracing"];
+const TOP_FILTER: &[&str] = &["routes", "turn"];
+const SHUTDOWN: &[&str] = &["drain_timeout"];
+const ROUTE: &[&str] = &["name", "match", "websocket", "limits", "split", "upstreams"];
+const MATCH: &[&str] = &["path", "path_prefix", "host", "headers"];
+const WEBSOCKET: &[&str] = &[
+    "max_message_bytes",
+    "idle_timeout",
+    "allowed_origins",
+    "signaling",
+];
+const SIGNALING: &[&str] = &["type", "room", "peer"];
+const LIMITS: &[&str] = &["connections", "messages", "rooms"];
+const CONNECTIONS: &[&str] = &["rate", "per", "burst", "key"];
+const MESSAGES: &[&str] = &["rate", "per", "burst", "on_exceed"];
+const ROOMS: &[&str] = &["rate", "per", "burst"];
+const SPLIT: &[&str] = &["sticky", "override_header"];
+const UPSTREAM_PROXY: &[&str] = &["name", "url", "weight"];
+const UPSTREAM_FILTER: &[&str] = &["name", "weight"];
+const TURN_PROXY: &[&str] = &["secret", "ttl", "uris", "credentials_path", "relay"];
+const TURN_FILTER: &[&str] = &["secret", "ttl", "uris", "credentials_path"];
+const RELAY: &[&str] = &["listen", "upstream", "deny_peers"];
+const TRACING: &[&str] = &["otlp_endpoint", "protocol", "service_name", "sample_ratio"];
+
+// === the document ===
+
+/// Builds the whole config; errors go to `cx`.
+pub(crate) fn config(cx: &mut Cx, root: &Node) -> Config {
+    let mode = cx.mode;
+    let (allowed, extra): (&[&str], &[(&str, &str)]) = match mode {
+        Mode::Proxy => (TOP_PROXY, &[]),
+        Mode::Filter => (
+            TOP_FILTER,
+            &[
+                (
+                    "listen",
+                    "not used by the Wasm filter: Envoy's listener decides where traffic arrives; remove it",
+                ),
+                (
+                    "admin",
+                    "not used by the Wasm filter: use Envoy's admin interface; remove it",
+                ),
+                (
+                    "shutdown",
+                    "not used by the Wasm filter: Envoy drains its listeners; remove it",
+                ),
+                (
+                    "tracing",
+                    "not used by the Wasm filter: configure tracing in Envoy; remove it",
+                ),
+            ],
+        ),
+    };
+    let mut c = Config {
+        listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+        admin: None,
+        shutdown: Shutdown::default(),
+        routes: Vec::new(),
+        turn: None,
+        tracing: None,
+    };
+    let Some(f) = fields(cx, root, "", allowed, extra) else {
+        return c;
+    };
+    if mode == Mode::Proxy {
+        if let Some(n) = f.value("listen")
+            && let Some(a) = socket_addr(cx, n, "listen")
+        {
+            c.listen = a;
+        }
+        if let Some(n) = f.value("admin") {
+            c.admin = socket_addr(cx, n, "admin");
+        }
+        if let Some(n) = f.get("shutdown")
+            && let Some(s) = fields(cx, n, "shutdown", SHUTDOWN, &[])
+            && let Some(n) = s.value("drain_timeout")
+            && let Some(d) = duration(cx, n, "shutdown.drain_timeout")
+        {
+            c.shutdown.drain_timeout = d;
+        }
+        if let Some(n) = f.get("tracing") {
+            c.tracing = tracing(cx, n, "tracing");
+        }
+    }
+    match f.value("routes") {
+        None => cx.err(
+            "routes",
+            f.key_line("routes"),
+            "missing `routes`: at least one route is needed",
+        ),
+        Some(n) => c.routes = routes(cx, n, "routes"),
+    }
+    if let Some(n) = f.get("turn") {
+        c.turn = turn(cx, n, "turn");
+    }
+    c
+}

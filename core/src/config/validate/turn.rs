@@ -1,0 +1,168 @@
+//! The `turn` section (TURN REST credentials and the optional relay) and the `tracing`
+//! section (OpenTelemetry export).
+
+use std::time::Duration;
+
+use super::super::tree::Node;
+use super::super::{OtlpProtocol, Tracing, Turn, TurnRelay};
+use super::fields::fields;
+use super::scalars::{
+    float, parse_cidr, positive_duration, required_addr, required_string, string, string_list, url,
+};
+use super::{Cx, Mode, RELAY, TRACING, TURN_FILTER, TURN_PROXY, index};
+
+// === turn ===
+
+pub(super) fn turn(cx: &mut Cx, node: &Node, path: &str) -> Option<Turn> {
+    let (allowed, extra): (&[&str], &[(&str, &str)]) = match cx.mode {
+        Mode::Proxy => (TURN_PROXY, &[]),
+        Mode::Filter => (
+            TURN_FILTER,
+            &[(
+                "relay",
+                "`turn.relay` is not available in the Wasm filter (it needs its own UDP/TCP listener); remove it",
+            )],
+        ),
+    };
+    let f = fields(cx, node, path, allowed, extra)?;
+    let secret = required_string(
+        cx,
+        &f,
+        "secret",
+        "`secret` (the TURN REST API shared secret)",
+    )
+    .unwrap_or_default();
+    let ttl = positive_duration(cx, &f, "ttl", Duration::from_secs(3600));
+    let mut uris = Vec::new();
+    if let Some(n) = f.get("uris") {
+        let p = f.path("uris");
+        for (i, (u, line)) in string_list(cx, n, &p).into_iter().enumerate() {
+            let scheme = u.split_once(':').map(|(s, _)| s.to_ascii_lowercase());
+            let rest_ok = u
+                .split_once(':')
+                .is_some_and(|(_, r)| !r.is_empty() && !r.starts_with('/'));
+            if !matches!(scheme.as_deref(), Some("turn" | "turns" | "stun" | "stuns")) || !rest_ok {
+                cx.err(
+                    &index(&p, i),
+                    line,
+                    format!("`{u}` is not a TURN/STUN URI: expected `turn:HOST[:PORT][?transport=udp|tcp]`, `turns:...` or `stun:...` (no `//`)"),
+                );
+            } else {
+                uris.push(u);
+            }
+        }
+    }
+    let mut credentials_path = "/turn-credentials".to_owned();
+    if let Some(n) = f.value("credentials_path") {
+        let p = f.path("credentials_path");
+        if let Some(s) = string(cx, n, &p) {
+            if !s.starts_with('/') || s.contains(['?', '#']) || s.chars().any(char::is_whitespace) {
+                cx.err(
+                    &p,
+                    n.line,
+                    format!("`{s}` must be a path starting with `/`, without a query"),
+                );
+            } else {
+                credentials_path = s;
+            }
+        }
+    }
+    let mut relay = None;
+    if cx.mode == Mode::Proxy
+        && let Some(n) = f.get("relay")
+    {
+        let p = f.path("relay");
+        if let Some(r) = fields(cx, n, &p, RELAY, &[]) {
+            let listen = required_addr(cx, &r, "listen");
+            let upstream = required_addr(cx, &r, "upstream");
+            let deny_peers = match r.value("deny_peers") {
+                None => None,
+                Some(n) => {
+                    let dp = r.path("deny_peers");
+                    let mut v = Vec::new();
+                    for (i, (s, line)) in string_list(cx, n, &dp).into_iter().enumerate() {
+                        match parse_cidr(&s) {
+                            Ok(c) => v.push(c),
+                            Err(e) => cx.err(&index(&dp, i), line, e),
+                        }
+                    }
+                    Some(v)
+                }
+            };
+            if let (Some(listen), Some(upstream)) = (listen, upstream) {
+                relay = Some(TurnRelay {
+                    listen,
+                    upstream,
+                    deny_peers,
+                });
+            }
+        }
+    }
+    Some(Turn {
+        secret,
+        ttl,
+        uris,
+        credentials_path,
+        relay,
+    })
+}
+
+// === tracing ===
+
+pub(super) fn tracing(cx: &mut Cx, node: &Node, path: &str) -> Option<Tracing> {
+    let f = fields(cx, node, path, TRACING, &[])?;
+    let otlp_endpoint = match f.value("otlp_endpoint") {
+        None => {
+            cx.err(
+                &f.path("otlp_endpoint"),
+                f.key_line("otlp_endpoint"),
+                "missing `otlp_endpoint`, such as `http://127.0.0.1:4317`",
+            );
+            String::new()
+        }
+        Some(n) => url(cx, n, &f.path("otlp_endpoint"), &["http", "https"], "").unwrap_or_default(),
+    };
+    let mut protocol = OtlpProtocol::Grpc;
+    if let Some(n) = f.value("protocol") {
+        let p = f.path("protocol");
+        if let Some(v) = string(cx, n, &p) {
+            match v.trim() {
+                "grpc" => {}
+                "http" | "http/protobuf" => protocol = OtlpProtocol::Http,
+                other => cx.err(&p, n.line, format!("`{other}`: expected `grpc` or `http`")),
+            }
+        }
+    }
+    let mut service_name = "sigmesh".to_owned();
+    if let Some(n) = f.value("service_name") {
+        let p = f.path("service_name");
+        match string(cx, n, &p) {
+            Some(s) if s.trim().is_empty() => {
+                cx.err(&p, n.line, "`service_name` must not be empty")
+            }
+            Some(s) => service_name = s,
+            None => {}
+        }
+    }
+    let mut sample_ratio = 1.0;
+    if let Some(n) = f.value("sample_ratio") {
+        let p = f.path("sample_ratio");
+        if let Some(r) = float(cx, n, &p) {
+            if (0.0..=1.0).contains(&r) {
+                sample_ratio = r;
+            } else {
+                cx.err(
+                    &p,
+                    n.line,
+                    format!("`sample_ratio` is a fraction from 0.0 to 1.0, found {r}"),
+                );
+            }
+        }
+    }
+    Some(Tracing {
+        otlp_endpoint,
+        protocol,
+        service_name,
+        sample_ratio,
+    })
+}

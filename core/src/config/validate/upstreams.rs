@@ -1,0 +1,197 @@
+//! Load balancing of a route: its `split` section (stickiness, override header) and its
+//! weighted `upstreams`.
+
+use std::collections::BTreeMap;
+
+use super::super::tree::{Kind, Node};
+use super::super::{Split, Sticky, Upstream};
+use super::fields::fields;
+use super::route::name_line;
+use super::scalars::{
+    check_name, header_name, int, is_tchar, json_pointer, required_string, string, url,
+};
+use super::{Cx, Mode, SPLIT, UPSTREAM_FILTER, UPSTREAM_PROXY, index};
+
+// === split ===
+
+pub(super) fn split(cx: &mut Cx, node: &Node, path: &str, is_ws: bool) -> Split {
+    let mut s = Split::default();
+    let Some(f) = fields(cx, node, path, SPLIT, &[]) else {
+        return s;
+    };
+    if let Some(n) = f.value("sticky") {
+        let p = f.path("sticky");
+        if let Some(v) = string(cx, n, &p) {
+            s.sticky = sticky(cx, &v, &p, n.line, is_ws);
+        }
+    }
+    if let Some(n) = f.value("override_header") {
+        let p = f.path("override_header");
+        if let Some(v) = string(cx, n, &p) {
+            s.override_header = header_name(cx, v.trim(), &p, n.line);
+        }
+    }
+    s
+}
+
+fn sticky(cx: &mut Cx, v: &str, path: &str, line: usize, is_ws: bool) -> Sticky {
+    const FORMS: &str =
+        "expected `query:NAME`, `header:NAME`, `cookie:NAME`, `message:/json/pointer` or `none`";
+    let v = v.trim();
+    if v == "none" {
+        return Sticky::None;
+    }
+    let Some((kind, name)) = v.split_once(':') else {
+        cx.err(path, line, format!("`{v}`: {FORMS}"));
+        return Sticky::None;
+    };
+    let name = name.trim();
+    match kind.trim() {
+        "query" | "cookie" if name.is_empty() => {
+            cx.err(
+                path,
+                line,
+                format!("`{v}`: a name is needed after `{kind}:`"),
+            );
+            Sticky::None
+        }
+        "query" => Sticky::Query(name.to_owned()),
+        "cookie" if !name.chars().all(is_tchar) => {
+            cx.err(
+                path,
+                line,
+                format!("`{v}`: `{name}` is not a valid cookie name"),
+            );
+            Sticky::None
+        }
+        "cookie" => Sticky::Cookie(name.to_owned()),
+        "header" => header_name(cx, name, path, line).map_or(Sticky::None, Sticky::Header),
+        "message" => {
+            if !is_ws {
+                cx.err(
+                    path,
+                    line,
+                    "`message:` stickiness reads the first WebSocket message, but this route has no `websocket:` section",
+                );
+                Sticky::None
+            } else if json_pointer(cx, name, path, line) {
+                Sticky::Message(name.to_owned())
+            } else {
+                Sticky::None
+            }
+        }
+        _ => {
+            cx.err(path, line, format!("`{v}`: {FORMS}"));
+            Sticky::None
+        }
+    }
+}
+
+// === upstreams ===
+
+pub(super) fn upstreams(cx: &mut Cx, node: &Node, path: &str, is_ws: bool) -> Vec<Upstream> {
+    let Kind::Seq(items) = &node.kind else {
+        cx.err(
+            path,
+            node.line,
+            format!(
+                "`upstreams` must be a list (`- name: ...` entries), found {}",
+                node.describe()
+            ),
+        );
+        return Vec::new();
+    };
+    if items.is_empty() {
+        cx.err(path, node.line, "no upstreams: a route needs at least one");
+        return Vec::new();
+    }
+    let (allowed, extra): (&[&str], &[(&str, &str)]) = match cx.mode {
+        Mode::Proxy => (UPSTREAM_PROXY, &[]),
+        Mode::Filter => (
+            UPSTREAM_FILTER,
+            &[(
+                "url",
+                "`url` is not used by the Wasm filter: Envoy routes by the upstream's name (written to the split header); remove it",
+            )],
+        ),
+    };
+    let mut out = Vec::new();
+    let mut weights_ok = true;
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    for (i, item) in items.iter().enumerate() {
+        let p = index(path, i);
+        let Some(f) = fields(cx, item, &p, allowed, extra) else {
+            weights_ok = false;
+            continue;
+        };
+        let name = required_string(cx, &f, "name", "upstream `name`").unwrap_or_default();
+        if !name.is_empty()
+            && check_name(cx, &name, &f.path("name"), name_line(item), "upstream name")
+        {
+            if let Some(first) = seen.get(&name) {
+                cx.err(
+                    &f.path("name"),
+                    name_line(item),
+                    format!("duplicate upstream name `{name}` in this route (also the name of upstreams[{first}])"),
+                );
+            } else {
+                seen.insert(name.clone(), i);
+            }
+        }
+        let mut url_value = None;
+        if cx.mode == Mode::Proxy {
+            match f.value("url") {
+                None => cx.err(&f.path("url"), f.key_line("url"), "missing upstream `url`"),
+                Some(n) => {
+                    url_value = if is_ws {
+                        url(
+                            cx,
+                            n,
+                            &f.path("url"),
+                            &["ws", "wss"],
+                            " on a route with `websocket:` (sigmesh speaks WebSocket to the upstream)",
+                        )
+                    } else {
+                        url(cx, n, &f.path("url"), &["http", "https", "ws", "wss"], "")
+                    };
+                }
+            }
+        }
+        let weight = match f.value("weight") {
+            None => Some(1),
+            Some(n) => int(cx, n, &f.path("weight")).and_then(|w| {
+                if w < 0 {
+                    cx.err(
+                        &f.path("weight"),
+                        n.line,
+                        format!(
+                            "weight {w} is negative; weights are 0 or more (0: no new sessions)"
+                        ),
+                    );
+                    None
+                } else if w > i64::from(u32::MAX) {
+                    cx.err(
+                        &f.path("weight"),
+                        n.line,
+                        format!("weight {w} is too large (at most {})", u32::MAX),
+                    );
+                    None
+                } else {
+                    u32::try_from(w).ok()
+                }
+            }),
+        };
+        if weight.is_none() {
+            weights_ok = false;
+        }
+        out.push(Upstream {
+            name,
+            url: url_value,
+            weight: weight.unwrap_or(1),
+        });
+    }
+    if weights_ok && out.iter().map(|u| u64::from(u.weight)).sum::<u64>() == 0 {
+        cx.err(path, node.line, "the weights of a route's upstreams sum to 0: at least one upstream needs a weight above 0");
+    }
+    out
+}
