@@ -3,7 +3,7 @@
 //! remote video) whose offer/answer/candidates flowed through the proxy.
 //!
 //! Needs Debian's `chromium` and `chromium-driver`; the test fails (it does not skip) when they are
-//! missing. Install them with `scripts/install-test-deps.sh`, i.e.
+//! missing. Install them with `scripts/install/chromium.sh`, i.e.
 //! `apt-get update && apt-get install -y chromium chromium-driver`.
 //! `SIGMESH_CHROMIUM` / `SIGMESH_CHROMEDRIVER` override the binaries' paths.
 
@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 use sigmesh::demo::Demo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const INSTALL: &str = "apt-get update && apt-get install -y chromium chromium-driver   (or scripts/install-test-deps.sh)";
+const INSTALL: &str = "apt-get update && apt-get install -y chromium chromium-driver   (or scripts/install/chromium.sh)";
 
 /// Deadline for the call to come up (both tabs connected, chat open, remote video playing).
 const CALL_DEADLINE: Duration = Duration::from_secs(30);
