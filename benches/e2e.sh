@@ -16,6 +16,8 @@
 #   E2E_SIGMESH_CPUS, E2E_LOADGEN_CPUS [unpinned]  taskset CPU lists for sigmesh and the load client
 #   E2E_LOADGEN_THREADS [nproc]      E2E_RESULTS [benches/results]   SIGMESH_LOG [warn] (RUST_LOG)
 #   CARGO_TARGET_DIR [target]
+#   E2E_TRACING [off]   off, or a sample ratio (0.0, 1.0): adds a `tracing:` block exporting over
+#                       OTLP/HTTP to E2E_OTLP_ENDPOINT, else to a local sink (python3) that answers 200
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -42,6 +44,7 @@ SIGMESH_CPUS=${E2E_SIGMESH_CPUS:-}
 LOADGEN_CPUS=${E2E_LOADGEN_CPUS:-}
 LOADGEN_THREADS=${E2E_LOADGEN_THREADS:-}
 
+TRACING=${E2E_TRACING:-off}
 log() { printf 'e2e: %s\n' "$*" >&2; }
 
 # `pin CPUS`: sets PIN to the command prefix that runs a program on CPUS (taskset execs the program,
@@ -153,6 +156,38 @@ routes:
     upstreams:
       - { name: echo, url: "ws://127.0.0.1:$ECHO_PORT/ws" }
 EOF
+if [[ $TRACING != off ]]; then
+    OTLP=${E2E_OTLP_ENDPOINT:-}
+    if [[ -z $OTLP ]]; then
+        OTLP_PORT=$("$LOADGEN" free-ports 1)
+        # An OTLP/HTTP sink: every POST gets 200 with an empty (valid) protobuf response.
+        python3 -c '
+import http.server, sys
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("content-length", 0)))
+        self.send_response(200)
+        self.send_header("content-type", "application/x-protobuf")
+        self.send_header("content-length", "0")
+        self.end_headers()
+    def log_message(self, *a):
+        pass
+http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+' "$OTLP_PORT" >"$TMP/otlp.log" 2>&1 &
+        OTLP_PID=$!
+        PIDS+=("$OTLP_PID")
+        wait_until 10 "$OTLP_PID" "otlp sink" tcp_open "$OTLP_PORT"
+        OTLP=http://127.0.0.1:$OTLP_PORT
+    fi
+    cat >>"$CONFIG" <<EOF
+tracing:
+  otlp_endpoint: $OTLP
+  protocol: http
+  sample_ratio: $TRACING
+EOF
+    log "tracing on: sample_ratio $TRACING, OTLP/HTTP to $OTLP"
+fi
 "$SIGMESH" check --config "$CONFIG" >"$TMP/check.log" 2>&1 || fail "sigmesh check rejected the config"
 pin "$SIGMESH_CPUS"
 RUST_LOG=${SIGMESH_LOG:-warn} "${PIN[@]}" "$SIGMESH" run --config "$CONFIG" >"$TMP/sigmesh.log" 2>&1 &
@@ -208,6 +243,7 @@ echo
     "${CPU_ARGS[@]}" \
     --meta "date=$(date -u +%Y-%m-%dT%H:%M:%SZ)" \
     --meta "git=$REV" \
+    --meta "tracing=$TRACING" \
     --meta "machine=$NPROC CPUs${CPU_MODEL:+, $CPU_MODEL}, $(uname -sr)" \
     --meta "pinning=echo ${ECHO_CPU:-unpinned} (1 thread), sigmesh ${SIGMESH_CPUS:-unpinned}, loadgen ${LOADGEN_CPUS:-unpinned} (${LOADGEN_THREADS:-$NPROC} threads)" \
     --meta "runs=${WARMUP} warmup + ${DURATION} measured each; loopback; text messages of $SIZE B" \

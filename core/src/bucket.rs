@@ -189,6 +189,36 @@ impl TokenBucket {
         self.at(&Shape::of(rate), now).whole >= rate.burst
     }
 
+    /// The bucket's state as [`TokenBucket::ENCODED_LEN`] bytes, for a store shared between
+    /// processes or VMs (the Wasm filter keeps connection and room buckets in Envoy's shared
+    /// data, updated by compare-and-swap). Little-endian `frac` (16), `last` (8), `whole` (4).
+    pub fn to_bytes(&self) -> [u8; Self::ENCODED_LEN] {
+        let mut b = [0u8; Self::ENCODED_LEN];
+        b[..16].copy_from_slice(&self.frac.to_le_bytes());
+        b[16..24].copy_from_slice(&self.last.to_le_bytes());
+        b[24..].copy_from_slice(&self.whole.to_le_bytes());
+        b
+    }
+
+    /// A bucket from [`TokenBucket::to_bytes`]; `None` for any other length.
+    pub fn from_bytes(b: &[u8]) -> Option<Self> {
+        let b: &[u8; Self::ENCODED_LEN] = b.try_into().ok()?;
+        let mut frac = [0u8; 16];
+        frac.copy_from_slice(&b[..16]);
+        let mut last = [0u8; 8];
+        last.copy_from_slice(&b[16..24]);
+        let mut whole = [0u8; 4];
+        whole.copy_from_slice(&b[24..]);
+        Some(TokenBucket {
+            frac: u128::from_le_bytes(frac),
+            last: u64::from_le_bytes(last),
+            whole: u32::from_le_bytes(whole),
+        })
+    }
+
+    /// Length of [`TokenBucket::to_bytes`].
+    pub const ENCODED_LEN: usize = 28;
+
     /// The bucket as it is at `now`, without changing `self`.
     #[inline]
     fn at(&self, s: &Shape, now: Duration) -> TokenBucket {

@@ -17,12 +17,21 @@
 //! - [`route`]: the first-match route table.
 //! - [`bucket`]: token buckets and bounded keyed bucket sets.
 //! - [`split`]: the stable sticky hash and weighted canary split.
-//! - [`signal`]: reading signaling fields (type, room, peer) out of text messages.
+//! - [`signal`]: reading signaling messages: kind, dialect, room, peer, ICE candidates, call setup.
+//! - [`ice`]: the RFC 8839 ICE candidate parser and scanner.
+//! - [`credentials`]: TURN REST API credentials (coturn `use-auth-secret`).
+//! - [`frame`]: the streaming WebSocket frame reader (boundaries, unmasking, cut points) and
+//!   the per-message policy of the Wasm filter.
+//! - [`turn`]: STUN/TURN reading for the TURN relay, peer-address policy, allocation table.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod bucket;
 pub mod config;
+pub mod credentials;
+pub mod ice;
+pub mod frame;
 pub mod route;
 pub mod signal;
 pub mod split;
+pub mod turn;

@@ -58,6 +58,13 @@ pub async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
             );
             r
         }
+        (&Method::GET, "/turn/allocations") => http_util::json(
+            StatusCode::OK,
+            serde_json::to_string(&shared.turn.view(shared)).unwrap_or_else(|_| "[]".into()),
+        ),
+        (_, "/turn/allocations") => {
+            http_util::text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
+        }
         (&Method::GET, "/sessions") => {
             let all = shared.sessions.all();
             let views: Vec<_> = all.iter().map(|s| s.snapshot()).collect();

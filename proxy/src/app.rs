@@ -55,6 +55,24 @@ impl Proxy {
             ),
             None => None,
         };
+        // `turn.relay`: UDP and TCP on one port, bound before anything starts.
+        let turn_relay = match config
+            .turn
+            .as_ref()
+            .and_then(|t| Some((t.relay.clone()?, t.secret.clone())))
+        {
+            Some((relay, secret)) => Some((
+                crate::turn_relay::bind(relay.listen)
+                    .await
+                    .map_err(|source| RunError::Bind {
+                        addr: relay.listen,
+                        source,
+                    })?,
+                relay,
+                secret,
+            )),
+            None => None,
+        };
         let runtime = Runtime::new(config, None).map_err(RunError::Config)?;
         let shared = Shared::new(runtime, config_path, tuning);
         let listen = listener.local_addr().map_err(|source| RunError::Bind {
@@ -68,6 +86,14 @@ impl Proxy {
             tasks.spawn(crate::admin::serve(shared.clone(), l));
         }
         tasks.spawn(crate::reload::watch(shared.clone()));
+        if let Some((bound, relay, secret)) = turn_relay {
+            tasks.spawn(crate::turn_relay::serve(
+                shared.clone(),
+                bound,
+                relay,
+                Some(secret),
+            ));
+        }
         Ok(Proxy {
             shared,
             listen,
@@ -93,6 +119,8 @@ impl Proxy {
         }
         self.tasks.abort_all();
         while self.tasks.join_next().await.is_some() {}
+        // The sessions' spans have ended: export what is queued.
+        self.shared.telemetry.shutdown().await;
     }
 }
 

@@ -31,6 +31,12 @@ routes:
     upstreams:
       - { name: stable, url: "ws://{STABLE}/ws", weight: 80 }
       - { name: canary, url: "ws://{CANARY}/ws", weight: 20 }
+  # The demo page reads what sigmesh saw of its call (candidate types, setup time) here: the
+  # admin API's /sessions, read-only, on the page's own origin.
+  - name: sigmesh-sessions
+    match: { path: /sigmesh/sessions }
+    upstreams:
+      - { name: admin, url: "http://{ADMIN}/sessions" }
   - name: page
     match: { path_prefix: / }
     upstreams:

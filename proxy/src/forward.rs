@@ -44,12 +44,40 @@ impl Forwarder {
         Forwarder { client }
     }
 
+    /// Forwards `req`; with tracing on, inside an `http.request` span whose context is the
+    /// upstream request's `traceparent`.
     pub async fn forward(
+        &self,
+        shared: &Shared,
+        route: &RouteRuntime,
+        req: Request<Incoming>,
+        client: SocketAddr,
+    ) -> Response<Body> {
+        let trace = shared
+            .telemetry
+            .http_request(&crate::telemetry::RequestInfo {
+                route: &route.route.name,
+                method: req.method().as_str(),
+                path: req.uri().path(),
+                headers: req.headers(),
+                client,
+            });
+        let resp = self
+            .forward_traced(shared, route, req, client, trace.as_ref())
+            .await;
+        if let Some(t) = trace {
+            t.finish(resp.status().as_u16());
+        }
+        resp
+    }
+
+    async fn forward_traced(
         &self,
         shared: &Shared,
         route: &RouteRuntime,
         mut req: Request<Incoming>,
         client: SocketAddr,
+        trace: Option<&crate::telemetry::RequestTrace>,
     ) -> Response<Body> {
         let rname = route.route.name.as_str();
         let override_name = req
@@ -68,9 +96,15 @@ impl Forwarder {
         );
         let up = &route.route.upstreams[pick.index];
         let uname = up.name.as_str();
+        if let Some(t) = trace {
+            t.picked(uname);
+        }
         let target = match up.url.as_deref().map(Target::parse) {
             Some(Ok(t)) if !t.tls => t,
             Some(Ok(_)) => {
+                if let Some(t) = trace {
+                    t.error("config");
+                }
                 shared.metrics.upstream_error(rname, uname, "config");
                 return http_util::text(
                     StatusCode::BAD_GATEWAY,
@@ -78,6 +112,9 @@ impl Forwarder {
                 );
             }
             _ => {
+                if let Some(t) = trace {
+                    t.error("config");
+                }
                 shared.metrics.upstream_error(rname, uname, "config");
                 return http_util::text(StatusCode::BAD_GATEWAY, "bad upstream url");
             }
@@ -100,7 +137,10 @@ impl Forwarder {
             h.insert("x-forwarded-host", host);
         }
         http_util::set_forwarded(h, client.ip(), "http");
-        http_util::ensure_traceparent(h);
+        match trace {
+            Some(t) => t.inject(h),
+            None => http_util::ensure_traceparent(h),
+        }
         match tokio::time::timeout(RESPONSE_TIMEOUT, self.client.request(req)).await {
             Ok(Ok(mut resp)) => {
                 http_util::strip_hop_by_hop(resp.headers_mut());
@@ -125,6 +165,9 @@ impl Forwarder {
             Ok(Err(e)) => {
                 tracing::warn!(route = rname, upstream = uname, error = %e, "upstream request failed");
                 let kind = if e.is_connect() { "connect" } else { "reset" };
+                if let Some(t) = trace {
+                    t.error(kind);
+                }
                 shared.metrics.upstream_error(rname, uname, kind);
                 let mut r = http_util::text(StatusCode::BAD_GATEWAY, "upstream request failed");
                 r.headers_mut()
@@ -132,6 +175,9 @@ impl Forwarder {
                 r
             }
             Err(_) => {
+                if let Some(t) = trace {
+                    t.error("timeout");
+                }
                 shared.metrics.upstream_error(rname, uname, "timeout");
                 http_util::text(StatusCode::GATEWAY_TIMEOUT, "upstream timed out")
             }

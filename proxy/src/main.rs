@@ -45,6 +45,22 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:9901")]
         admin: std::net::SocketAddr,
     },
+    /// Print a TURN REST credential (coturn `use-auth-secret`) as JSON, as the HTTP endpoint
+    /// `turn.credentials_path` serves it.
+    TurnCredentials {
+        /// The shared secret (coturn's `static-auth-secret`).
+        #[arg(long, env = "SIGMESH_TURN_SECRET", hide_env_values = true)]
+        secret: String,
+        /// The user ID the credential is for.
+        #[arg(long)]
+        user: String,
+        /// Lifetime (`30m`, `1h`, `1d`).
+        #[arg(long, default_value = "1h", value_parser = sigmesh_core::config::duration_str::parse)]
+        ttl: std::time::Duration,
+        /// A TURN/STUN URI to list in `uris` (repeat for more).
+        #[arg(long = "uri")]
+        uris: Vec<String>,
+    },
 }
 
 fn init_logs(format: LogFormat) {
@@ -111,6 +127,26 @@ fn main() -> ExitCode {
                 Err(e) => {
                     eprintln!("error: {e}");
                     ExitCode::from(2)
+                }
+            }
+        }
+        Command::TurnCredentials {
+            secret,
+            user,
+            ttl,
+            uris,
+        } => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            match sigmesh_core::credentials::credential(&secret, &user, now, ttl, &uris) {
+                Ok(c) => {
+                    println!("{}", serde_json::to_string(&c).unwrap_or_default());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(1)
                 }
             }
         }

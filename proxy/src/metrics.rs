@@ -10,6 +10,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 /// `route, upstream, outcome`
@@ -82,6 +83,12 @@ pub struct Metrics {
     pub upstream_errors: Family<UpstreamErrorLabels, Counter>,
     pub config_reloads: Family<ResultLabel, Counter>,
     pub http_requests: Family<ConnLabels, Counter>,
+    /// `sigmesh_trace_*`: spans exported and dropped, message events over the cap.
+    pub trace: crate::telemetry::TraceMetrics,
+    /// `sigmesh_turn_*`: TURN relay allocations, relayed bytes, messages.
+    pub turn: crate::turn_relay::TurnMetrics,
+    /// `sigmesh_ice_candidates_total`, `sigmesh_call_setup_seconds`.
+    pub signal: SignalMetrics,
 }
 
 impl Metrics {
@@ -129,6 +136,9 @@ impl Metrics {
             "Plain HTTP requests forwarded, by route, upstream and outcome (status class or error)",
             http_requests.clone(),
         );
+        let trace = crate::telemetry::TraceMetrics::register(&mut registry);
+        let turn = crate::turn_relay::TurnMetrics::register(&mut registry);
+        let signal = SignalMetrics::register(&mut registry);
         Arc::new(Metrics {
             registry,
             connections,
@@ -138,6 +148,9 @@ impl Metrics {
             upstream_errors,
             config_reloads,
             http_requests,
+            trace,
+            turn,
+            signal,
         })
     }
 
@@ -185,5 +198,68 @@ impl Metrics {
                 result: if ok { "success" } else { "error" },
             })
             .inc();
+    }
+}
+
+// === signaling: ICE candidates and call setup ===
+
+/// `route, type, protocol`: `type` is host, srflx, prflx, relay or other; `protocol` udp, tcp or
+/// other (both folded by `sigmesh_core::ice`, never raw text from the network).
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub struct IceLabels {
+    pub route: String,
+    pub typ: &'static str,
+    pub protocol: &'static str,
+}
+
+impl EncodeLabelSet for IceLabels {
+    fn encode(
+        &self,
+        encoder: &mut prometheus_client::encoding::LabelSetEncoder<'_>,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeLabel;
+        ("route", self.route.as_str()).encode(encoder.encode_label())?;
+        ("type", self.typ).encode(encoder.encode_label())?;
+        ("protocol", self.protocol).encode(encoder.encode_label())
+    }
+}
+
+/// Call setup buckets, in seconds: LAN calls take tens of milliseconds, calls through TURN or a
+/// person answering take seconds.
+pub const CALL_SETUP_BUCKETS: [f64; 12] = [
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
+fn call_setup_histogram() -> Histogram {
+    Histogram::new(CALL_SETUP_BUCKETS)
+}
+
+/// Metrics of what sigmesh reads in signaling messages.
+pub struct SignalMetrics {
+    /// ICE candidates sent by clients (direction in: each candidate is counted once, where it
+    /// enters sigmesh from the client that gathered it).
+    pub ice_candidates: Family<IceLabels, Counter>,
+    /// Offer to answer, per session (each offer/answer pair).
+    pub call_setup: Family<RouteUpstream, Histogram, fn() -> Histogram>,
+}
+
+impl SignalMetrics {
+    pub fn register(registry: &mut Registry) -> SignalMetrics {
+        let ice_candidates = Family::default();
+        registry.register(
+            "sigmesh_ice_candidates",
+            "ICE candidates clients sent through signaling, by candidate type and transport protocol",
+            ice_candidates.clone(),
+        );
+        let call_setup = Family::new_with_constructor(call_setup_histogram as fn() -> Histogram);
+        registry.register(
+            "sigmesh_call_setup_seconds",
+            "Call setup time: an SDP offer to its answer, either direction, per session",
+            call_setup.clone(),
+        );
+        SignalMetrics {
+            ice_candidates,
+            call_setup,
+        }
     }
 }

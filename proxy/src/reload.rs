@@ -63,6 +63,9 @@ pub fn apply(shared: &Shared, path: &Path, text: &str) -> bool {
             if config.listen != old.config.listen || config.admin != old.config.admin {
                 tracing::warn!("listen and admin addresses change only on restart");
             }
+            if config.tracing != old.config.tracing {
+                tracing::warn!("`tracing:` changes apply only on restart");
+            }
             match Runtime::new(config, Some(&old)) {
                 Ok(rt) => {
                     shared.runtime.store(Arc::new(rt));

@@ -3,8 +3,9 @@
 //!
 //! Per request, in order (each step can answer on its own):
 //! 1. draining? — 503 (the listener is closed too, so this only hits keep-alive connections);
-//! 2. route — 404 when nothing matches;
-//! 3. TURN credentials path (when configured) — answered locally;
+//! 2. TURN credentials path (when configured) — answered locally, whether a route matches or
+//!    not ([`crate::credentials`]);
+//! 3. route — 404 when nothing matches;
 //! 4. a `websocket:` route with an upgrade — [`crate::ws::handle`] (origin 403, bucket 429,
 //!    upstream 502, then 101);
 //! 5. anything else — connection bucket (429) and [`crate::forward`] to the split upstream.
@@ -33,6 +34,7 @@ use crate::state::{self, RouteRuntime, Shared};
 /// close themselves on the drain signal.
 pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
     let forwarder = Arc::new(Forwarder::new());
+    let credentials = Arc::new(crate::credentials::Endpoint::default());
     loop {
         let (stream, client) = tokio::select! {
             r = listener.accept() => match r {
@@ -51,13 +53,15 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
         let header_timeout = shared.tuning.header_read_timeout;
         let shared = shared.clone();
         let forwarder = forwarder.clone();
+        let credentials = credentials.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
                 let shared = shared.clone();
                 let forwarder = forwarder.clone();
+                let credentials = credentials.clone();
                 async move {
                     Ok::<_, std::convert::Infallible>(
-                        dispatch(shared, forwarder, req, client).await,
+                        dispatch(shared, forwarder, credentials, req, client).await,
                     )
                 }
             });
@@ -85,6 +89,7 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
 async fn dispatch(
     shared: Arc<Shared>,
     forwarder: Arc<Forwarder>,
+    credentials: Arc<crate::credentials::Endpoint>,
     req: Request<Incoming>,
     client: SocketAddr,
 ) -> Response<Body> {
@@ -105,6 +110,16 @@ async fn dispatch(
         path: req.uri().path(),
         headers: &HeaderView(req.headers()),
     };
+    // TURN credentials: answered here, routed or not (a matching route lends its bucket).
+    if let Some(turn) = &runtime.config.turn
+        && req.uri().path() == turn.credentials_path
+    {
+        let route = runtime
+            .table
+            .find(&head)
+            .and_then(|i| runtime.routes.get(i));
+        return credentials.handle(&shared, turn, route.map(|r| &**r), &req, client);
+    }
     let Some(index) = runtime.table.find(&head) else {
         shared.metrics.connection("", "", "no_route");
         return http_util::text(StatusCode::NOT_FOUND, "no route");

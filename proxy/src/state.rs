@@ -168,18 +168,27 @@ pub struct Shared {
     pub draining: AtomicBool,
     /// The file the config came from, for reloads (none for `demo`).
     pub config_path: Option<PathBuf>,
+    /// Spans and their export (off without `tracing:`); built once at start.
+    pub telemetry: crate::telemetry::Telemetry,
+    /// The TURN relay's tracker and allocation table (empty while `turn.relay` is off).
+    pub turn: Arc<crate::turn_relay::TurnState>,
 }
 
 impl Shared {
     pub fn new(runtime: Runtime, config_path: Option<PathBuf>, tuning: Tuning) -> Arc<Shared> {
+        let metrics = Metrics::new();
+        let telemetry =
+            crate::telemetry::Telemetry::start(runtime.config.tracing.as_ref(), &metrics.trace);
         Arc::new(Shared {
             tuning,
             runtime: ArcSwap::from_pointee(runtime),
-            metrics: Metrics::new(),
+            metrics,
             sessions: Arc::new(Sessions::default()),
             drain: CancellationToken::new(),
             draining: AtomicBool::new(false),
             config_path,
+            telemetry,
+            turn: Arc::default(),
         })
     }
 

@@ -415,6 +415,54 @@ async fn scenario(
         "sessions through sigmesh: {}",
         serde_json::to_string(&ours)?
     );
+
+    // Each page shows what sigmesh saw of its call: candidate types and the setup time, read
+    // through the demo's /sigmesh/sessions.
+    let candidates = |s: &Value| {
+        ["host", "srflx", "prflx", "relay"]
+            .iter()
+            .map(|k| s["sigmesh"]["ice"][k].as_u64().unwrap_or(0))
+            .sum::<u64>()
+    };
+    let shown = poll(STEP, Duration::from_millis(200), || async {
+        let sa = demo_state(&tabs.a).await.ok()?;
+        let sb = demo_state(&tabs.b).await.ok()?;
+        let ok = |s: &Value| candidates(s) > 0 && s["sigmesh"]["setup_ms"].is_u64();
+        (ok(&sa) && ok(&sb)).then_some((sa, sb))
+    })
+    .await;
+    let Some((sa, sb)) = shown else {
+        let sa = demo_state(&tabs.a).await.unwrap_or(Value::Null);
+        let sb = demo_state(&tabs.b).await.unwrap_or(Value::Null);
+        bail!(
+            "the pages show no candidate summary from sigmesh\ntab A: {}\ntab B: {}",
+            sa["sigmesh"],
+            sb["sigmesh"]
+        );
+    };
+    for (tab, state) in [(&tabs.a, &sa), (&tabs.b, &sb)] {
+        let text = tab
+            .execute(
+                "return document.getElementById('iceSummary').textContent + ' | ' + \
+                 document.getElementById('setupMs').textContent;",
+                vec![],
+            )
+            .await?;
+        let text = text.as_str().unwrap_or_default().to_owned();
+        ensure!(
+            !text.starts_with("no candidates") && text.contains(" ms"),
+            "candidate summary on the page: {text:?} (state {})",
+            state["sigmesh"]
+        );
+        eprintln!("page {} shows: {text}", state["id"]);
+    }
+    for s in &ours {
+        let total: u64 = ["host", "srflx", "prflx", "relay"]
+            .iter()
+            .map(|k| s["ice"][k].as_u64().unwrap_or(0))
+            .sum();
+        ensure!(total > 0, "no ICE candidates counted: {s}");
+    }
     Ok(())
 }
 

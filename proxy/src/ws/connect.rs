@@ -27,6 +27,14 @@ pub enum UpstreamError {
 }
 
 impl UpstreamError {
+    /// The upstream's HTTP status when it answered the handshake with something else than 101.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            UpstreamError::Refused(s) => Some(s.as_u16()),
+            _ => None,
+        }
+    }
+
     /// The `kind` label of `sigmesh_upstream_errors_total`.
     pub fn kind(&self) -> &'static str {
         match self {

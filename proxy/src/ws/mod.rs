@@ -30,8 +30,10 @@ use tokio_tungstenite::tungstenite::{self, Message};
 use crate::http_util::{self, Body};
 use crate::sessions::SessionInfo;
 use crate::state::{RouteRuntime, Shared};
+use crate::telemetry::SessionTrace;
 
 mod connect;
+mod reading;
 mod session;
 
 pub use connect::UpstreamError;
@@ -76,12 +78,38 @@ fn close_frame(code: CloseCode, reason: &'static str) -> CloseFrame {
     }
 }
 
-/// Handles an upgrade request on a `websocket:` route.
+/// Handles an upgrade request on a `websocket:` route. With tracing on, the `ws.session`
+/// span starts here and a refused handshake ends it with its status.
 pub async fn handle(
+    shared: Arc<Shared>,
+    route: Arc<RouteRuntime>,
+    req: Request<Incoming>,
+    client: SocketAddr,
+) -> Response<Body> {
+    let trace = shared
+        .telemetry
+        .ws_session(&crate::telemetry::RequestInfo {
+            route: &route.route.name,
+            method: req.method().as_str(),
+            path: req.uri().path(),
+            headers: req.headers(),
+            client,
+        });
+    let resp = handshake(shared, route, req, client, trace.clone()).await;
+    if let Some(t) = trace
+        && resp.status() != StatusCode::SWITCHING_PROTOCOLS
+    {
+        t.refused(resp.status().as_u16());
+    }
+    resp
+}
+
+async fn handshake(
     shared: Arc<Shared>,
     route: Arc<RouteRuntime>,
     mut req: Request<Incoming>,
     client: SocketAddr,
+    trace: Option<Arc<SessionTrace>>,
 ) -> Response<Body> {
     let rname = route.route.name.as_str();
     let Some(ws) = route.route.websocket.as_ref() else {
@@ -131,7 +159,7 @@ pub async fn handle(
         return resp;
     }
     let on_upgrade = hyper::upgrade::on(&mut req);
-    let headers = upstream_headers(req.headers(), client);
+    let mut headers = upstream_headers(req.headers(), client);
     let path_and_query = req
         .uri()
         .path_and_query()
@@ -145,6 +173,9 @@ pub async fn handle(
         let cfg = ws_config(ws);
         let shared2 = shared.clone();
         let route2 = route.clone();
+        if let Some(t) = &trace {
+            t.accepted();
+        }
         tokio::spawn(async move {
             let Ok(upgraded) = on_upgrade.await else {
                 return;
@@ -160,6 +191,7 @@ pub async fn handle(
                 headers,
                 path_and_query,
                 pointer,
+                trace,
             )
             .await;
         });
@@ -177,6 +209,10 @@ pub async fn handle(
         .pick(override_name, sticky_key, rand::random());
     let up = &route.route.upstreams[pick.index];
     let uname = up.name.as_str();
+    let hs = trace.as_ref().map(|t| {
+        t.picked(uname, sticky_key.is_some());
+        t.upstream_handshake(uname, up.url.as_deref().unwrap_or_default(), &mut headers)
+    });
     let connect = connect_upstream(
         up.url.as_deref().unwrap_or_default(),
         route.route.matcher.path_prefix.as_deref(),
@@ -186,8 +222,16 @@ pub async fn handle(
         shared.tuning.upstream_handshake_timeout,
     );
     let (upstream_ws, up_resp) = match connect.await {
-        Ok(ok) => ok,
+        Ok(ok) => {
+            if let Some(h) = hs {
+                h.done();
+            }
+            ok
+        }
         Err(e) => {
+            if let Some(h) = hs {
+                h.failed(e.kind(), e.status(), &e.to_string());
+            }
             tracing::warn!(route = rname, upstream = uname, error = %e, "upstream handshake failed");
             shared.metrics.upstream_error(rname, uname, e.kind());
             shared.metrics.connection(rname, uname, "upstream_error");
@@ -209,6 +253,9 @@ pub async fn handle(
     if let Some(room) = sticky_room {
         let _ = info.room.set(room);
     }
+    if let Some(t) = &trace {
+        t.accepted();
+    }
     tokio::spawn(async move {
         let upgraded = match on_upgrade.await {
             Ok(u) => u,
@@ -219,7 +266,7 @@ pub async fn handle(
         };
         let client_ws =
             WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(cfg)).await;
-        run_session(shared, route, info, client_ws, upstream_ws, None).await;
+        run_session(shared, route, info, client_ws, upstream_ws, None, trace).await;
     });
     resp
 }
@@ -272,14 +319,16 @@ fn upstream_headers(client: &HeaderMap, addr: SocketAddr) -> HeaderMap {
 
 /// Why an upstream handshake failed.
 /// `sticky: message:/pointer`: read the first message, pick, connect, forward it, relay.
+#[allow(clippy::too_many_arguments)] // the parts of one upgrade request, moved into its task
 async fn message_sticky_session<C>(
     shared: Arc<Shared>,
     route: Arc<RouteRuntime>,
     mut client_ws: WebSocketStream<C>,
     client: SocketAddr,
-    headers: HeaderMap,
+    mut headers: HeaderMap,
     path_and_query: String,
     pointer: String,
+    trace: Option<Arc<SessionTrace>>,
 ) where
     C: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -324,6 +373,10 @@ async fn message_sticky_session<C>(
     );
     let up = &route.route.upstreams[pick.index];
     let uname = up.name.clone();
+    let hs = trace.as_ref().map(|t| {
+        t.picked(&uname, key.is_some());
+        t.upstream_handshake(&uname, up.url.as_deref().unwrap_or_default(), &mut headers)
+    });
     let connect = connect_upstream(
         up.url.as_deref().unwrap_or_default(),
         route.route.matcher.path_prefix.as_deref(),
@@ -334,15 +387,25 @@ async fn message_sticky_session<C>(
     );
     match connect.await {
         Ok((upstream_ws, _)) => {
+            if let Some(h) = hs {
+                h.done();
+            }
             let info = Arc::new(SessionInfo::new(
                 shared.sessions.next_id(),
                 &rname,
                 &uname,
                 client,
             ));
-            run_session(shared, route, info, client_ws, upstream_ws, Some(first)).await;
+            run_session(shared, route, info, client_ws, upstream_ws, Some(first), trace).await;
         }
         Err(e) => {
+            if let Some(h) = hs {
+                h.failed(e.kind(), e.status(), &e.to_string());
+            }
+            if let Some(t) = &trace {
+                t.closed("proxy", Some(1011), "upstream unavailable");
+                t.finish(None);
+            }
             tracing::warn!(route = %rname, upstream = %uname, error = %e, "upstream handshake failed");
             shared.metrics.upstream_error(&rname, &uname, e.kind());
             shared.metrics.connection(&rname, &uname, "upstream_error");

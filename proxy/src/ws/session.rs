@@ -13,7 +13,7 @@ use futures_util::{SinkExt, StreamExt};
 use prometheus_client::metrics::counter::Counter;
 use sigmesh_core::bucket::{TokenBucket, Verdict};
 use sigmesh_core::config::OnExceed;
-use sigmesh_core::signal::Signal;
+use sigmesh_core::signal::Reading;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_tungstenite::WebSocketStream;
@@ -27,6 +27,7 @@ use super::connect::UpstreamWs;
 use crate::metrics::{KindLabel, MessageLabels, RouteUpstream};
 use crate::sessions::SessionInfo;
 use crate::state::{self, RouteRuntime, Shared};
+use crate::telemetry::{Direction, SessionTrace};
 
 pub(super) fn read_error_close(e: &tungstenite::Error) -> Option<CloseFrame> {
     match e {
@@ -51,10 +52,17 @@ struct Closer {
     to_upstream: OnceLock<Option<CloseFrame>>,
     /// Milliseconds of [`state::now`] at the last message either way.
     last_activity: AtomicU64,
+    /// The session's span when tracing is on and it is sampled.
+    trace: Option<Arc<SessionTrace>>,
 }
 
 impl Closer {
     fn end(&self, to_client: Option<CloseFrame>, to_upstream: Option<CloseFrame>) {
+        if let Some(t) = &self.trace
+            && let Some(f) = to_client.as_ref().or(to_upstream.as_ref())
+        {
+            t.closed("proxy", Some(f.code.into()), f.reason.as_str());
+        }
         let _ = self.to_client.set(to_client);
         let _ = self.to_upstream.set(to_upstream);
         self.token.cancel();
@@ -92,12 +100,12 @@ impl DirCounters {
     }
 }
 
-/// The `type` label of a message: the signaling type (a fixed set, see
-/// [`Signal::type_label`]), or `text`/`binary` where the route reads no type.
-fn kind_label(msg: &Message, signal: Option<&Signal>) -> &'static str {
+/// The `type` label of a message: `binary`, or for text what the reader found (a fixed set, see
+/// [`Reading::label`]: a known signaling type, or `other`).
+fn kind_label(msg: &Message, signal: Option<&Reading<'_>>) -> &'static str {
     match (msg, signal) {
         (Message::Binary(_), _) => "binary",
-        (_, Some(s)) => s.type_label(),
+        (_, Some(s)) => s.label,
         _ => "text",
     }
 }
@@ -110,6 +118,7 @@ pub(super) async fn run_session<C>(
     client_ws: WebSocketStream<C>,
     upstream_ws: UpstreamWs,
     first: Option<Message>,
+    trace: Option<Arc<SessionTrace>>,
 ) where
     C: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -133,6 +142,7 @@ pub(super) async fn run_session<C>(
         to_client: OnceLock::new(),
         to_upstream: OnceLock::new(),
         last_activity: AtomicU64::new(0),
+        trace: trace.clone().filter(|t| t.is_recording()),
     });
     closer.touch();
     let (c_tx, c_rx) = client_ws.split();
@@ -213,6 +223,9 @@ pub(super) async fn run_session<C>(
             break;
         }
     }
+    if let Some(t) = &trace {
+        t.finish(Some(&info));
+    }
     active.dec();
     tracing::debug!(session = info.id, "session closed");
 }
@@ -269,8 +282,7 @@ async fn pump_in<C>(
 {
     let r = &route.route;
     let ws = r.websocket.clone().unwrap_or_default();
-    let read_signal =
-        ws.signaling.kind.is_some() || ws.signaling.room.is_some() || ws.signaling.peer.is_some();
+    let mut reader = super::reading::MessageReader::new(&shared, &ws.signaling, &info, true);
     let msg_limit = r.limits.messages.clone();
     let mut msg_bucket = msg_limit
         .as_ref()
@@ -330,6 +342,10 @@ async fn pump_in<C>(
             Message::Text(t) => t.len(),
             Message::Binary(b) => b.len(),
             Message::Close(frame) => {
+                if let Some(t) = &closer.trace {
+                    let f = frame.as_ref();
+                    t.closed("client", f.map(|f| f.code.into()), f.map_or("", |f| f.reason.as_str()));
+                }
                 // Forward the client's close as it is; the upstream's answer comes back the
                 // other way.
                 let _ = tx.send(Message::Close(frame.clone())).await;
@@ -338,16 +354,21 @@ async fn pump_in<C>(
             _ => continue, // pings are answered by tungstenite; pongs end here
         };
         closer.touch();
-        let signal = match (&msg, read_signal) {
-            (Message::Text(t), true) => Some(Signal::read(t.as_str(), &ws.signaling)),
+        // Read once: kind, room, peer, ICE candidates, call setup.
+        let signal = match &msg {
+            Message::Text(t) => Some(reader.read(t.as_str())),
             _ => None,
         };
         if let Some(s) = &signal {
-            if let Some(room) = &s.room {
-                let _ = info.room.set(room.clone());
+            if let Some(room) = &s.room
+                && info.room.get().is_none()
+            {
+                let _ = info.room.set(room.to_string());
             }
-            if let Some(peer) = &s.peer {
-                let _ = info.peer.set(peer.clone());
+            if let Some(peer) = &s.peer
+                && info.peer.get().is_none()
+            {
+                let _ = info.peer.set(peer.to_string());
             }
         }
         // Message bucket (per connection, owned by this task: no lock).
@@ -365,6 +386,9 @@ async fn pump_in<C>(
                 return;
             }
             info.dropped.fetch_add(1, Ordering::Relaxed);
+            if let Some(t) = &closer.trace {
+                t.message(Direction::In, kind_label(&msg, signal.as_ref()), len, Some("messages"));
+            }
             continue;
         }
         // Room bucket (shared by every session of the room).
@@ -386,7 +410,13 @@ async fn pump_in<C>(
                 return;
             }
             info.dropped.fetch_add(1, Ordering::Relaxed);
+            if let Some(t) = &closer.trace {
+                t.message(Direction::In, kind_label(&msg, signal.as_ref()), len, Some("rooms"));
+            }
             continue;
+        }
+        if let Some(t) = &closer.trace {
+            t.message(Direction::In, kind_label(&msg, signal.as_ref()), len, None);
         }
         counters.inc(kind_label(&msg, signal.as_ref()));
         info.messages_in.fetch_add(1, Ordering::Relaxed);
@@ -422,7 +452,7 @@ async fn pump_out<C>(
 {
     let r = &route.route;
     let ws = r.websocket.clone().unwrap_or_default();
-    let read_type = ws.signaling.kind.is_some();
+    let mut reader = super::reading::MessageReader::new(&shared, &ws.signaling, &info, false);
     let mut counters = DirCounters {
         route: r.name.clone(),
         upstream: info.upstream.clone(),
@@ -478,16 +508,23 @@ async fn pump_out<C>(
             Message::Text(t) => t.len(),
             Message::Binary(b) => b.len(),
             Message::Close(frame) => {
+                if let Some(t) = &closer.trace {
+                    let f = frame.as_ref();
+                    t.closed("upstream", f.map(|f| f.code.into()), f.map_or("", |f| f.reason.as_str()));
+                }
                 let _ = tx.send(Message::Close(frame.clone())).await;
                 return;
             }
             _ => continue,
         };
         closer.touch();
-        let signal = match (&msg, read_type) {
-            (Message::Text(t), true) => Some(Signal::read(t.as_str(), &ws.signaling)),
+        let signal = match &msg {
+            Message::Text(t) => Some(reader.read(t.as_str())),
             _ => None,
         };
+        if let Some(t) = &closer.trace {
+            t.message(Direction::Out, kind_label(&msg, signal.as_ref()), len, None);
+        }
         counters.inc(kind_label(&msg, signal.as_ref()));
         info.messages_out.fetch_add(1, Ordering::Relaxed);
         info.bytes_out.fetch_add(len as u64, Ordering::Relaxed);

@@ -1,0 +1,536 @@
+//! The relay's decision per message: forward, refuse with an error response, or drop; and the
+//! bookkeeping of the allocation table from the messages going by.
+//!
+//! [`Tracker::from_client`] and [`Tracker::from_server`] take one message (a UDP datagram, or a
+//! frame cut by [`super::Framer`]) and return an [`Outcome`]. Only client-to-server messages can
+//! be refused or dropped; server-to-client messages are always forwarded.
+//!
+//! ## Messages that are not understood
+//! Bytes that are not STUN or ChannelData, STUN without the magic cookie, methods sigmesh does
+//! not know, and malformed messages of methods that name no peer pass through untouched and are
+//! reported as `understood: false` (the proxy counts them). The exception is fail-closed on
+//! purpose: a CreatePermission, ChannelBind, Connect or Send whose header is readable but whose
+//! attributes are not (so its peer address cannot be checked) is answered 400 (requests) or
+//! dropped (indications), and never reaches the TURN server.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use super::peer::{PeerPolicy, PeerVerdict};
+use super::stun::{self, ChannelData, Class, FrameKind, Message, attr, method};
+use super::table::{
+    Allocation, CHANNEL_LIFETIME, FiveTuple, PERMISSION_LIFETIME, Table, rest_user,
+};
+
+/// Default LIFETIME when a success response has none (RFC 8656: 10 minutes).
+pub const DEFAULT_LIFETIME: u32 = 600;
+/// A request not answered within this is forgotten (STUN gives up after 39.5 s).
+pub const PENDING_TIMEOUT: Duration = Duration::from_secs(40);
+
+/// What kind of message went by (a fixed set, usable as a metric label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    /// Allocate request or response.
+    Allocate,
+    /// Refresh.
+    Refresh,
+    /// CreatePermission.
+    CreatePermission,
+    /// ChannelBind.
+    ChannelBind,
+    /// Connect (RFC 6062).
+    Connect,
+    /// ConnectionBind / ConnectionAttempt (RFC 6062).
+    Connection,
+    /// Send indication.
+    Send,
+    /// Data indication.
+    Data,
+    /// ChannelData.
+    ChannelData,
+    /// Binding.
+    Binding,
+    /// Another STUN method.
+    OtherStun,
+    /// Not understood.
+    Unknown,
+}
+
+impl Kind {
+    /// Lower-case label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Allocate => "allocate",
+            Kind::Refresh => "refresh",
+            Kind::CreatePermission => "create_permission",
+            Kind::ChannelBind => "channel_bind",
+            Kind::Connect => "connect",
+            Kind::Connection => "connection_bind",
+            Kind::Send => "send",
+            Kind::Data => "data",
+            Kind::ChannelData => "channel_data",
+            Kind::Binding => "binding",
+            Kind::OtherStun => "other_stun",
+            Kind::Unknown => "unknown",
+        }
+    }
+
+    fn of(m: u16) -> Kind {
+        match m {
+            method::ALLOCATE => Kind::Allocate,
+            method::REFRESH => Kind::Refresh,
+            method::CREATE_PERMISSION => Kind::CreatePermission,
+            method::CHANNEL_BIND => Kind::ChannelBind,
+            method::CONNECT => Kind::Connect,
+            method::CONNECTION_BIND | method::CONNECTION_ATTEMPT => Kind::Connection,
+            method::SEND => Kind::Send,
+            method::DATA => Kind::Data,
+            method::BINDING => Kind::Binding,
+            _ => Kind::OtherStun,
+        }
+    }
+}
+
+/// What to do with a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Forward the bytes untouched.
+    Forward,
+    /// Do not forward; send these bytes back to the client instead (an error response).
+    Reply(Vec<u8>),
+    /// Do not forward.
+    Drop,
+}
+
+/// The verdict on one message and what it meant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    /// What to do with it.
+    pub action: Action,
+    /// What it was.
+    pub kind: Kind,
+    /// Whether sigmesh could read it.
+    pub understood: bool,
+    /// Application bytes it relays (client to peers from the client, peers to client from the
+    /// server).
+    pub relayed: u64,
+    /// The denied peer, when refused or dropped by the peer policy.
+    pub denied: Option<SocketAddr>,
+    /// After this message the stream carries raw peer data (RFC 6062 ConnectionBind success):
+    /// the shell stops framing both directions.
+    pub raw_after: bool,
+}
+
+impl Outcome {
+    fn forward(kind: Kind) -> Outcome {
+        Outcome {
+            action: Action::Forward,
+            kind,
+            understood: true,
+            relayed: 0,
+            denied: None,
+            raw_after: false,
+        }
+    }
+
+    fn unknown() -> Outcome {
+        Outcome {
+            understood: false,
+            ..Outcome::forward(Kind::Unknown)
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Pending {
+    Allocate {
+        username: Option<String>,
+        sigmesh_credential: bool,
+    },
+    Refresh,
+    Permission(Vec<IpAddr>),
+    ChannelBind(u16, SocketAddr),
+    ConnectionBind,
+    Other,
+}
+
+/// Limits of a tracker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Most allocations tracked.
+    pub allocations: usize,
+    /// Most outstanding requests remembered.
+    pub pending: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            allocations: 100_000,
+            pending: 100_000,
+        }
+    }
+}
+
+/// The relay's TURN state: peer policy, allocation table and outstanding requests.
+#[derive(Debug, Clone)]
+pub struct Tracker {
+    policy: PeerPolicy,
+    secret: Option<String>,
+    table: Table,
+    pending: HashMap<(FiveTuple, [u8; 12]), (Pending, Duration)>,
+    order: VecDeque<((FiveTuple, [u8; 12]), Duration)>,
+    limits: Limits,
+}
+
+impl Tracker {
+    /// A tracker enforcing `policy`. `secret` is the TURN REST secret (`turn.secret`): with it,
+    /// sigmesh recognises credentials it issued and signs its error responses.
+    pub fn new(policy: PeerPolicy, secret: Option<String>, limits: Limits) -> Tracker {
+        Tracker {
+            policy,
+            secret,
+            table: Table::new(limits.allocations),
+            pending: HashMap::new(),
+            order: VecDeque::new(),
+            limits,
+        }
+    }
+
+    /// The allocation table.
+    pub fn table(&self) -> &Table {
+        &self.table
+    }
+
+    /// The peer policy.
+    pub fn policy(&self) -> &PeerPolicy {
+        &self.policy
+    }
+
+    /// Removes allocations whose lifetime ran out and forgets unanswered requests.
+    pub fn expire(&mut self, now: Duration) -> Vec<Allocation> {
+        self.trim_pending(now);
+        self.table.expire(now)
+    }
+
+    /// The client's transport connection ended (TCP): its allocation ends with it
+    /// (RFC 8656 §5: a TCP allocation lives as long as its connection).
+    pub fn closed(&mut self, five_tuple: &FiveTuple) -> Option<Allocation> {
+        self.pending.retain(|(ft, _), _| ft != five_tuple);
+        self.table.remove(five_tuple)
+    }
+
+    /// The long-term key for `username`/`realm` when the username is a TURN REST credential of
+    /// sigmesh's secret.
+    fn key_for(&self, username: &str, realm: &str) -> Option<[u8; 16]> {
+        let secret = self.secret.as_deref()?;
+        rest_user(username)?;
+        let password = rest_password(secret, username);
+        Some(stun::long_term_key(username, realm, &password))
+    }
+
+    /// The key that checks this request's MESSAGE-INTEGRITY, if sigmesh can derive one.
+    fn verified_key(&self, m: &Message<'_>) -> Option<[u8; 16]> {
+        let key = self.key_for(&m.username()?, &m.realm()?)?;
+        m.verify_integrity(&key).then_some(key)
+    }
+
+    fn refuse(
+        &self,
+        m: &Message<'_>,
+        code: u16,
+        reason: &str,
+        denied: Option<SocketAddr>,
+    ) -> Outcome {
+        let key = self.verified_key(m);
+        let action = if m.class == Class::Request {
+            Action::Reply(stun::error_response(
+                m,
+                code,
+                reason,
+                key.as_ref().map(|k| &k[..]),
+            ))
+        } else {
+            Action::Drop
+        };
+        Outcome {
+            action,
+            denied,
+            ..Outcome::forward(Kind::of(m.method))
+        }
+    }
+
+    fn remember(&mut self, ft: FiveTuple, txid: [u8; 12], p: Pending, now: Duration) {
+        self.trim_pending(now);
+        self.pending.insert((ft, txid), (p, now));
+        self.order.push_back(((ft, txid), now));
+    }
+
+    fn trim_pending(&mut self, now: Duration) {
+        while let Some((key, at)) = self.order.front().copied() {
+            let old = now.saturating_sub(at) >= PENDING_TIMEOUT;
+            let full = self.order.len() > self.limits.pending;
+            if !old && !full {
+                break;
+            }
+            self.order.pop_front();
+            if self.pending.get(&key).is_some_and(|(_, t)| *t == at) {
+                self.pending.remove(&key);
+            }
+        }
+    }
+
+    /// A message from the client towards the TURN server.
+    pub fn from_client(&mut self, ft: FiveTuple, bytes: &[u8], now: Duration) -> Outcome {
+        let Some(&first) = bytes.first() else {
+            return Outcome::unknown();
+        };
+        match stun::frame_kind(first) {
+            FrameKind::ChannelData => {
+                let Ok(cd) = ChannelData::parse(bytes) else {
+                    return Outcome::unknown();
+                };
+                let n = cd.data.len() as u64;
+                if let Some(a) = self.table.get_mut(&ft) {
+                    a.bytes_to_peers += n;
+                    a.last_seen = now;
+                }
+                Outcome {
+                    relayed: n,
+                    ..Outcome::forward(Kind::ChannelData)
+                }
+            }
+            FrameKind::Other => Outcome::unknown(),
+            FrameKind::Stun => self.client_stun(ft, bytes, now),
+        }
+    }
+
+    fn client_stun(&mut self, ft: FiveTuple, bytes: &[u8], now: Duration) -> Outcome {
+        // A datagram may carry bytes after the message: read the message the header announces.
+        let m = match stun::stun_len(bytes) {
+            Ok(n) if n <= bytes.len() => Message::parse(&bytes[..n]),
+            Ok(_) => Err(stun::Error::Length),
+            Err(e) => Err(e),
+        };
+        let m = match m {
+            Ok(m) => m,
+            Err(_) => return self.unreadable_client(bytes),
+        };
+        if let Some(a) = self.table.get_mut(&ft) {
+            a.last_seen = now;
+        }
+        let peer_bearing = matches!(
+            m.method,
+            method::CREATE_PERMISSION | method::CHANNEL_BIND | method::CONNECT | method::SEND
+        ) && matches!(m.class, Class::Request | Class::Indication);
+        let mut peers = Vec::new();
+        if peer_bearing {
+            peers = match m.peer_addresses() {
+                Ok(p) if !p.is_empty() => p,
+                _ => return self.refuse(&m, 400, "Bad Request", None),
+            };
+            if let Some(bad) = peers.iter().find(|p| self.policy.check(**p).is_denied()) {
+                return self.refuse(&m, 403, "Forbidden", Some(*bad));
+            }
+        }
+        let kind = Kind::of(m.method);
+        match (m.method, m.class) {
+            (method::SEND, Class::Indication) => {
+                let n = m.data_len() as u64;
+                if let Some(a) = self.table.get_mut(&ft) {
+                    a.bytes_to_peers += n;
+                }
+                return Outcome {
+                    relayed: n,
+                    ..Outcome::forward(kind)
+                };
+            }
+            (_, Class::Request) => {}
+            _ => return Outcome::forward(kind),
+        }
+        let pending = match m.method {
+            method::ALLOCATE => Pending::Allocate {
+                username: m.username(),
+                sigmesh_credential: self.verified_key(&m).is_some(),
+            },
+            method::REFRESH => Pending::Refresh,
+            method::CREATE_PERMISSION => {
+                Pending::Permission(peers.iter().map(|p| p.ip()).collect())
+            }
+            method::CHANNEL_BIND => match (m.channel_number(), peers.first()) {
+                (Some(c), Some(p)) => Pending::ChannelBind(c, *p),
+                _ => Pending::Other,
+            },
+            method::CONNECTION_BIND => Pending::ConnectionBind,
+            _ => Pending::Other,
+        };
+        if !matches!(pending, Pending::Other) {
+            self.remember(ft, m.txid, pending, now);
+        }
+        Outcome::forward(kind)
+    }
+
+    /// A client message that is not a readable STUN message.
+    fn unreadable_client(&self, bytes: &[u8]) -> Outcome {
+        // Header readable (cookie present) but the body is not: fail closed for methods that
+        // name a peer, since sigmesh could not check it but the TURN server might read it.
+        if bytes.len() >= stun::HEADER_LEN
+            && u32::from_be_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]) == stun::MAGIC_COOKIE
+        {
+            let (m, class) = stun::split_type(u16::from_be_bytes([bytes[0], bytes[1]]));
+            if matches!(
+                m,
+                method::CREATE_PERMISSION | method::CHANNEL_BIND | method::CONNECT | method::SEND
+            ) {
+                let mut txid = [0u8; 12];
+                txid.copy_from_slice(&bytes[8..20]);
+                let action = if class == Class::Request {
+                    let header = stun::Builder::new(m, Class::Request, &txid).finish();
+                    match Message::parse(&header) {
+                        Ok(req) => {
+                            Action::Reply(stun::error_response(&req, 400, "Bad Request", None))
+                        }
+                        Err(_) => Action::Drop,
+                    }
+                } else {
+                    Action::Drop
+                };
+                return Outcome {
+                    action,
+                    understood: false,
+                    ..Outcome::forward(Kind::of(m))
+                };
+            }
+        }
+        Outcome::unknown()
+    }
+
+    /// A message from the TURN server towards the client. Always forwarded.
+    pub fn from_server(&mut self, ft: FiveTuple, bytes: &[u8], now: Duration) -> Outcome {
+        let Some(&first) = bytes.first() else {
+            return Outcome::unknown();
+        };
+        match stun::frame_kind(first) {
+            FrameKind::ChannelData => {
+                let Ok(cd) = ChannelData::parse(bytes) else {
+                    return Outcome::unknown();
+                };
+                let n = cd.data.len() as u64;
+                if let Some(a) = self.table.get_mut(&ft) {
+                    a.bytes_from_peers += n;
+                    a.last_seen = now;
+                }
+                Outcome {
+                    relayed: n,
+                    ..Outcome::forward(Kind::ChannelData)
+                }
+            }
+            FrameKind::Other => Outcome::unknown(),
+            FrameKind::Stun => {
+                let m = match stun::stun_len(bytes) {
+                    Ok(n) if n <= bytes.len() => Message::parse(&bytes[..n]),
+                    _ => return Outcome::unknown(),
+                };
+                match m {
+                    Ok(m) => self.server_stun(ft, &m, now),
+                    Err(_) => Outcome::unknown(),
+                }
+            }
+        }
+    }
+
+    fn server_stun(&mut self, ft: FiveTuple, m: &Message<'_>, now: Duration) -> Outcome {
+        let kind = Kind::of(m.method);
+        if let Some(a) = self.table.get_mut(&ft) {
+            a.last_seen = now;
+        }
+        if m.method == method::DATA && m.class == Class::Indication {
+            let n = m.data_len() as u64;
+            if let Some(a) = self.table.get_mut(&ft) {
+                a.bytes_from_peers += n;
+            }
+            return Outcome {
+                relayed: n,
+                ..Outcome::forward(kind)
+            };
+        }
+        if !matches!(m.class, Class::Success | Class::Error) {
+            return Outcome::forward(kind);
+        }
+        let Some((pending, _)) = self.pending.remove(&(ft, m.txid)) else {
+            return Outcome::forward(kind);
+        };
+        if m.class == Class::Error {
+            return Outcome::forward(kind);
+        }
+        let mut out = Outcome::forward(kind);
+        match pending {
+            Pending::Allocate {
+                username,
+                sigmesh_credential,
+            } => {
+                let relayed: Vec<SocketAddr> = m
+                    .attributes()
+                    .filter(|a| a.kind == attr::XOR_RELAYED_ADDRESS)
+                    .filter_map(|a| stun::xor_address(a.value, &m.txid).ok())
+                    .collect();
+                let lifetime = m.lifetime().unwrap_or(DEFAULT_LIFETIME);
+                let user = username.as_deref().and_then(rest_user).map(str::to_owned);
+                self.table.insert(Allocation {
+                    five_tuple: ft,
+                    username,
+                    user,
+                    sigmesh_credential,
+                    relayed,
+                    mapped: m.xor_address(attr::XOR_MAPPED_ADDRESS).and_then(Result::ok),
+                    permissions: Default::default(),
+                    channels: Default::default(),
+                    lifetime,
+                    expires_at: now + Duration::from_secs(u64::from(lifetime)),
+                    bytes_to_peers: 0,
+                    bytes_from_peers: 0,
+                    opened_at: now,
+                    last_seen: now,
+                });
+            }
+            Pending::Refresh => {
+                let lifetime = m.lifetime().unwrap_or(DEFAULT_LIFETIME);
+                if lifetime == 0 {
+                    self.table.remove(&ft);
+                } else if let Some(a) = self.table.get_mut(&ft) {
+                    a.lifetime = lifetime;
+                    a.expires_at = now + Duration::from_secs(u64::from(lifetime));
+                }
+            }
+            Pending::Permission(ips) => {
+                if let Some(a) = self.table.get_mut(&ft) {
+                    for ip in ips {
+                        a.permissions.insert(ip, now + PERMISSION_LIFETIME);
+                    }
+                }
+            }
+            Pending::ChannelBind(channel, peer) => {
+                if let Some(a) = self.table.get_mut(&ft) {
+                    a.channels.insert(channel, peer);
+                    let until = now + PERMISSION_LIFETIME.max(CHANNEL_LIFETIME);
+                    a.permissions.insert(peer.ip(), until);
+                }
+            }
+            Pending::ConnectionBind => out.raw_after = true,
+            Pending::Other => {}
+        }
+        out
+    }
+
+    /// The verdict on one peer (for callers that check addresses themselves).
+    pub fn check_peer(&self, peer: SocketAddr) -> PeerVerdict {
+        self.policy.check(peer)
+    }
+}
+
+/// The TURN REST password of `username`: base64(HMAC-SHA1(secret, username)), as coturn's
+/// `use-auth-secret` computes it (the scheme lives in [`crate::credentials`]).
+pub fn rest_password(secret: &str, username: &str) -> String {
+    crate::credentials::password(secret, username)
+}

@@ -1,0 +1,218 @@
+//! The plugin configuration: the contract's `routes` and `turn` (JSON), validated by
+//! `sigmesh-core`'s own loader ([`sigmesh_core::config::load_filter`]), plus an optional
+//! `filter` section for what only the filter has:
+//!
+//! ```json
+//! { "routes": [ … ], "turn": { … },
+//!   "filter": { "permessage_deflate": "strip", "bucket_slots": 1024, "bucket_seed": 0 } }
+//! ```
+//!
+//! - `permessage_deflate`: `strip` (default) removes `permessage-deflate` from the upgrade
+//!   request's `Sec-WebSocket-Extensions`, so it is never negotiated and every message can be
+//!   read; `keep` lets it through: compressed messages are then counted, limited by the message
+//!   and room buckets and by `max_message_bytes` (compressed size) as whole messages, but their
+//!   text is not read (no signaling types, rooms or candidates from them).
+//! - `bucket_slots`: slots of each shared bucket family (connections per route, rooms per route,
+//!   credential requests); see [`crate::shared`]. Default 1024, at most 65536.
+//! - `bucket_seed`: seed of the key → slot hash; default: a hash of the configuration text.
+
+use serde::Deserialize;
+use sigmesh_core::config::{Config, ConfigError, Sticky, load_filter};
+use sigmesh_core::route::RouteTable;
+use sigmesh_core::split::{Splitter, stable_hash};
+
+/// What to do with `permessage-deflate` offers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Deflate {
+    /// Remove it from the upgrade request: never negotiated.
+    #[default]
+    Strip,
+    /// Let it through; compressed messages are limited as whole messages but not read.
+    Keep,
+}
+
+/// The `filter` section.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FilterSection {
+    /// `permessage_deflate`.
+    pub permessage_deflate: Deflate,
+    /// `bucket_slots`.
+    pub bucket_slots: u32,
+    /// `bucket_seed` (0: derived from the configuration text).
+    pub bucket_seed: u64,
+}
+
+impl Default for FilterSection {
+    fn default() -> Self {
+        FilterSection {
+            permessage_deflate: Deflate::Strip,
+            bucket_slots: 1024,
+            bucket_seed: 0,
+        }
+    }
+}
+
+/// The most slots a bucket family may have.
+pub const MAX_SLOTS: u32 = 65_536;
+
+/// A validated plugin configuration, compiled.
+#[derive(Debug)]
+pub struct Settings {
+    /// The validated routes and turn section.
+    pub config: Config,
+    /// The compiled route table.
+    pub table: RouteTable,
+    /// Each route's split, in route order.
+    pub splitters: Vec<Splitter>,
+    /// The `filter` section.
+    pub filter: FilterSection,
+    /// Seed of the key → slot hash.
+    pub seed: u64,
+}
+
+/// Parses and validates the plugin configuration; every problem as `path: message`.
+pub fn parse(bytes: &[u8]) -> Result<Settings, Vec<String>> {
+    let text =
+        std::str::from_utf8(bytes).map_err(|_| vec!["configuration is not UTF-8".to_owned()])?;
+    let (core_text, filter) = split_filter_section(text)?;
+    // Lines are the text's own unless the filter section was taken out (then the rest was
+    // re-serialized, and only the key paths hold).
+    let lines = core_text == text;
+    let config = load_filter(&core_text)
+        .map_err(|e| e.iter().map(|e| describe(e, lines)).collect::<Vec<_>>())?;
+    let mut errors = Vec::new();
+    if filter.bucket_slots == 0 || filter.bucket_slots > MAX_SLOTS {
+        errors.push(format!(
+            "filter.bucket_slots: {} is out of range (1 to {MAX_SLOTS})",
+            filter.bucket_slots
+        ));
+    }
+    let mut splitters = Vec::with_capacity(config.routes.len());
+    for (i, r) in config.routes.iter().enumerate() {
+        if let Sticky::Message(_) = r.split.sticky {
+            errors.push(format!(
+                "routes[{i}].split.sticky: `message:` stickiness needs the first message before the \
+                 upstream is chosen, but Envoy chooses it from the request headers; use query:, \
+                 header: or cookie:"
+            ));
+        }
+        match Splitter::from_upstreams(&r.upstreams) {
+            Ok(s) => splitters.push(s),
+            Err(e) => errors.push(format!("routes[{i}].upstreams: {e}")),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    let seed = match filter.bucket_seed {
+        0 => stable_hash(text.as_bytes()),
+        s => s,
+    };
+    Ok(Settings {
+        table: RouteTable::new(&config.routes),
+        config,
+        splitters,
+        filter,
+        seed,
+    })
+}
+
+fn describe(e: &ConfigError, lines: bool) -> String {
+    if lines {
+        e.to_string()
+    } else if e.path.is_empty() {
+        e.message.clone()
+    } else {
+        format!("{}: {}", e.path, e.message)
+    }
+}
+
+/// Takes the `filter` section out of the JSON object, leaving the rest for core's loader. The
+/// text is passed on as it is when there is no such section (so core's line numbers hold).
+fn split_filter_section(text: &str) -> Result<(String, FilterSection), Vec<String>> {
+    let value: serde_json::Value = match serde_json::from_str(text) {
+        Ok(v) => v,
+        // Not JSON (YAML is accepted by core too): no filter section to take out.
+        Err(_) => return Ok((text.to_owned(), FilterSection::default())),
+    };
+    let serde_json::Value::Object(mut map) = value else {
+        return Ok((text.to_owned(), FilterSection::default()));
+    };
+    let Some(section) = map.remove("filter") else {
+        return Ok((text.to_owned(), FilterSection::default()));
+    };
+    let filter: FilterSection =
+        serde_json::from_value(section).map_err(|e| vec![format!("filter: {e}")])?;
+    let rest = serde_json::to_string_pretty(&serde_json::Value::Object(map))
+        .map_err(|e| vec![format!("configuration: {e}")])?;
+    Ok((rest, filter))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"{
+      "routes": [{
+        "name": "signaling",
+        "match": {"path_prefix": "/ws"},
+        "websocket": {"max_message_bytes": 1024, "signaling": {"type": "/type", "room": "/room"}},
+        "limits": {"connections": {"rate": 1, "per": "1s", "burst": 2}},
+        "split": {"sticky": "query:room"},
+        "upstreams": [{"name": "stable", "weight": 90}, {"name": "canary", "weight": 10}]
+      }],
+      "turn": {"secret": "s", "uris": ["turn:t:3478"]},
+      "filter": {"permessage_deflate": "keep", "bucket_slots": 64}
+    }"#;
+
+    #[test]
+    fn good_config_with_filter_section() {
+        let s = parse(GOOD.as_bytes()).expect("valid");
+        assert_eq!(s.config.routes.len(), 1);
+        assert_eq!(s.filter.permessage_deflate, Deflate::Keep);
+        assert_eq!(s.filter.bucket_slots, 64);
+        assert_eq!(s.splitters[0].len(), 2);
+        assert_eq!(
+            s.config.turn.as_ref().map(|t| t.credentials_path.as_str()),
+            Some("/turn-credentials")
+        );
+    }
+
+    #[test]
+    fn bad_configs_give_reasons_not_panics() {
+        for (text, want) in [
+            ("", "routes"),
+            ("{", "line"),
+            ("\u{0}\u{1}", ""),
+            (r#"{"routes": []}"#, "routes"),
+            (
+                r#"{"routes": [{"name": "a", "upstreams": [{"name": "x", "url": "ws://h"}]}]}"#,
+                "url",
+            ),
+            (r#"{"listen": "0.0.0.0:1", "routes": []}"#, "listen"),
+            (r#"{"routes": [], "filter": {"nope": 1}}"#, "filter"),
+            (
+                r#"{"routes": [{"name": "a", "upstreams": [{"name": "x"}]}], "filter": {"bucket_slots": 0}}"#,
+                "bucket_slots",
+            ),
+            (
+                r#"{"routes": [{"name": "a", "split": {"sticky": "message:/room"}, "upstreams": [{"name": "x"}]}]}"#,
+                "message:",
+            ),
+        ] {
+            let errs = parse(text.as_bytes()).expect_err(text);
+            assert!(!errs.is_empty());
+            assert!(errs.join("\n").contains(want), "{text}: {errs:?}");
+        }
+        assert!(parse(&[0xff, 0xfe]).is_err());
+    }
+
+    #[test]
+    fn seed_is_stable_per_config_text() {
+        let a = parse(GOOD.as_bytes()).expect("valid");
+        let b = parse(GOOD.as_bytes()).expect("valid");
+        assert_eq!(a.seed, b.seed);
+    }
+}

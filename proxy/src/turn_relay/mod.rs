@@ -1,0 +1,344 @@
+//! The TURN relay (`turn.relay`): sigmesh on the path between TURN clients and a TURN server.
+//!
+//! Every message goes through [`sigmesh_core::turn::Tracker`], which decides (forward, answer
+//! with an error response, drop) and keeps the allocation table; this module only moves bytes:
+//! - [`udp`]: one listen socket; one upstream socket per client 5-tuple, so the TURN server sees
+//!   distinct clients (and its allocations stay per client);
+//! - [`tcp`]: one upstream connection per client connection, both directions cut into frames by
+//!   [`sigmesh_core::turn::Framer`].
+//!
+//! Flows idle for [`FLOW_IDLE`] without a live allocation are closed; every task is owned by
+//! the relay's task (a `JoinSet`) and ends when the proxy drains.
+
+pub mod tcp;
+pub mod udp;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, SystemTime};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use serde::Serialize;
+use sigmesh_core::config::TurnRelay;
+use sigmesh_core::turn::{Action, FiveTuple, Limits, Outcome, PeerPolicy, Tracker};
+use tokio::net::{TcpListener, UdpSocket};
+
+use crate::state::{Shared, now};
+
+/// A flow (UDP 5-tuple or TCP connection) with no traffic for this long and no live allocation
+/// is closed.
+pub const FLOW_IDLE: Duration = Duration::from_secs(60);
+/// Most concurrent UDP flows; packets from further clients are dropped and counted.
+pub const MAX_FLOWS: usize = 10_000;
+/// Most concurrent TCP connections; further ones are closed at once.
+pub const MAX_CONNECTIONS: usize = 10_000;
+/// Largest datagram read.
+pub const MAX_DATAGRAM: usize = 65_536;
+/// How often allocations are expired.
+pub const EXPIRY_TICK: Duration = Duration::from_secs(1);
+/// Connecting to the TURN server over TCP must finish within this.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+// === metrics ===
+
+/// `direction`: `in` is client to peers (Send indications, ChannelData from the client), `out`
+/// is peers to client (Data indications, ChannelData from the server).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DirectionLabel {
+    pub direction: &'static str,
+}
+
+/// `type, action`
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TurnMessageLabels {
+    #[prometheus(flatten)]
+    pub kind: crate::metrics::KindLabel,
+    pub action: &'static str,
+}
+
+/// The TURN relay's metrics.
+#[derive(Clone, Default)]
+pub struct TurnMetrics {
+    pub allocations_active: Gauge,
+    pub relayed_bytes: Family<DirectionLabel, Counter>,
+    pub messages: Family<TurnMessageLabels, Counter>,
+}
+
+impl TurnMetrics {
+    pub fn register(registry: &mut Registry) -> TurnMetrics {
+        let m = TurnMetrics::default();
+        registry.register(
+            "sigmesh_turn_allocations_active",
+            "TURN allocations live on the relay",
+            m.allocations_active.clone(),
+        );
+        registry.register(
+            "sigmesh_turn_relayed_bytes",
+            "Application bytes relayed through TURN allocations (direction in: client to peers, out: peers to client)",
+            m.relayed_bytes.clone(),
+        );
+        registry.register(
+            "sigmesh_turn_messages",
+            "STUN/TURN messages seen by the relay, by type (unknown: not understood, passed through) and action (forwarded, refused, dropped)",
+            m.messages.clone(),
+        );
+        m
+    }
+}
+
+// === shared state ===
+
+/// The relay's state, shared with the admin API (`GET /turn/allocations`).
+#[derive(Default)]
+pub struct TurnState {
+    tracker: Mutex<Option<Tracker>>,
+    /// The bound address (UDP and TCP share the port).
+    pub addr: OnceLock<SocketAddr>,
+}
+
+/// Which way a message goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dir {
+    /// Client to TURN server.
+    FromClient,
+    /// TURN server to client.
+    FromServer,
+}
+
+impl TurnState {
+    /// Runs `f` on the tracker (none while the relay is off).
+    pub fn with<R>(&self, f: impl FnOnce(&mut Tracker) -> R) -> Option<R> {
+        let mut g = self.tracker.lock().unwrap_or_else(|p| p.into_inner());
+        g.as_mut().map(f)
+    }
+
+    /// Whether the relay runs.
+    pub fn enabled(&self) -> bool {
+        self.with(|_| ()).is_some()
+    }
+
+    /// Passes one message through the tracker and records it in the metrics.
+    pub fn handle(&self, shared: &Shared, dir: Dir, ft: FiveTuple, bytes: &[u8]) -> Outcome {
+        let t = now();
+        let out = self
+            .with(|tr| {
+                let out = match dir {
+                    Dir::FromClient => tr.from_client(ft, bytes, t),
+                    Dir::FromServer => tr.from_server(ft, bytes, t),
+                };
+                shared
+                    .metrics
+                    .turn
+                    .allocations_active
+                    .set(tr.table().len() as i64);
+                out
+            })
+            .unwrap_or(Outcome {
+                action: Action::Forward,
+                kind: sigmesh_core::turn::Kind::Unknown,
+                understood: false,
+                relayed: 0,
+                denied: None,
+                raw_after: false,
+            });
+        let m = &shared.metrics.turn;
+        if out.relayed > 0 {
+            let direction = match dir {
+                Dir::FromClient => "in",
+                Dir::FromServer => "out",
+            };
+            m.relayed_bytes
+                .get_or_create(&DirectionLabel { direction })
+                .inc_by(out.relayed);
+        }
+        let action = match out.action {
+            Action::Forward => "forwarded",
+            Action::Reply(_) => "refused",
+            Action::Drop => "dropped",
+        };
+        m.messages
+            .get_or_create(&TurnMessageLabels {
+                kind: crate::metrics::KindLabel(out.kind.as_str()),
+                action,
+            })
+            .inc();
+        if let Some(peer) = out.denied {
+            tracing::info!(client = %ft.client, transport = ft.transport.as_str(), %peer, kind = out.kind.as_str(), "TURN peer denied");
+        }
+        out
+    }
+
+    /// Whether `ft` has a live allocation.
+    pub fn has_allocation(&self, ft: &FiveTuple) -> bool {
+        self.with(|tr| tr.table().get(ft).is_some())
+            .unwrap_or(false)
+    }
+
+    /// A TCP connection ended: its allocation ends too.
+    pub fn closed(&self, shared: &Shared, ft: &FiveTuple) {
+        self.with(|tr| {
+            tr.closed(ft);
+            shared
+                .metrics
+                .turn
+                .allocations_active
+                .set(tr.table().len() as i64);
+        });
+    }
+
+    /// `GET /turn/allocations`.
+    pub fn view(&self, shared: &Shared) -> Vec<AllocationView> {
+        let t = now();
+        let wall = SystemTime::now();
+        let at = |d: Duration| {
+            let ago = t.saturating_sub(d);
+            humantime::format_rfc3339_millis(wall.checked_sub(ago).unwrap_or(wall)).to_string()
+        };
+        let sessions = shared.sessions.all();
+        self.with(|tr| {
+            tr.table()
+                .all()
+                .into_iter()
+                .map(|a| AllocationView {
+                    transport: a.five_tuple.transport.as_str(),
+                    client: a.five_tuple.client.to_string(),
+                    server: a.five_tuple.server.to_string(),
+                    username: a.username.clone(),
+                    user: a.user.clone(),
+                    sigmesh_credential: a.sigmesh_credential,
+                    sessions: a
+                        .user
+                        .as_deref()
+                        .map(|u| {
+                            sessions
+                                .iter()
+                                .filter(|s| s.peer.get().map(String::as_str) == Some(u))
+                                .map(|s| s.id)
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                    relayed: a.relayed.iter().map(ToString::to_string).collect(),
+                    mapped: a.mapped.map(|m| m.to_string()),
+                    peers: a.peers(t).iter().map(ToString::to_string).collect(),
+                    channels: a
+                        .channels
+                        .iter()
+                        .map(|(n, p)| (format!("0x{n:04x}"), p.to_string()))
+                        .collect(),
+                    lifetime: a.lifetime,
+                    expires_in: a.expires_at.saturating_sub(t).as_secs(),
+                    bytes_in: a.bytes_to_peers,
+                    bytes_out: a.bytes_from_peers,
+                    opened_at: at(a.opened_at),
+                    last_seen: at(a.last_seen),
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+    }
+}
+
+/// One allocation in `GET /turn/allocations`.
+#[derive(Serialize)]
+pub struct AllocationView {
+    pub transport: &'static str,
+    pub client: String,
+    /// The relay address the client reached.
+    pub server: String,
+    pub username: Option<String>,
+    /// The user of a TURN REST username (`expiry:user`).
+    pub user: Option<String>,
+    /// The Allocate was signed with a key derived from sigmesh's `turn.secret`.
+    pub sigmesh_credential: bool,
+    /// Live signaling sessions whose `peer` is this user.
+    pub sessions: Vec<u64>,
+    pub relayed: Vec<String>,
+    pub mapped: Option<String>,
+    pub peers: Vec<String>,
+    pub channels: BTreeMap<String, String>,
+    pub lifetime: u32,
+    pub expires_in: u64,
+    /// Relayed bytes, client to peers.
+    pub bytes_in: u64,
+    /// Relayed bytes, peers to client.
+    pub bytes_out: u64,
+    pub opened_at: String,
+    pub last_seen: String,
+}
+
+// === start ===
+
+/// The relay's bound sockets.
+pub struct Bound {
+    pub udp: UdpSocket,
+    pub tcp: TcpListener,
+    pub addr: SocketAddr,
+}
+
+/// Binds UDP and TCP on `listen`. With port 0, TCP takes the port UDP got (retrying a few
+/// ports when it is taken).
+pub async fn bind(listen: SocketAddr) -> std::io::Result<Bound> {
+    let mut last = None;
+    for _ in 0..if listen.port() == 0 { 20 } else { 1 } {
+        let udp = UdpSocket::bind(listen).await?;
+        let addr = udp.local_addr()?;
+        match TcpListener::bind(addr).await {
+            Ok(tcp) => return Ok(Bound { udp, tcp, addr }),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other("no port")))
+}
+
+/// Installs the tracker (so `/turn/allocations` and the bound address are there at once) and
+/// returns the relay's future, which runs until the proxy drains (or the task is aborted).
+pub fn serve(
+    shared: Arc<Shared>,
+    bound: Bound,
+    relay: TurnRelay,
+    secret: Option<String>,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let policy = PeerPolicy::new(relay.deny_peers.as_deref());
+    {
+        let mut g = shared
+            .turn
+            .tracker
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        *g = Some(Tracker::new(policy, secret, Limits::default()));
+    }
+    let _ = shared.turn.addr.set(bound.addr);
+    tracing::info!(listen = %bound.addr, upstream = %relay.upstream, "TURN relay running");
+    async move {
+        let drain = shared.drain.clone();
+        tokio::select! {
+            _ = drain.cancelled() => {}
+            _ = udp::serve(shared.clone(), bound.udp, bound.addr, relay.upstream) => {}
+            _ = tcp::serve(shared.clone(), bound.tcp, bound.addr, relay.upstream) => {}
+            _ = expire(shared.clone()) => {}
+        }
+    }
+}
+
+async fn expire(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(EXPIRY_TICK);
+    loop {
+        tick.tick().await;
+        let t = now();
+        shared.turn.with(|tr| {
+            for a in tr.expire(t) {
+                tracing::debug!(client = %a.five_tuple.client, "TURN allocation expired");
+            }
+            shared
+                .metrics
+                .turn
+                .allocations_active
+                .set(tr.table().len() as i64);
+        });
+    }
+}

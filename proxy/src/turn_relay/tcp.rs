@@ -1,0 +1,111 @@
+//! TURN over TCP: one upstream connection per client connection; both directions cut into
+//! STUN/ChannelData frames so each message goes through the tracker.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sigmesh_core::turn::{Action, FiveTuple, Frame, Framer, Transport};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinSet;
+
+use super::{CONNECT_TIMEOUT, Dir, FLOW_IDLE, MAX_CONNECTIONS};
+use crate::state::Shared;
+
+/// Bytes read at a time from each side.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// Accepts TCP clients until dropped; dropping it closes every connection.
+pub async fn serve(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    local: SocketAddr,
+    upstream: SocketAddr,
+) {
+    let mut conns = JoinSet::new();
+    loop {
+        tokio::select! {
+            r = listener.accept() => {
+                let Ok((client, addr)) = r else { continue };
+                if conns.len() >= MAX_CONNECTIONS {
+                    tracing::warn!(client = %addr, "TURN relay: too many TCP connections; closed");
+                    continue;
+                }
+                let ft = FiveTuple { transport: Transport::Tcp, client: addr, server: local };
+                conns.spawn(connection(shared.clone(), client, ft, upstream));
+            }
+            Some(_) = conns.join_next() => {}
+        }
+    }
+}
+
+async fn connection(shared: Arc<Shared>, client: TcpStream, ft: FiveTuple, upstream: SocketAddr) {
+    let up = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(upstream)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::warn!(client = %ft.client, error = %e, "TURN relay: upstream connect failed");
+            return;
+        }
+        Err(_) => {
+            tracing::warn!(client = %ft.client, "TURN relay: upstream connect timed out");
+            return;
+        }
+    };
+    let _ = client.set_nodelay(true);
+    let _ = up.set_nodelay(true);
+    relay(&shared, client, up, ft).await;
+    shared.turn.closed(&shared, &ft);
+}
+
+async fn relay(shared: &Shared, client: TcpStream, up: TcpStream, ft: FiveTuple) {
+    let (mut cr, mut cw) = client.into_split();
+    let (mut ur, mut uw) = up.into_split();
+    let (mut cf, mut uf) = (Framer::new(), Framer::new());
+    let mut cbuf = vec![0u8; READ_CHUNK];
+    let mut ubuf = vec![0u8; READ_CHUNK];
+    let mut sweep = tokio::time::interval(Duration::from_secs(1));
+    let mut last = tokio::time::Instant::now();
+    loop {
+        tokio::select! {
+            r = cr.read(&mut cbuf) => {
+                let n = match r { Ok(0) | Err(_) => return, Ok(n) => n };
+                last = tokio::time::Instant::now();
+                cf.push(&cbuf[..n]);
+                while let Some(frame) = cf.next_frame() {
+                    let action = match &frame {
+                        Frame::Opaque(_) => Action::Forward,
+                        f => shared.turn.handle(shared, Dir::FromClient, ft, f.bytes()).action,
+                    };
+                    let ok = match action {
+                        Action::Forward => uw.write_all(frame.bytes()).await.is_ok(),
+                        Action::Reply(resp) => cw.write_all(&resp).await.is_ok(),
+                        Action::Drop => true,
+                    };
+                    if !ok { return; }
+                }
+            }
+            r = ur.read(&mut ubuf) => {
+                let n = match r { Ok(0) | Err(_) => return, Ok(n) => n };
+                last = tokio::time::Instant::now();
+                uf.push(&ubuf[..n]);
+                while let Some(frame) = uf.next_frame() {
+                    if !matches!(frame, Frame::Opaque(_)) {
+                        let out = shared.turn.handle(shared, Dir::FromServer, ft, frame.bytes());
+                        if out.raw_after {
+                            // RFC 6062 data connection: from here on, raw peer bytes.
+                            cf.set_opaque();
+                            uf.set_opaque();
+                        }
+                    }
+                    if cw.write_all(frame.bytes()).await.is_err() { return; }
+                }
+            }
+            _ = sweep.tick() => {
+                if last.elapsed() >= FLOW_IDLE && !shared.turn.has_allocation(&ft) {
+                    return;
+                }
+            }
+        }
+    }
+}

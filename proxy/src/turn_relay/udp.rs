@@ -1,0 +1,146 @@
+//! TURN over UDP: one listen socket towards clients, one upstream socket per client 5-tuple.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use sigmesh_core::turn::{Action, FiveTuple, Transport};
+use tokio::net::UdpSocket;
+use tokio::task::{AbortHandle, JoinSet};
+
+use super::{Dir, FLOW_IDLE, MAX_DATAGRAM, MAX_FLOWS};
+use crate::state::{Shared, now};
+
+struct Flow {
+    up: Arc<UdpSocket>,
+    /// Last packet either way, in ms of [`now`].
+    last: Arc<AtomicU64>,
+    task: AbortHandle,
+}
+
+fn ms(d: Duration) -> u64 {
+    d.as_millis().min(u128::from(u64::MAX)) as u64
+}
+
+/// Serves UDP clients until dropped; dropping it ends every flow.
+pub async fn serve(shared: Arc<Shared>, sock: UdpSocket, local: SocketAddr, upstream: SocketAddr) {
+    let sock = Arc::new(sock);
+    let mut flows: HashMap<SocketAddr, Flow> = HashMap::new();
+    let mut tasks: JoinSet<SocketAddr> = JoinSet::new();
+    let mut buf = vec![0u8; MAX_DATAGRAM];
+    let mut sweep = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            r = sock.recv_from(&mut buf) => {
+                let Ok((n, client)) = r else { continue };
+                let bytes = &buf[..n];
+                let ft = FiveTuple { transport: Transport::Udp, client, server: local };
+                let out = shared.turn.handle(&shared, Dir::FromClient, ft, bytes);
+                match out.action {
+                    Action::Forward => {}
+                    Action::Reply(resp) => {
+                        let _ = sock.send_to(&resp, client).await;
+                        continue;
+                    }
+                    Action::Drop => continue,
+                }
+                if !flows.contains_key(&client) {
+                    if flows.len() >= MAX_FLOWS {
+                        tracing::warn!(%client, "TURN relay: too many UDP flows; packet dropped");
+                        continue;
+                    }
+                    match open(&shared, &sock, &mut tasks, ft, upstream).await {
+                        Ok(f) => { flows.insert(client, f); }
+                        Err(e) => {
+                            tracing::warn!(%client, error = %e, "TURN relay: cannot open an upstream socket");
+                            continue;
+                        }
+                    }
+                }
+                if let Some(f) = flows.get(&client) {
+                    f.last.store(ms(now()), Ordering::Relaxed);
+                    let _ = f.up.send(bytes).await;
+                }
+            }
+            Some(done) = tasks.join_next() => {
+                if let Ok(client) = done {
+                    flows.remove(&client);
+                }
+            }
+            _ = sweep.tick() => {
+                let t = ms(now());
+                let idle = ms(FLOW_IDLE);
+                flows.retain(|client, f| {
+                    let ft = FiveTuple { transport: Transport::Udp, client: *client, server: local };
+                    let keep = t.saturating_sub(f.last.load(Ordering::Relaxed)) < idle
+                        || shared.turn.has_allocation(&ft);
+                    if !keep {
+                        f.task.abort();
+                    }
+                    keep
+                });
+            }
+        }
+    }
+}
+
+/// Opens the upstream socket of a new client and starts reading the server's answers.
+async fn open(
+    shared: &Arc<Shared>,
+    sock: &Arc<UdpSocket>,
+    tasks: &mut JoinSet<SocketAddr>,
+    ft: FiveTuple,
+    upstream: SocketAddr,
+) -> std::io::Result<Flow> {
+    let any = match upstream.ip() {
+        IpAddr::V4(_) => SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0),
+        IpAddr::V6(_) => SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 0),
+    };
+    let up = Arc::new(UdpSocket::bind(any).await?);
+    up.connect(upstream).await?;
+    let last = Arc::new(AtomicU64::new(ms(now())));
+    let task = tasks.spawn(from_server(
+        shared.clone(),
+        sock.clone(),
+        up.clone(),
+        last.clone(),
+        ft,
+    ));
+    Ok(Flow { up, last, task })
+}
+
+/// Server to client for one flow. Ends when the upstream socket fails; the sweep aborts it
+/// when the flow goes idle.
+async fn from_server(
+    shared: Arc<Shared>,
+    sock: Arc<UdpSocket>,
+    up: Arc<UdpSocket>,
+    last: Arc<AtomicU64>,
+    ft: FiveTuple,
+) -> SocketAddr {
+    let mut buf = vec![0u8; MAX_DATAGRAM];
+    let mut errors = 0u32;
+    loop {
+        match up.recv(&mut buf).await {
+            Ok(n) => {
+                errors = 0;
+                last.store(ms(now()), Ordering::Relaxed);
+                let bytes = &buf[..n];
+                // Server messages are always forwarded; the tracker only reads them.
+                let _ = shared.turn.handle(&shared, Dir::FromServer, ft, bytes);
+                let _ = sock.send_to(bytes, ft.client).await;
+            }
+            // ICMP errors surface as ECONNREFUSED on a connected UDP socket: the server is
+            // not there (yet); keep the flow unless it keeps failing.
+            Err(_) => {
+                errors += 1;
+                if errors > 100 {
+                    return ft.client;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
