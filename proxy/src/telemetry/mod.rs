@@ -16,8 +16,8 @@
 //!   a full queue or a failed export drops spans and counts them
 //!   (`sigmesh_trace_spans_dropped_total{reason}`); [`Telemetry::shutdown`] flushes.
 //! - A session's message events stop at [`max_events`] (`OTEL_SPAN_EVENT_COUNT_LIMIT`, default
-//!   128); the rest are counted in `sigmesh_trace_events_dropped_total` (when the session ends) and in the span's
-//!   `sigmesh.events.dropped` attribute.
+//!   128); the rest are counted in `sigmesh_trace_events_dropped_total` (added when the
+//!   session ends) and in the span's `sigmesh.events.dropped` attribute.
 
 use std::sync::Arc;
 use std::time::Duration;
