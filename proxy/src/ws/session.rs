@@ -255,6 +255,21 @@ impl Drop for AbortOnDrop {
 type Sink<S> = futures_util::stream::SplitSink<WebSocketStream<S>, Message>;
 type Source<S> = futures_util::stream::SplitStream<WebSocketStream<S>>;
 
+/// After a peer's close frame: keeps reading that leg until its connection ends (or the
+/// session is cancelled), which makes tungstenite write its queued close reply to the peer
+/// instead of dropping the socket under it.
+async fn read_until_closed<S>(rx: &mut Source<S>, token: &CancellationToken)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    loop {
+        tokio::select! {
+            m = rx.next() => if !matches!(m, Some(Ok(_))) { return },
+            _ = token.cancelled() => return,
+        }
+    }
+}
+
 /// Sends the close frame this leg was assigned by [`Closer::end`], if any.
 async fn send_assigned_close<S>(
     tx: &mut Sink<S>,
@@ -347,8 +362,9 @@ async fn pump_in<C>(
                     t.closed("client", f.map(|f| f.code.into()), f.map_or("", |f| f.reason.as_str()));
                 }
                 // Forward the client's close as it is; the upstream's answer comes back the
-                // other way.
+                // other way. Reading on lets tungstenite flush its reply to the client.
                 let _ = tx.send(Message::Close(frame.clone())).await;
+                read_until_closed(&mut rx, &closer.token).await;
                 return;
             }
             _ => continue, // pings are answered by tungstenite; pongs end here
@@ -513,6 +529,7 @@ async fn pump_out<C>(
                     t.closed("upstream", f.map(|f| f.code.into()), f.map_or("", |f| f.reason.as_str()));
                 }
                 let _ = tx.send(Message::Close(frame.clone())).await;
+                read_until_closed(&mut rx, &closer.token).await;
                 return;
             }
             _ => continue,
