@@ -43,12 +43,15 @@ use session::{read_error_close, run_session};
 /// Read buffer of each leg; tungstenite's default (128 KiB, allocated eagerly) would make an
 /// idle session cost a quarter MiB.
 pub const READ_BUFFER: usize = 4096;
+/// Frames queued on a leg are written out once this many bytes are waiting, or when the relay
+/// flushes because nothing else is ready; a burst of small messages becomes one write.
+pub const WRITE_BUFFER: usize = 8192;
 
 /// tungstenite settings for one leg of a session on `ws`.
 pub fn ws_config(ws: &WsConfig) -> WebSocketConfig {
     WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER)
-        .write_buffer_size(0)
+        .write_buffer_size(WRITE_BUFFER)
         .max_write_buffer_size(
             ws.max_message_bytes
                 .saturating_mul(2)

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use prometheus_client::metrics::counter::Counter;
 use sigmesh_core::bucket::{TokenBucket, Verdict};
 use sigmesh_core::config::OnExceed;
@@ -255,6 +255,30 @@ impl Drop for AbortOnDrop {
 type Sink<S> = futures_util::stream::SplitSink<WebSocketStream<S>, Message>;
 type Source<S> = futures_util::stream::SplitStream<WebSocketStream<S>>;
 
+/// The next message of a leg. What is already readable is taken without waiting; before
+/// waiting, the other leg's queued frames are flushed. So a burst of messages goes out in one
+/// write, and nothing stays queued while the relay waits.
+async fn next_message<S, R>(
+    rx: &mut Source<R>,
+    tx: &mut Sink<S>,
+    first: &mut Option<Message>,
+) -> Option<Result<Message, tungstenite::Error>>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    R: AsyncRead + AsyncWrite + Unpin,
+{
+    if let Some(m) = first.take() {
+        return Some(Ok(m));
+    }
+    if let Some(ready) = rx.next().now_or_never() {
+        return ready;
+    }
+    if let Err(e) = tx.flush().await {
+        return Some(Err(e));
+    }
+    rx.next().await
+}
+
 /// After a peer's close frame: keeps reading that leg until its connection ends (or the
 /// session is cancelled), which makes tungstenite write its queued close reply to the peer
 /// instead of dropping the socket under it.
@@ -310,17 +334,14 @@ async fn pump_in<C>(
         by_kind: Vec::new(),
         family: shared.metrics.messages.clone(),
     };
-    let mut pending = first;
+    let mut first = first;
     loop {
-        let next = match pending.take() {
-            Some(m) => Some(Ok(m)),
-            None => tokio::select! {
-                m = rx.next() => m,
-                _ = closer.token.cancelled() => {
-                    send_assigned_close(&mut tx, closer.to_upstream.get(), shared.tuning.close_grace).await;
-                    return;
-                }
-            },
+        let next = tokio::select! {
+            m = next_message(&mut rx, &mut tx, &mut first) => m,
+            _ = closer.token.cancelled() => {
+                send_assigned_close(&mut tx, closer.to_upstream.get(), shared.tuning.close_grace).await;
+                return;
+            }
         };
         let msg = match next {
             Some(Ok(m)) => m,
@@ -438,7 +459,7 @@ async fn pump_in<C>(
         info.messages_in.fetch_add(1, Ordering::Relaxed);
         info.bytes_in.fetch_add(len as u64, Ordering::Relaxed);
         let sent = tokio::select! {
-            s = tx.send(msg) => s,
+            s = tx.feed(msg) => s,
             _ = closer.token.cancelled() => {
                 send_assigned_close(&mut tx, closer.to_upstream.get(), shared.tuning.close_grace).await;
                 return;
@@ -476,9 +497,10 @@ async fn pump_out<C>(
         by_kind: Vec::new(),
         family: shared.metrics.messages.clone(),
     };
+    let mut first = None;
     loop {
         let next = tokio::select! {
-            m = rx.next() => m,
+            m = next_message(&mut rx, &mut tx, &mut first) => m,
             _ = closer.token.cancelled() => {
                 send_assigned_close(&mut tx, closer.to_client.get(), shared.tuning.close_grace).await;
                 return;
@@ -546,7 +568,7 @@ async fn pump_out<C>(
         info.messages_out.fetch_add(1, Ordering::Relaxed);
         info.bytes_out.fetch_add(len as u64, Ordering::Relaxed);
         let sent = tokio::select! {
-            s = tx.send(msg) => s,
+            s = tx.feed(msg) => s,
             _ = closer.token.cancelled() => {
                 send_assigned_close(&mut tx, closer.to_client.get(), shared.tuning.close_grace).await;
                 return;
