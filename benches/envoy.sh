@@ -13,6 +13,7 @@
 #   ENVOY_BENCH_TP_SESSIONS [100] ENVOY_BENCH_TP_WINDOW [4]     closed-loop throughput runs
 #   ENVOY_BENCH_LAT_SESSIONS [100] ENVOY_BENCH_LAT_RATE [20]    fixed-rate latency runs
 #   ENVOY_BENCH_CONCURRENCY [1]  Envoy worker threads (each Envoy)   CARGO_TARGET_DIR [target]
+#   ENVOY_BENCH_WASM [the wasm-release build]  a .wasm to load instead (e.g. another opt-level)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -34,9 +35,13 @@ log() { printf 'envoy-bench: %s\n' "$*" >&2; }
 
 log "building sigmesh-loadgen (release) and the filter (wasm32-wasip1, wasm-release)"
 cargo build --release -p sigmesh-loadgen
-cargo build -p sigmesh-filter --target wasm32-wasip1 --profile wasm-release
 LOADGEN=$TARGET_DIR/release/sigmesh-loadgen
-WASM=$TARGET_DIR/wasm32-wasip1/wasm-release/sigmesh_filter.wasm
+if [[ -n ${ENVOY_BENCH_WASM:-} ]]; then
+    WASM=$ENVOY_BENCH_WASM
+else
+    cargo build -p sigmesh-filter --target wasm32-wasip1 --profile wasm-release
+    WASM=$TARGET_DIR/wasm32-wasip1/wasm-release/sigmesh_filter.wasm
+fi
 
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/sigmesh-envoy-bench.XXXXXX")
 PIDS=()

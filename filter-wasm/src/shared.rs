@@ -140,13 +140,43 @@ pub fn take(store: &dyn Store, family: &Family, key: &str, rate: &Rate, now: Dur
     }
 }
 
+/// An in-memory [`Store`] with Envoy's semantics (a CAS of `None`, or on a missing key, always
+/// writes), for tests and for hosts without shared data.
+#[derive(Debug, Default)]
+pub struct MemStore {
+    map: std::cell::RefCell<std::collections::HashMap<String, (Vec<u8>, u32)>>,
+    next: std::cell::Cell<u32>,
+}
+
+impl Store for MemStore {
+    fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+        match self.map.borrow().get(key) {
+            Some((v, c)) => (Some(v.clone()), Some(*c)),
+            None => (None, None),
+        }
+    }
+
+    fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), SetError> {
+        let mut m = self.map.borrow_mut();
+        if let (Some(cas), Some((_, cur))) = (cas, m.get(key))
+            && cas != *cur
+        {
+            return Err(SetError::CasMismatch);
+        }
+        let c = self.next.get().wrapping_add(1);
+        self.next.set(c);
+        m.insert(key.to_owned(), (value.to_vec(), c));
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::cell::{Cell, RefCell};
     use std::collections::HashMap;
 
-    /// Envoy's semantics: a CAS of `None` (0) or on a missing key always writes.
+    /// Envoy's semantics, plus writes by "another VM" injected before the next sets.
     #[derive(Default)]
     struct Mem {
         map: RefCell<HashMap<String, (Vec<u8>, u32)>>,

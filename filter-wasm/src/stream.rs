@@ -298,6 +298,8 @@ pub struct Session {
     policy: MessagePolicy,
     client: FrameReader,
     server: FrameReader,
+    /// Stat names of this session's message counters, built once each.
+    names: Names,
     /// The upgrade succeeded (101, or 200 to an extended CONNECT).
     open: bool,
     /// Counted in `connections_active`.
@@ -321,6 +323,7 @@ impl Session {
             policy,
             client,
             server,
+            names: Names::default(),
             open: false,
             counted: false,
         }
@@ -364,6 +367,7 @@ impl Session {
             route: &self.route,
             upstream: &self.upstream,
             policy: &mut self.policy,
+            names: &mut self.names,
             store,
             m: Metrics { sink },
             now,
@@ -388,6 +392,7 @@ impl Session {
             route: &self.route,
             upstream: &self.upstream,
             policy: &mut self.policy,
+            names: &mut self.names,
             m: Metrics { sink },
             now,
         };
@@ -413,8 +418,47 @@ impl Session {
 
 /// Counts a message; its ICE candidates only on the way in (each candidate leaves one client
 /// once; the signaling server relays it back out to the other peers).
-fn count_seen(m: &mut Metrics<'_>, route: &str, upstream: &str, dir: &str, seen: Seen) {
-    m.message(route, upstream, dir, seen.label);
+/// `sigmesh.messages_total` stat names by (direction, type), built on first use.
+#[derive(Debug, Default)]
+struct Names(Vec<(&'static str, &'static str, String)>);
+
+impl Names {
+    fn message(
+        &mut self,
+        route: &str,
+        upstream: &str,
+        dir: &'static str,
+        label: &'static str,
+    ) -> &str {
+        let i = match self.0.iter().position(|(d, l, _)| *d == dir && *l == label) {
+            Some(i) => i,
+            None => {
+                let name = crate::metrics::stat_name(
+                    "messages_total",
+                    &[
+                        ("route", route),
+                        ("upstream", upstream),
+                        ("direction", dir),
+                        ("type", label),
+                    ],
+                );
+                self.0.push((dir, label, name));
+                self.0.len() - 1
+            }
+        };
+        &self.0[i].2
+    }
+}
+
+fn count_seen(
+    m: &mut Metrics<'_>,
+    names: &mut Names,
+    (route, upstream): (&str, &str),
+    dir: &'static str,
+    seen: Seen,
+) {
+    m.sink
+        .counter(names.message(route, upstream, dir, seen.label), 1);
     if dir == "in" {
         for (kind, protocol) in seen.candidates {
             m.ice(route, kind, protocol, 1);
@@ -434,6 +478,7 @@ struct ClientSide<'a> {
     route: &'a str,
     upstream: &'a str,
     policy: &'a mut MessagePolicy,
+    names: &'a mut Names,
     store: &'a dyn Store,
     m: Metrics<'a>,
     now: Duration,
@@ -457,7 +502,13 @@ impl Handler for ClientSide<'_> {
     fn done(&mut self, msg: &MessageInfo, text: Option<&str>, forwarded: bool) {
         let seen = self.policy.client_message(msg, text, self.now);
         if forwarded {
-            count_seen(&mut self.m, self.route, self.upstream, "in", seen);
+            count_seen(
+                &mut self.m,
+                self.names,
+                (self.route, self.upstream),
+                "in",
+                seen,
+            );
         }
     }
 }
@@ -466,6 +517,7 @@ struct ServerSide<'a> {
     route: &'a str,
     upstream: &'a str,
     policy: &'a mut MessagePolicy,
+    names: &'a mut Names,
     m: Metrics<'a>,
     now: Duration,
 }
@@ -477,6 +529,270 @@ impl Handler for ServerSide<'_> {
 
     fn done(&mut self, msg: &MessageInfo, text: Option<&str>, _: bool) {
         let seen = self.policy.upstream_message(msg, text, self.now);
-        count_seen(&mut self.m, self.route, self.upstream, "out", seen);
+        count_seen(
+            &mut self.m,
+            self.names,
+            (self.route, self.upstream),
+            "out",
+            seen,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use sigmesh_core::frame::{Forward, frame};
+
+    use super::*;
+    use crate::settings::parse;
+    use crate::shared::MemStore;
+
+    #[derive(Default)]
+    struct Counters(BTreeMap<String, i64>);
+
+    impl Sink for Counters {
+        fn counter(&mut self, name: &str, delta: u64) {
+            *self.0.entry(name.to_owned()).or_default() += delta as i64;
+        }
+        fn gauge(&mut self, name: &str, delta: i64) {
+            *self.0.entry(name.to_owned()).or_default() += delta;
+        }
+        fn histogram(&mut self, name: &str, _: u64) {
+            *self.0.entry(name.to_owned()).or_default() += 1;
+        }
+    }
+
+    fn settings(extra_route: &str, extra: &str) -> Settings {
+        let text = format!(
+            r#"{{"routes": [{{"name": "sig", "match": {{"path_prefix": "/ws"}},
+                "websocket": {{"max_message_bytes": 64, "allowed_origins": ["https://ok"]}},
+                "split": {{"sticky": "query:room"}} {extra_route},
+                "upstreams": [{{"name": "stable", "weight": 50}}, {{"name": "canary", "weight": 50}}]}}]
+                {extra}}}"#
+        );
+        parse(text.as_bytes()).expect("valid settings")
+    }
+
+    fn headers(path: &str, upgrade: bool, more: &[(&str, &str)]) -> Vec<(String, String)> {
+        let mut h = vec![
+            (":method".to_owned(), "GET".to_owned()),
+            (":path".to_owned(), path.to_owned()),
+            (":authority".to_owned(), "example.com".to_owned()),
+            ("origin".to_owned(), "https://ok".to_owned()),
+        ];
+        if upgrade {
+            h.push(("upgrade".into(), "websocket".into()));
+            h.push(("connection".into(), "upgrade".into()));
+        }
+        h.extend(more.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
+        h
+    }
+
+    fn cx() -> Context<'static> {
+        Context {
+            client_ip: "192.0.2.1",
+            now: Duration::from_secs(1_700_000_000),
+            random: 7,
+        }
+    }
+
+    #[test]
+    fn unrouted_requests_pass_untouched() {
+        let s = settings("", "");
+        let v = on_request_headers(
+            &s,
+            &MemStore::default(),
+            &mut Counters::default(),
+            &headers("/other", true, &[]),
+            cx(),
+        );
+        assert!(matches!(v, HeadersVerdict::Pass));
+    }
+
+    #[test]
+    fn upgrade_gets_the_split_header_and_loses_deflate() {
+        let s = settings("", "");
+        let h = headers(
+            "/ws?room=room-42",
+            true,
+            &[(
+                "sec-websocket-extensions",
+                "permessage-deflate; client_max_window_bits",
+            )],
+        );
+        let mut m = Counters::default();
+        let v = on_request_headers(&s, &MemStore::default(), &mut m, &h, cx());
+        let HeadersVerdict::Proceed {
+            set,
+            remove,
+            reroute,
+            session,
+        } = v
+        else {
+            panic!("{v:?}");
+        };
+        assert!(reroute);
+        assert_eq!(
+            set,
+            vec![("x-sigmesh-upstream".to_owned(), "canary".to_owned())]
+        );
+        assert_eq!(remove, vec!["sec-websocket-extensions".to_owned()]);
+        assert_eq!(
+            session.map(|s| s.upstream().to_owned()).as_deref(),
+            Some("canary")
+        );
+        // HTTP/2 extended CONNECT is an upgrade too; a plain request is split but not read.
+        let h2 = vec![
+            (":method".to_owned(), "CONNECT".to_owned()),
+            (":protocol".to_owned(), "websocket".to_owned()),
+            (":path".to_owned(), "/ws?room=room-42".to_owned()),
+            ("origin".to_owned(), "https://ok".to_owned()),
+        ];
+        let v = on_request_headers(&s, &MemStore::default(), &mut m, &h2, cx());
+        assert!(matches!(
+            v,
+            HeadersVerdict::Proceed {
+                session: Some(_),
+                ..
+            }
+        ));
+        let plain = headers("/ws?room=room-42", false, &[]);
+        let v = on_request_headers(&s, &MemStore::default(), &mut m, &plain, cx());
+        assert!(matches!(v, HeadersVerdict::Proceed { session: None, .. }));
+    }
+
+    #[test]
+    fn origin_and_connection_bucket_answer_locally() {
+        let s = settings(
+            r#", "limits": {"connections": {"rate": 1, "per": "1h", "burst": 2}}"#,
+            "",
+        );
+        let store = MemStore::default();
+        let mut m = Counters::default();
+        let bad = headers("/ws", true, &[("origin", "https://evil")]);
+        // The last `origin` wins in this list; put the bad one first.
+        let bad: Vec<_> = bad.into_iter().rev().collect();
+        let v = on_request_headers(&s, &store, &mut m, &bad, cx());
+        assert!(
+            matches!(v, HeadersVerdict::Respond { status: 403, .. }),
+            "{v:?}"
+        );
+        let ok = headers("/ws", true, &[]);
+        for _ in 0..2 {
+            let v = on_request_headers(&s, &store, &mut m, &ok, cx());
+            assert!(matches!(v, HeadersVerdict::Proceed { .. }));
+        }
+        let v = on_request_headers(&s, &store, &mut m, &ok, cx());
+        let HeadersVerdict::Respond {
+            status: 429,
+            headers,
+            ..
+        } = v
+        else {
+            panic!("{v:?}");
+        };
+        let get = |n: &str| {
+            headers
+                .iter()
+                .find(|(k, _)| k == n)
+                .map(|(_, v)| v.as_str())
+        };
+        assert_eq!(get("retry-after"), Some("3600"));
+        assert_eq!(get("x-ratelimit-limit"), Some("2"));
+        assert_eq!(get("x-ratelimit-remaining"), Some("0"));
+        assert_eq!(get("x-ratelimit-reset"), Some("3600"));
+        assert_eq!(
+            m.0.get("sigmesh.rate_limited_total.route.sig.limit.connections"),
+            Some(&1)
+        );
+    }
+
+    #[test]
+    fn credentials_endpoint() {
+        let s = settings("", r#", "turn": {"secret": "s", "uris": ["turn:t"]}"#);
+        let store = MemStore::default();
+        let mut m = Counters::default();
+        let v = on_request_headers(
+            &s,
+            &store,
+            &mut m,
+            &headers("/turn-credentials?user=al", false, &[]),
+            cx(),
+        );
+        let HeadersVerdict::Respond {
+            status: 200, body, ..
+        } = v
+        else {
+            panic!("{v:?}");
+        };
+        let j: serde_json::Value = serde_json::from_str(&body).expect("json");
+        assert_eq!(j["username"], "1700003600:al");
+        assert_eq!(
+            j["password"],
+            sigmesh_core::credentials::password("s", "1700003600:al")
+        );
+        let v = on_request_headers(
+            &s,
+            &store,
+            &mut m,
+            &headers("/turn-credentials", false, &[]),
+            cx(),
+        );
+        assert!(matches!(v, HeadersVerdict::Respond { status: 400, .. }));
+        let mut post = headers("/turn-credentials?user=a", false, &[]);
+        post[0].1 = "POST".into();
+        let v = on_request_headers(&s, &store, &mut m, &post, cx());
+        assert!(matches!(v, HeadersVerdict::Respond { status: 405, .. }));
+    }
+
+    #[test]
+    fn body_chunks_cut_over_the_message_bucket_and_close_oversize() {
+        let s = settings(
+            r#", "limits": {"messages": {"rate": 1, "per": "1h", "burst": 1}}"#,
+            "",
+        );
+        let store = MemStore::default();
+        let mut m = Counters::default();
+        let v = on_request_headers(&s, &store, &mut m, &headers("/ws?room=r", true, &[]), cx());
+        let HeadersVerdict::Proceed {
+            session: Some(mut session),
+            ..
+        } = v
+        else {
+            panic!("{v:?}");
+        };
+        session.on_response_headers(Some(101), &mut m);
+        let a = frame(1, true, br#"{"type":"offer"}"#, Some([1, 2, 3, 4]));
+        let b = frame(1, true, br#"{"type":"answer"}"#, Some([1, 2, 3, 4]));
+        let chunk = [a.clone(), b].concat();
+        let p = session.on_request_body(&s, &store, &mut m, &chunk, cx().now);
+        assert_eq!(p.forward, Forward::Bytes(&a));
+        let big = frame(2, true, &[0; 65], Some([1, 2, 3, 4]));
+        let p = session.on_request_body(&s, &store, &mut m, &big, cx().now);
+        assert_eq!(p.close.map(|c| c.code), Some(1009));
+        session.on_end(&mut m);
+        let c = |n: &str| m.0.get(n).copied();
+        let r = format!("route.sig.upstream.{}", session.upstream());
+        assert_eq!(
+            c(&format!(
+                "sigmesh.messages_total.{r}.direction.in.type.offer"
+            )),
+            Some(1)
+        );
+        assert_eq!(
+            c("sigmesh.rate_limited_total.route.sig.limit.messages"),
+            Some(1)
+        );
+        assert_eq!(
+            c("sigmesh.rate_limited_total.route.sig.limit.message_size"),
+            Some(1)
+        );
+        assert_eq!(c(&format!("sigmesh.connections_active.{r}")), Some(0));
+        assert_eq!(
+            c(&format!("sigmesh.connections_total.{r}.outcome.accepted")),
+            Some(1)
+        );
     }
 }
