@@ -110,10 +110,7 @@ impl Endpoint {
             Verdict::Limited { retry_after } => {
                 let name = route.map_or("", |r| r.route.name.as_str());
                 shared.metrics.rate_limited(name, "credentials");
-                Some(crate::server::too_many_requests(
-                    DEFAULT_RATE.burst,
-                    retry_after,
-                ))
+                Some(crate::server::too_many_requests(&DEFAULT_RATE, retry_after))
             }
         }
     }

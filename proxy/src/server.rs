@@ -21,7 +21,8 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use sigmesh_core::bucket::Verdict;
-use sigmesh_core::config::Sticky;
+use sigmesh_core::config::{Rate, Sticky};
+use sigmesh_core::frame::policy;
 use sigmesh_core::route::RequestHead;
 use tokio::net::TcpListener;
 
@@ -145,44 +146,31 @@ pub fn check_connection_limit(
     client: SocketAddr,
 ) -> Option<Response<Body>> {
     let (buckets, key) = route.connections.as_ref()?;
-    let header = |name: &str| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-    };
-    // A request without the keyed header shares one bucket with the others that lack it.
-    let key = state::connection_key(key, client.ip(), header).unwrap_or_default();
+    let client_ip = client.ip().to_string();
+    let key = policy::connection_key(key, &client_ip, &HeaderView(headers));
     match state::take(buckets, &key) {
         Verdict::Allow { .. } => None,
         Verdict::Limited { retry_after } => {
-            let limit = route
-                .route
-                .limits
-                .connections
-                .as_ref()
-                .map_or(0, |c| c.rate.burst);
+            let rate = route.route.limits.connections.as_ref()?.rate;
             shared
                 .metrics
                 .rate_limited(&route.route.name, "connections");
             shared
                 .metrics
                 .connection(&route.route.name, "", "rate_limited");
-            Some(too_many_requests(limit, retry_after))
+            Some(too_many_requests(&rate, retry_after))
         }
     }
 }
 
-/// 429 with `retry-after` and the `x-ratelimit-*` headers (seconds, rounded up).
-pub fn too_many_requests(limit: u32, retry_after: Duration) -> Response<Body> {
-    let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
-    let secs = secs.max(1);
+/// 429 with `retry-after` and the `x-ratelimit-*` headers, as core computes them.
+pub fn too_many_requests(rate: &Rate, retry_after: Duration) -> Response<Body> {
     let mut r = http_util::text(StatusCode::TOO_MANY_REQUESTS, "rate limited");
-    let h = r.headers_mut();
-    h.insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
-    h.insert("x-ratelimit-limit", HeaderValue::from(limit));
-    h.insert("x-ratelimit-remaining", HeaderValue::from(0u32));
-    h.insert("x-ratelimit-reset", HeaderValue::from(secs));
+    for (name, value) in policy::RateLimited::new(rate, retry_after).headers() {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            r.headers_mut().insert(name, v);
+        }
+    }
     r
 }
 

@@ -5,7 +5,6 @@
 //! new one and swaps it in atomically. Sessions hold the `Arc<RouteRuntime>` they started with,
 //! so live sessions keep their upstream across reloads.
 
-use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -117,19 +116,6 @@ pub fn take(buckets: &SharedBuckets, key: &str) -> Verdict {
         // A panic while holding the lock cannot leave a bucket set inconsistent in a way that
         // matters more than refusing service would: keep going with the data as it is.
         Err(poisoned) => poisoned.into_inner().try_take(key, now()),
-    }
-}
-
-/// The connection bucket key of a request.
-pub fn connection_key(
-    key: &LimitKey,
-    client: IpAddr,
-    header: impl Fn(&str) -> Option<String>,
-) -> Option<String> {
-    match key {
-        LimitKey::ClientIp => Some(client.to_string()),
-        LimitKey::Route => Some(String::new()),
-        LimitKey::Header(name) => header(name),
     }
 }
 

@@ -89,15 +89,13 @@ pub async fn handle(
     req: Request<Incoming>,
     client: SocketAddr,
 ) -> Response<Body> {
-    let trace = shared
-        .telemetry
-        .ws_session(&crate::telemetry::RequestInfo {
-            route: &route.route.name,
-            method: req.method().as_str(),
-            path: req.uri().path(),
-            headers: req.headers(),
-            client,
-        });
+    let trace = shared.telemetry.ws_session(&crate::telemetry::RequestInfo {
+        route: &route.route.name,
+        method: req.method().as_str(),
+        path: req.uri().path(),
+        headers: req.headers(),
+        client,
+    });
     let resp = handshake(shared, route, req, client, trace.clone()).await;
     if let Some(t) = trace
         && resp.status() != StatusCode::SWITCHING_PROTOCOLS
@@ -145,15 +143,13 @@ async fn handshake(
         );
     }
     // Origin.
-    if !ws.allowed_origins.is_empty() {
-        let origin = req
-            .headers()
-            .get(header::ORIGIN)
-            .and_then(|v| v.to_str().ok());
-        if !origin.is_some_and(|o| ws.allowed_origins.iter().any(|a| a.eq_ignore_ascii_case(o))) {
-            shared.metrics.connection(rname, "", "forbidden");
-            return http_util::text(StatusCode::FORBIDDEN, "origin not allowed");
-        }
+    let origin = req
+        .headers()
+        .get(header::ORIGIN)
+        .and_then(|v| v.to_str().ok());
+    if !sigmesh_core::frame::policy::origin_allowed(ws, origin) {
+        shared.metrics.connection(rname, "", "forbidden");
+        return http_util::text(StatusCode::FORBIDDEN, "origin not allowed");
     }
     // Connection bucket.
     if let Some(resp) =
@@ -399,7 +395,16 @@ async fn message_sticky_session<C>(
                 &uname,
                 client,
             ));
-            run_session(shared, route, info, client_ws, upstream_ws, Some(first), trace).await;
+            run_session(
+                shared,
+                route,
+                info,
+                client_ws,
+                upstream_ws,
+                Some(first),
+                trace,
+            )
+            .await;
         }
         Err(e) => {
             if let Some(h) = hs {

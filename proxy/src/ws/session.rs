@@ -380,7 +380,11 @@ async fn pump_in<C>(
             Message::Close(frame) => {
                 if let Some(t) = &closer.trace {
                     let f = frame.as_ref();
-                    t.closed("client", f.map(|f| f.code.into()), f.map_or("", |f| f.reason.as_str()));
+                    t.closed(
+                        "client",
+                        f.map(|f| f.code.into()),
+                        f.map_or("", |f| f.reason.as_str()),
+                    );
                 }
                 // Forward the client's close as it is; the upstream's answer comes back the
                 // other way. Reading on lets tungstenite flush its reply to the client.
@@ -424,7 +428,12 @@ async fn pump_in<C>(
             }
             info.dropped.fetch_add(1, Ordering::Relaxed);
             if let Some(t) = &closer.trace {
-                t.message(Direction::In, kind_label(&msg, signal.as_ref()), len, Some("messages"));
+                t.message(
+                    Direction::In,
+                    kind_label(&msg, signal.as_ref()),
+                    len,
+                    Some("messages"),
+                );
             }
             continue;
         }
@@ -448,7 +457,12 @@ async fn pump_in<C>(
             }
             info.dropped.fetch_add(1, Ordering::Relaxed);
             if let Some(t) = &closer.trace {
-                t.message(Direction::In, kind_label(&msg, signal.as_ref()), len, Some("rooms"));
+                t.message(
+                    Direction::In,
+                    kind_label(&msg, signal.as_ref()),
+                    len,
+                    Some("rooms"),
+                );
             }
             continue;
         }
@@ -548,7 +562,11 @@ async fn pump_out<C>(
             Message::Close(frame) => {
                 if let Some(t) = &closer.trace {
                     let f = frame.as_ref();
-                    t.closed("upstream", f.map(|f| f.code.into()), f.map_or("", |f| f.reason.as_str()));
+                    t.closed(
+                        "upstream",
+                        f.map(|f| f.code.into()),
+                        f.map_or("", |f| f.reason.as_str()),
+                    );
                 }
                 let _ = tx.send(Message::Close(frame.clone())).await;
                 read_until_closed(&mut rx, &closer.token).await;
