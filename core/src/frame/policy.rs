@@ -75,6 +75,14 @@ pub enum Limit {
 }
 
 impl Limit {
+    /// The reason of the 1008 close frame when this limit closes a connection.
+    pub fn close_reason(self) -> &'static str {
+        match self {
+            Limit::Messages => "message rate limit",
+            Limit::Rooms => "room rate limit",
+        }
+    }
+
     /// The `limit` label of `sigmesh_rate_limited_total`.
     pub fn label(self) -> &'static str {
         match self {
@@ -101,14 +109,71 @@ impl Decision {
         match self {
             Decision::Forward => Action::Forward,
             Decision::Drop(_) => Action::Cut,
-            Decision::Close(Limit::Messages) => Action::Close {
+            Decision::Close(limit) => Action::Close {
                 code: close_code::POLICY,
-                reason: "message rate limit",
+                reason: limit.close_reason(),
             },
-            Decision::Close(Limit::Rooms) => Action::Close {
-                code: close_code::POLICY,
-                reason: "room rate limit",
-            },
+        }
+    }
+}
+
+/// The message and room buckets of one connection, in the order both front ends apply them:
+/// the connection's message bucket first, then (if it let the message through) the room's.
+/// Over a limit, `on_exceed` of `limits.messages` decides for both (default `drop`).
+#[derive(Debug, Clone)]
+pub struct Limiter {
+    messages: Option<(MessageLimit, TokenBucket)>,
+    rooms: Option<Rate>,
+    on_exceed: OnExceed,
+}
+
+impl Limiter {
+    /// The buckets of a connection on `route` opened at `now`.
+    pub fn new(route: &Route, now: Duration) -> Self {
+        let messages = route.limits.messages.clone().map(|l| {
+            let b = TokenBucket::new(&l.rate, now);
+            (l, b)
+        });
+        Limiter {
+            on_exceed: messages
+                .as_ref()
+                .map_or(OnExceed::Drop, |(l, _)| l.on_exceed),
+            messages,
+            rooms: route.limits.rooms,
+        }
+    }
+
+    /// Whether the route limits anything per message.
+    pub fn is_active(&self) -> bool {
+        self.messages.is_some() || self.rooms.is_some()
+    }
+
+    /// The verdict on one client message in `room` (the message's, else the session's);
+    /// `take_room` takes a token from that room's shared bucket.
+    pub fn decide(
+        &mut self,
+        room: Option<&str>,
+        now: Duration,
+        take_room: &mut dyn FnMut(&str, &Rate) -> Verdict,
+    ) -> Decision {
+        if let Some((limit, bucket)) = self.messages.as_mut()
+            && !bucket.try_take(&limit.rate, now).is_allowed()
+        {
+            return self.exceeded(Limit::Messages);
+        }
+        if let Some(rate) = self.rooms
+            && let Some(room) = room
+            && !take_room(room, &rate).is_allowed()
+        {
+            return self.exceeded(Limit::Rooms);
+        }
+        Decision::Forward
+    }
+
+    fn exceeded(&self, limit: Limit) -> Decision {
+        match self.on_exceed {
+            OnExceed::Drop => Decision::Drop(limit),
+            OnExceed::Close => Decision::Close(limit),
         }
     }
 }
@@ -132,9 +197,7 @@ pub struct Seen {
 pub struct MessagePolicy {
     signaling: Signaling,
     max_message_bytes: usize,
-    messages: Option<(MessageLimit, TokenBucket)>,
-    rooms: Option<Rate>,
-    on_exceed: OnExceed,
+    limiter: Limiter,
     room: Option<String>,
     setup: CallSetup,
     /// What `decide` read of the message now ending (deferred messages).
@@ -146,17 +209,9 @@ impl MessagePolicy {
     /// `sticky_room`, opened at `now`.
     pub fn new(route: &Route, sticky_room: Option<String>, now: Duration) -> Self {
         let ws = route.websocket.clone().unwrap_or_default();
-        let messages = route.limits.messages.clone().map(|l| {
-            let b = TokenBucket::new(&l.rate, now);
-            (l, b)
-        });
         MessagePolicy {
             max_message_bytes: ws.max_message_bytes,
-            on_exceed: messages
-                .as_ref()
-                .map_or(OnExceed::Drop, |(l, _)| l.on_exceed),
-            messages,
-            rooms: route.limits.rooms,
+            limiter: Limiter::new(route, now),
             room: sticky_room.filter(|r| !r.is_empty()),
             signaling: ws.signaling,
             setup: CallSetup::new(),
@@ -171,7 +226,7 @@ impl MessagePolicy {
             direction: Direction::ClientToServer,
             max_message_bytes: Some(self.max_message_bytes),
             read_text: true,
-            defer_text: self.rooms.is_some() && self.signaling.room.is_some(),
+            defer_text: self.limiter.rooms.is_some() && self.signaling.room.is_some(),
             deflate,
             mask_key,
         }
@@ -216,25 +271,8 @@ impl MessagePolicy {
                 self.room.clone_from(&msg_room);
             }
         }
-        if let Some((limit, bucket)) = self.messages.as_mut()
-            && !bucket.try_take(&limit.rate, now).is_allowed()
-        {
-            return self.exceeded(Limit::Messages);
-        }
-        if let Some(rate) = self.rooms
-            && let Some(room) = msg_room.as_deref().or(self.room.as_deref())
-            && !take_room(room, &rate).is_allowed()
-        {
-            return self.exceeded(Limit::Rooms);
-        }
-        Decision::Forward
-    }
-
-    fn exceeded(&self, limit: Limit) -> Decision {
-        match self.on_exceed {
-            OnExceed::Drop => Decision::Drop(limit),
-            OnExceed::Close => Decision::Close(limit),
-        }
+        let room = msg_room.as_deref().or(self.room.as_deref());
+        self.limiter.decide(room, now, take_room)
     }
 
     /// A client message has ended (as the reader reports it: `text` when read): what it said.

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use prometheus_client::metrics::counter::Counter;
-use sigmesh_core::bucket::{TokenBucket, Verdict};
-use sigmesh_core::config::OnExceed;
+use sigmesh_core::bucket::Verdict;
+use sigmesh_core::frame::policy::{Decision, Limiter};
 use sigmesh_core::signal::Reading;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
@@ -322,11 +322,9 @@ async fn pump_in<C>(
     let r = &route.route;
     let ws = r.websocket.clone().unwrap_or_default();
     let mut reader = super::reading::MessageReader::new(&shared, &ws.signaling, &info, true);
-    let msg_limit = r.limits.messages.clone();
-    let mut msg_bucket = msg_limit
-        .as_ref()
-        .map(|l| TokenBucket::new(&l.rate, state::now()));
-    let on_exceed_rooms = msg_limit.as_ref().map_or(OnExceed::Drop, |l| l.on_exceed);
+    // Message bucket (per connection, owned by this task: no lock) and room buckets (shared
+    // by every session of the room), applied by core's policy.
+    let mut limiter = Limiter::new(r, state::now());
     let mut counters = DirCounters {
         route: r.name.clone(),
         upstream: info.upstream.clone(),
@@ -412,59 +410,44 @@ async fn pump_in<C>(
                 let _ = info.peer.set(peer.to_string());
             }
         }
-        // Message bucket (per connection, owned by this task: no lock).
-        if let (Some(bucket), Some(limit)) = (msg_bucket.as_mut(), msg_limit.as_ref())
-            && let Verdict::Limited { .. } = bucket.try_take(&limit.rate, state::now())
-        {
-            shared.metrics.rate_limited(&r.name, "messages");
-            if limit.on_exceed == OnExceed::Close {
-                closer.end(
-                    Some(close_frame(CloseCode::Policy, "message rate limit")),
-                    Some(close_frame(CloseCode::Away, "client closed by policy")),
-                );
-                send_assigned_close(&mut tx, closer.to_upstream.get(), shared.tuning.close_grace)
-                    .await;
-                return;
-            }
-            info.dropped.fetch_add(1, Ordering::Relaxed);
-            if let Some(t) = &closer.trace {
-                t.message(
-                    Direction::In,
-                    kind_label(&msg, signal.as_ref()),
-                    len,
-                    Some("messages"),
-                );
-            }
-            continue;
-        }
-        // Room bucket (shared by every session of the room).
-        if let Some(rooms) = &route.rooms
-            && let Some(room) = signal
+        let decision = if limiter.is_active() {
+            let room = signal
                 .as_ref()
                 .and_then(|s| s.room.as_deref())
-                .or(info.room.get().map(String::as_str))
-            && let Verdict::Limited { .. } = state::take(rooms, room)
-        {
-            shared.metrics.rate_limited(&r.name, "rooms");
-            if on_exceed_rooms == OnExceed::Close {
+                .or(info.room.get().map(String::as_str));
+            let rooms = route.rooms.as_ref();
+            limiter.decide(room, state::now(), &mut |room, _| match rooms {
+                Some(b) => state::take(b, room),
+                None => Verdict::Allow { remaining: 0 },
+            })
+        } else {
+            Decision::Forward
+        };
+        match decision {
+            Decision::Forward => {}
+            Decision::Drop(limit) => {
+                shared.metrics.rate_limited(&r.name, limit.label());
+                info.dropped.fetch_add(1, Ordering::Relaxed);
+                if let Some(t) = &closer.trace {
+                    t.message(
+                        Direction::In,
+                        kind_label(&msg, signal.as_ref()),
+                        len,
+                        Some(limit.label()),
+                    );
+                }
+                continue;
+            }
+            Decision::Close(limit) => {
+                shared.metrics.rate_limited(&r.name, limit.label());
                 closer.end(
-                    Some(close_frame(CloseCode::Policy, "room rate limit")),
+                    Some(close_frame(CloseCode::Policy, limit.close_reason())),
                     Some(close_frame(CloseCode::Away, "client closed by policy")),
                 );
                 send_assigned_close(&mut tx, closer.to_upstream.get(), shared.tuning.close_grace)
                     .await;
                 return;
             }
-            info.dropped.fetch_add(1, Ordering::Relaxed);
-            if let Some(t) = &closer.trace {
-                t.message(
-                    Direction::In,
-                    kind_label(&msg, signal.as_ref()),
-                    len,
-                    Some("rooms"),
-                );
-            }
-            continue;
         }
         if let Some(t) = &closer.trace {
             t.message(Direction::In, kind_label(&msg, signal.as_ref()), len, None);
