@@ -29,8 +29,8 @@
 pub mod bucket;
 pub mod config;
 pub mod credentials;
-pub mod ice;
 pub mod frame;
+pub mod ice;
 pub mod route;
 pub mod signal;
 pub mod split;

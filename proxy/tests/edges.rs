@@ -258,7 +258,10 @@ async fn close_codes_propagate_both_ways() {
     send(&mut c, "close:4000:bye now").await;
     assert_eq!(recv_close(&mut c).await, (4000, "bye now".to_owned()));
     // The closing handshake completes: the upstream gets the client's answer to its close.
-    assert_eq!(upstream_close(&mut seen).await, Some((4000, "bye now".to_owned())));
+    assert_eq!(
+        upstream_close(&mut seen).await,
+        Some((4000, "bye now".to_owned()))
+    );
     // Client closes: the upstream gets the same code and reason.
     let mut c = ws(p.listen, "/ws").await;
     send(&mut c, "hello").await;
