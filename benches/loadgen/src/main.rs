@@ -6,11 +6,16 @@
 //!   HDR histogram. Closed-loop (a window of in-flight messages per session → messages/s) or
 //!   fixed-rate (`--rate`, latency from the *scheduled* send time, correcting coordinated omission).
 //! * `report` — folds the JSON of a direct and a proxied run into a comparison table.
+//! * `idle` — opens N sessions, one round trip each, then holds them idle (proxy memory per session).
+//! * `storm` — a reconnect storm: completed handshakes/s and handshake time with N connectors.
 //! * `free-ports` — prints free loopback TCP ports (for the e2e script's temporary config).
 
+mod conn;
 mod echo;
+mod idle;
 mod report;
 mod run;
+mod storm;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -44,6 +49,10 @@ enum Command {
     },
     /// Drive load at a WebSocket URL and report messages/s and round-trip latency.
     Run(run::RunArgs),
+    /// Open N sessions (one round trip each), print `ready`, and hold them idle.
+    Idle(idle::IdleArgs),
+    /// A reconnect storm: handshakes/s and handshake time with N concurrent connectors.
+    Storm(storm::StormArgs),
     /// Compare a direct and a proxied run (the JSON written by `run --json`).
     Report(report::ReportArgs),
     /// Print N free loopback TCP ports, one per line.
@@ -100,6 +109,10 @@ fn main() -> ExitCode {
                 .threads
                 .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
             runtime(threads).and_then(|rt| rt.block_on(run::run(args)))
+        }
+        Command::Idle(args) => runtime(args.threads).and_then(|rt| rt.block_on(idle::idle(args))),
+        Command::Storm(args) => {
+            runtime(args.threads).and_then(|rt| rt.block_on(storm::storm(args)))
         }
         Command::Report(args) => report::report(&args),
         Command::FreePorts { count } => free_ports(count),

@@ -29,15 +29,12 @@ use anyhow::Context as _;
 use futures_util::{SinkExt as _, StreamExt as _};
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
-use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+use crate::conn::{SourceIps, Ws, parse_source_ips};
 use crate::parse_duration;
-
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// Lowest and highest trackable latencies, in nanoseconds (1 µs resolution, up to 60 s).
 const HIST_LOW_NS: u64 = 1_000;
@@ -90,6 +87,10 @@ pub struct RunArgs {
     /// Fixed-rate mode: send lateness forgiven as timer granularity (see the module docs).
     #[arg(long, default_value = "2ms", value_parser = parse_duration)]
     pub timer_slack: Duration,
+    /// Local addresses to connect from, round-robin (`127.0.0.2-127.0.0.9` or a comma list), so
+    /// that many sessions do not run out of ephemeral ports on one address.
+    #[arg(long, value_parser = parse_source_ips)]
+    pub source_ips: Option<SourceIps>,
 }
 
 /// The result of one run, as written by `--json`.
@@ -192,14 +193,14 @@ impl Stats {
 }
 
 /// Builds the session's messages; one buffer reused per message.
-struct Builder {
-    room: u64,
-    peer: u64,
-    size: usize,
+pub(crate) struct Builder {
+    pub(crate) room: u64,
+    pub(crate) peer: u64,
+    pub(crate) size: usize,
 }
 
 impl Builder {
-    fn build(&self, seq: u64, ts: u64) -> String {
+    pub(crate) fn build(&self, seq: u64, ts: u64) -> String {
         use std::fmt::Write as _;
         let mut s = String::with_capacity(self.size + 16);
         let _ = write!(
@@ -277,16 +278,6 @@ impl Receiver {
         }
         Ok(())
     }
-}
-
-async fn connect(url: &str, timeout: Duration) -> anyhow::Result<Ws> {
-    let (ws, _resp) = tokio::time::timeout(
-        timeout,
-        tokio_tungstenite::connect_async_with_config(url, None, true),
-    )
-    .await
-    .map_err(|_| anyhow::anyhow!("handshake timed out after {timeout:?}"))??;
-    Ok(ws)
 }
 
 async fn session(mut ws: Ws, id: usize, ctx: Ctx) -> anyhow::Result<Stats> {
@@ -424,7 +415,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         let (args, permits) = (args.clone(), permits.clone());
         connecting.spawn(async move {
             let _permit = permits.acquire_owned().await;
-            (id, connect(&args.url, args.connect_timeout).await)
+            let source = args.source_ips.as_ref().and_then(|s| s.pick(id));
+            (
+                id,
+                crate::conn::connect(&args.url, source, args.connect_timeout).await,
+            )
         });
     }
     let mut conns = Vec::with_capacity(args.sessions);
