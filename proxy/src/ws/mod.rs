@@ -37,7 +37,9 @@ mod reading;
 mod session;
 
 pub use connect::UpstreamError;
-use connect::connect_upstream;
+use connect::{UpstreamWs, connect_upstream};
+
+type UpstreamResponse = tungstenite::handshake::client::Response;
 use session::{read_error_close, run_session};
 
 /// Read buffer of each leg; tungstenite's default (128 KiB, allocated eagerly) would make an
@@ -158,7 +160,7 @@ async fn handshake(
         return resp;
     }
     let on_upgrade = hyper::upgrade::on(&mut req);
-    let mut headers = upstream_headers(req.headers(), client);
+    let headers = upstream_headers(req.headers(), client);
     let path_and_query = req
         .uri()
         .path_and_query()
@@ -197,46 +199,21 @@ async fn handshake(
         return switching_protocols(&key, None, &HeaderMap::new());
     }
 
-    let override_name = req
-        .headers()
-        .get(route.route.override_header())
-        .and_then(|v| v.to_str().ok());
     let sticky_key = sticky_room.as_deref().map(str::as_bytes);
-    let pick = route
-        .splitter
-        .load()
-        .pick(override_name, sticky_key, rand::random());
-    let up = &route.route.upstreams[pick.index];
-    let uname = up.name.as_str();
-    let hs = trace.as_ref().map(|t| {
-        t.picked(uname, sticky_key.is_some());
-        t.upstream_handshake(uname, up.url.as_deref().unwrap_or_default(), &mut headers)
-    });
-    let connect = connect_upstream(
-        up.url.as_deref().unwrap_or_default(),
-        route.route.matcher.path_prefix.as_deref(),
-        &path_and_query,
-        headers,
+    let picked = pick_and_connect(
+        &shared,
+        &route,
         ws,
-        shared.tuning.upstream_handshake_timeout,
-    );
-    let (upstream_ws, up_resp) = match connect.await {
-        Ok(ok) => {
-            if let Some(h) = hs {
-                h.done();
-            }
-            ok
-        }
-        Err(e) => {
-            if let Some(h) = hs {
-                h.failed(e.kind(), e.status(), &e.to_string());
-            }
-            tracing::warn!(route = rname, upstream = uname, error = %e, "upstream handshake failed");
-            shared.metrics.upstream_error(rname, uname, e.kind());
-            shared.metrics.connection(rname, uname, "upstream_error");
-            return http_util::text(StatusCode::BAD_GATEWAY, "upstream handshake failed");
-        }
+        headers,
+        &path_and_query,
+        sticky_key,
+        trace.as_ref(),
+    )
+    .await;
+    let Ok((index, upstream_ws, up_resp)) = picked else {
+        return http_util::text(StatusCode::BAD_GATEWAY, "upstream handshake failed");
     };
+    let uname = route.route.upstreams[index].name.as_str();
     let protocol = up_resp
         .headers()
         .get(header::SEC_WEBSOCKET_PROTOCOL)
@@ -324,7 +301,7 @@ async fn message_sticky_session<C>(
     route: Arc<RouteRuntime>,
     mut client_ws: WebSocketStream<C>,
     client: SocketAddr,
-    mut headers: HeaderMap,
+    headers: HeaderMap,
     path_and_query: String,
     pointer: String,
     trace: Option<Arc<SessionTrace>>,
@@ -362,37 +339,23 @@ async fn message_sticky_session<C>(
         Message::Text(t) => sigmesh_core::signal::pointer_value(t.as_str(), &pointer),
         _ => None,
     };
-    let override_name = headers
-        .get(route.route.override_header())
-        .and_then(|v| v.to_str().ok());
-    let pick = route.splitter.load().pick(
-        override_name,
-        key.as_deref().map(str::as_bytes),
-        rand::random(),
-    );
-    let up = &route.route.upstreams[pick.index];
-    let uname = up.name.clone();
-    let hs = trace.as_ref().map(|t| {
-        t.picked(&uname, key.is_some());
-        t.upstream_handshake(&uname, up.url.as_deref().unwrap_or_default(), &mut headers)
-    });
-    let connect = connect_upstream(
-        up.url.as_deref().unwrap_or_default(),
-        route.route.matcher.path_prefix.as_deref(),
-        &path_and_query,
-        headers,
+    let picked = pick_and_connect(
+        &shared,
+        &route,
         ws,
-        shared.tuning.upstream_handshake_timeout,
-    );
-    match connect.await {
-        Ok((upstream_ws, _)) => {
-            if let Some(h) = hs {
-                h.done();
-            }
+        headers,
+        &path_and_query,
+        key.as_deref().map(str::as_bytes),
+        trace.as_ref(),
+    )
+    .await;
+    match picked {
+        Ok((index, upstream_ws, _)) => {
+            let uname = &route.route.upstreams[index].name;
             let info = Arc::new(SessionInfo::new(
                 shared.sessions.next_id(),
                 &rname,
-                &uname,
+                uname,
                 client,
             ));
             run_session(
@@ -406,20 +369,68 @@ async fn message_sticky_session<C>(
             )
             .await;
         }
-        Err(e) => {
-            if let Some(h) = hs {
-                h.failed(e.kind(), e.status(), &e.to_string());
-            }
+        Err(()) => {
             if let Some(t) = &trace {
                 t.closed("proxy", Some(1011), "upstream unavailable");
                 t.finish(None);
             }
-            tracing::warn!(route = %rname, upstream = %uname, error = %e, "upstream handshake failed");
-            shared.metrics.upstream_error(&rname, &uname, e.kind());
-            shared.metrics.connection(&rname, &uname, "upstream_error");
             let _ = client_ws
                 .close(Some(close_frame(CloseCode::Error, "upstream unavailable")))
                 .await;
+        }
+    }
+}
+
+/// Picks the upstream (override header, else the sticky key's bucket, else at random), then
+/// connects to it and completes its handshake. Returns the upstream's index; a failure has been
+/// traced, logged and counted when `Err` comes back.
+async fn pick_and_connect(
+    shared: &Shared,
+    route: &RouteRuntime,
+    ws: &WsConfig,
+    mut headers: HeaderMap,
+    path_and_query: &str,
+    sticky_key: Option<&[u8]>,
+    trace: Option<&Arc<SessionTrace>>,
+) -> Result<(usize, UpstreamWs, UpstreamResponse), ()> {
+    let override_name = headers
+        .get(route.route.override_header())
+        .and_then(|v| v.to_str().ok());
+    let index = route
+        .splitter
+        .load()
+        .pick(override_name, sticky_key, rand::random())
+        .index;
+    let up = &route.route.upstreams[index];
+    let (rname, uname) = (route.route.name.as_str(), up.name.as_str());
+    let url = up.url.as_deref().unwrap_or_default();
+    let hs = trace.map(|t| {
+        t.picked(uname, sticky_key.is_some());
+        t.upstream_handshake(uname, url, &mut headers)
+    });
+    let connect = connect_upstream(
+        url,
+        route.route.matcher.path_prefix.as_deref(),
+        path_and_query,
+        headers,
+        ws,
+        shared.tuning.upstream_handshake_timeout,
+    );
+    match connect.await {
+        Ok((upstream_ws, resp)) => {
+            if let Some(h) = hs {
+                h.done();
+            }
+            Ok((index, upstream_ws, resp))
+        }
+        Err(e) => {
+            if let Some(h) = hs {
+                h.failed(e.kind(), e.status(), &e.to_string());
+            }
+            tracing::warn!(route = rname, upstream = uname, error = %e, "upstream handshake failed");
+            shared.metrics.upstream_error(rname, uname, e.kind());
+            shared.metrics.connection(rname, uname, "upstream_error");
+            Err(())
         }
     }
 }

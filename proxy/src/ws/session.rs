@@ -279,17 +279,33 @@ where
     rx.next().await
 }
 
-/// After a peer's close frame: keeps reading that leg until its connection ends (or the
-/// session is cancelled), which makes tungstenite write its queued close reply to the peer
-/// instead of dropping the socket under it.
-async fn read_until_closed<S>(rx: &mut Source<S>, token: &CancellationToken)
-where
+/// A peer's close frame (`from` is `client` or `upstream`): recorded, passed to the other
+/// leg as it is (that leg's answer comes back the other way), then the peer's leg is read until
+/// its connection ends (or the session is cancelled), which makes tungstenite write its queued
+/// close reply to the peer instead of dropping the socket under it.
+async fn pass_close<S, R>(
+    closer: &Closer,
+    from: &'static str,
+    frame: Option<CloseFrame>,
+    tx: &mut Sink<S>,
+    rx: &mut Source<R>,
+) where
     S: AsyncRead + AsyncWrite + Unpin,
+    R: AsyncRead + AsyncWrite + Unpin,
 {
+    if let Some(t) = &closer.trace {
+        let f = frame.as_ref();
+        t.closed(
+            from,
+            f.map(|f| f.code.into()),
+            f.map_or("", |f| f.reason.as_str()),
+        );
+    }
+    let _ = tx.send(Message::Close(frame)).await;
     loop {
         tokio::select! {
             m = rx.next() => if !matches!(m, Some(Ok(_))) { return },
-            _ = token.cancelled() => return,
+            _ = closer.token.cancelled() => return,
         }
     }
 }
@@ -376,18 +392,7 @@ async fn pump_in<C>(
             Message::Text(t) => t.len(),
             Message::Binary(b) => b.len(),
             Message::Close(frame) => {
-                if let Some(t) = &closer.trace {
-                    let f = frame.as_ref();
-                    t.closed(
-                        "client",
-                        f.map(|f| f.code.into()),
-                        f.map_or("", |f| f.reason.as_str()),
-                    );
-                }
-                // Forward the client's close as it is; the upstream's answer comes back the
-                // other way. Reading on lets tungstenite flush its reply to the client.
-                let _ = tx.send(Message::Close(frame.clone())).await;
-                read_until_closed(&mut rx, &closer.token).await;
+                pass_close(&closer, "client", frame.clone(), &mut tx, &mut rx).await;
                 return;
             }
             _ => continue, // pings are answered by tungstenite; pongs end here
@@ -543,16 +548,7 @@ async fn pump_out<C>(
             Message::Text(t) => t.len(),
             Message::Binary(b) => b.len(),
             Message::Close(frame) => {
-                if let Some(t) = &closer.trace {
-                    let f = frame.as_ref();
-                    t.closed(
-                        "upstream",
-                        f.map(|f| f.code.into()),
-                        f.map_or("", |f| f.reason.as_str()),
-                    );
-                }
-                let _ = tx.send(Message::Close(frame.clone())).await;
-                read_until_closed(&mut rx, &closer.token).await;
+                pass_close(&closer, "upstream", frame.clone(), &mut tx, &mut rx).await;
                 return;
             }
             _ => continue,
