@@ -281,26 +281,39 @@ impl Tracker {
         }
     }
 
+    /// ChannelData either way: its payload is credited to the allocation of `ft`.
+    fn channel_data(
+        &mut self,
+        ft: FiveTuple,
+        bytes: &[u8],
+        now: Duration,
+        to_peers: bool,
+    ) -> Outcome {
+        let Ok(cd) = ChannelData::parse(bytes) else {
+            return Outcome::unknown();
+        };
+        let n = cd.data.len() as u64;
+        if let Some(a) = self.table.get_mut(&ft) {
+            if to_peers {
+                a.bytes_to_peers += n;
+            } else {
+                a.bytes_from_peers += n;
+            }
+            a.last_seen = now;
+        }
+        Outcome {
+            relayed: n,
+            ..Outcome::forward(Kind::ChannelData)
+        }
+    }
+
     /// A message from the client towards the TURN server.
     pub fn from_client(&mut self, ft: FiveTuple, bytes: &[u8], now: Duration) -> Outcome {
         let Some(&first) = bytes.first() else {
             return Outcome::unknown();
         };
         match stun::frame_kind(first) {
-            FrameKind::ChannelData => {
-                let Ok(cd) = ChannelData::parse(bytes) else {
-                    return Outcome::unknown();
-                };
-                let n = cd.data.len() as u64;
-                if let Some(a) = self.table.get_mut(&ft) {
-                    a.bytes_to_peers += n;
-                    a.last_seen = now;
-                }
-                Outcome {
-                    relayed: n,
-                    ..Outcome::forward(Kind::ChannelData)
-                }
-            }
+            FrameKind::ChannelData => self.channel_data(ft, bytes, now, true),
             FrameKind::Other => Outcome::unknown(),
             FrameKind::Stun => self.client_stun(ft, bytes, now),
         }
@@ -412,20 +425,7 @@ impl Tracker {
             return Outcome::unknown();
         };
         match stun::frame_kind(first) {
-            FrameKind::ChannelData => {
-                let Ok(cd) = ChannelData::parse(bytes) else {
-                    return Outcome::unknown();
-                };
-                let n = cd.data.len() as u64;
-                if let Some(a) = self.table.get_mut(&ft) {
-                    a.bytes_from_peers += n;
-                    a.last_seen = now;
-                }
-                Outcome {
-                    relayed: n,
-                    ..Outcome::forward(Kind::ChannelData)
-                }
-            }
+            FrameKind::ChannelData => self.channel_data(ft, bytes, now, false),
             FrameKind::Other => Outcome::unknown(),
             FrameKind::Stun => {
                 let m = match stun::stun_len(bytes) {
