@@ -12,6 +12,7 @@ use std::time::Duration;
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use prometheus_client::metrics::counter::Counter;
 use sigmesh_core::bucket::Verdict;
+use sigmesh_core::config::Signaling;
 use sigmesh_core::frame::policy::{Decision, Limiter};
 use sigmesh_core::signal::Reading;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -84,6 +85,16 @@ struct DirCounters {
 }
 
 impl DirCounters {
+    fn new(shared: &Shared, info: &SessionInfo, direction: &'static str) -> DirCounters {
+        DirCounters {
+            route: info.route.clone(),
+            upstream: info.upstream.clone(),
+            direction,
+            by_kind: Vec::new(),
+            family: shared.metrics.messages.clone(),
+        }
+    }
+
     fn inc(&mut self, kind: &'static str) {
         if let Some((_, c)) = self.by_kind.iter().find(|(k, _)| *k == kind) {
             c.inc();
@@ -336,18 +347,13 @@ async fn pump_in<C>(
     C: AsyncRead + AsyncWrite + Unpin,
 {
     let r = &route.route;
-    let ws = r.websocket.clone().unwrap_or_default();
-    let mut reader = super::reading::MessageReader::new(&shared, &ws.signaling, &info, true);
+    let no_signaling = Signaling::default();
+    let signaling = r.websocket.as_ref().map_or(&no_signaling, |w| &w.signaling);
+    let mut reader = super::reading::MessageReader::new(&shared, signaling, &info, true);
     // Message bucket (per connection, owned by this task: no lock) and room buckets (shared
     // by every session of the room), applied by core's policy.
     let mut limiter = Limiter::new(r, state::now());
-    let mut counters = DirCounters {
-        route: r.name.clone(),
-        upstream: info.upstream.clone(),
-        direction: "in",
-        by_kind: Vec::new(),
-        family: shared.metrics.messages.clone(),
-    };
+    let mut counters = DirCounters::new(&shared, &info, "in");
     let mut first = first;
     loop {
         let next = tokio::select! {
@@ -490,15 +496,10 @@ async fn pump_out<C>(
     C: AsyncRead + AsyncWrite + Unpin,
 {
     let r = &route.route;
-    let ws = r.websocket.clone().unwrap_or_default();
-    let mut reader = super::reading::MessageReader::new(&shared, &ws.signaling, &info, false);
-    let mut counters = DirCounters {
-        route: r.name.clone(),
-        upstream: info.upstream.clone(),
-        direction: "out",
-        by_kind: Vec::new(),
-        family: shared.metrics.messages.clone(),
-    };
+    let no_signaling = Signaling::default();
+    let signaling = r.websocket.as_ref().map_or(&no_signaling, |w| &w.signaling);
+    let mut reader = super::reading::MessageReader::new(&shared, signaling, &info, false);
+    let mut counters = DirCounters::new(&shared, &info, "out");
     let mut first = None;
     loop {
         let next = tokio::select! {
@@ -511,7 +512,8 @@ async fn pump_out<C>(
         let msg = match next {
             Some(Ok(m)) => m,
             Some(Err(e)) => {
-                // The upstream failed mid-session: 1014 (bad gateway) to the client; if it broke
+                // The upstream failed mid-session: 1011 to the client (1014 is refused by
+                // tungstenite and other stacks as a protocol error); if it broke
                 // the protocol (or sent an oversized message) it gets a close frame saying so.
                 tracing::debug!(session = info.id, error = %e, "upstream read failed");
                 let kind = if read_error_close(&e).is_some() {
