@@ -181,9 +181,10 @@ async fn handshake(
             let Ok(upgraded) = on_upgrade.await else {
                 return;
             };
-            let client_ws =
+            let client_ws = Box::new(
                 WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(cfg))
-                    .await;
+                    .await,
+            );
             message_sticky_session(
                 shared2,
                 route2,
@@ -232,6 +233,8 @@ async fn handshake(
     if let Some(t) = &trace {
         t.accepted();
     }
+    // Boxed so the task (alive for the whole session) holds a pointer, not the stream itself.
+    let upstream_ws = Box::new(upstream_ws);
     tokio::spawn(async move {
         let upgraded = match on_upgrade.await {
             Ok(u) => u,
@@ -242,7 +245,7 @@ async fn handshake(
         };
         let client_ws =
             WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(cfg)).await;
-        run_session(shared, route, info, client_ws, upstream_ws, None, trace).await;
+        run_session(shared, route, info, client_ws, *upstream_ws, None, trace).await;
     });
     resp
 }
@@ -299,7 +302,8 @@ fn upstream_headers(client: &HeaderMap, addr: SocketAddr) -> HeaderMap {
 async fn message_sticky_session<C>(
     shared: Arc<Shared>,
     route: Arc<RouteRuntime>,
-    mut client_ws: WebSocketStream<C>,
+    // Boxed: it is held across the first-message wait and the upstream handshake.
+    mut client_ws: Box<WebSocketStream<C>>,
     client: SocketAddr,
     headers: HeaderMap,
     path_and_query: String,
@@ -362,7 +366,7 @@ async fn message_sticky_session<C>(
                 shared,
                 route,
                 info,
-                client_ws,
+                *client_ws,
                 upstream_ws,
                 Some(first),
                 trace,

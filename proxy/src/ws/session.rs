@@ -122,12 +122,32 @@ fn kind_label(msg: &Message, signal: Option<&Reading<'_>>) -> &'static str {
 }
 
 /// Runs a session between two upgraded legs until both are closed.
-pub(super) async fn run_session<C>(
+///
+/// The legs are split before the session's future is built, so the future (which lives as
+/// long as the session) holds only the halves' pointers, not a second copy of each stream.
+pub(super) fn run_session<C>(
     shared: Arc<Shared>,
     route: Arc<RouteRuntime>,
     info: Arc<SessionInfo>,
     client_ws: WebSocketStream<C>,
     upstream_ws: UpstreamWs,
+    first: Option<Message>,
+    trace: Option<Arc<SessionTrace>>,
+) -> impl Future<Output = ()> + Send
+where
+    C: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let client = client_ws.split();
+    let upstream = upstream_ws.split();
+    session(shared, route, info, client, upstream, first, trace)
+}
+
+async fn session<C>(
+    shared: Arc<Shared>,
+    route: Arc<RouteRuntime>,
+    info: Arc<SessionInfo>,
+    (c_tx, c_rx): (Sink<C>, Source<C>),
+    (u_tx, u_rx): (Sink<TcpStream>, Source<TcpStream>),
     first: Option<Message>,
     trace: Option<Arc<SessionTrace>>,
 ) where
@@ -156,8 +176,6 @@ pub(super) async fn run_session<C>(
         trace: trace.clone().filter(|t| t.is_recording()),
     });
     closer.touch();
-    let (c_tx, c_rx) = client_ws.split();
-    let (u_tx, u_rx) = upstream_ws.split();
     let idle = route
         .route
         .websocket
