@@ -478,10 +478,11 @@ async fn pump_in<C>(
                 return;
             }
         }
+        let label = kind_label(&msg, signal.as_ref());
         if let Some(t) = &closer.trace {
-            t.message(Direction::In, kind_label(&msg, signal.as_ref()), len, None);
+            t.message(Direction::In, label, len, None);
         }
-        counters.inc(kind_label(&msg, signal.as_ref()));
+        counters.inc(label);
         info.messages_in.fetch_add(1, Ordering::Relaxed);
         info.bytes_in.fetch_add(len as u64, Ordering::Relaxed);
         let sent = tokio::select! {
@@ -578,10 +579,11 @@ async fn pump_out<C>(
             Message::Text(t) => Some(reader.read(t.as_str())),
             _ => None,
         };
+        let label = kind_label(&msg, signal.as_ref());
         if let Some(t) = &closer.trace {
-            t.message(Direction::Out, kind_label(&msg, signal.as_ref()), len, None);
+            t.message(Direction::Out, label, len, None);
         }
-        counters.inc(kind_label(&msg, signal.as_ref()));
+        counters.inc(label);
         info.messages_out.fetch_add(1, Ordering::Relaxed);
         info.bytes_out.fetch_add(len as u64, Ordering::Relaxed);
         let sent = tokio::select! {
