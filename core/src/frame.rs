@@ -53,12 +53,16 @@ pub const DEFAULT_TEXT_LIMIT: usize = 1 << 20;
 
 /// RFC 6455 close codes used by the reader and its callers.
 pub mod close_code {
+    /// 1001: going away (idle timeout, drain, the other side gone).
+    pub const AWAY: u16 = 1001;
     /// 1002: protocol error.
     pub const PROTOCOL_ERROR: u16 = 1002;
     /// 1008: policy violation (rate limits with `on_exceed: close`).
     pub const POLICY: u16 = 1008;
     /// 1009: message too big.
     pub const TOO_BIG: u16 = 1009;
+    /// 1011: the server failed (a proxy's upstream gone mid-session).
+    pub const SERVER_ERROR: u16 = 1011;
 }
 
 /// Which way the bytes go; decides whether frames must be masked.
@@ -146,6 +150,12 @@ pub trait Handler {
     /// it was read (`read_text`, uncompressed, within the limit, valid UTF-8).
     fn done(&mut self, msg: &MessageInfo, text: Option<&str>, forwarded: bool) {
         let _ = (msg, text, forwarded);
+    }
+
+    /// A close frame has been read (and forwarded, or held in order behind a held message):
+    /// its status code (`None` for an empty body) and reason (lossy UTF-8, at most 123 bytes).
+    fn close(&mut self, code: Option<u16>, reason: &str) {
+        let _ = (code, reason);
     }
 }
 
@@ -246,6 +256,8 @@ pub struct FrameReader {
     stats: Stats,
     /// The output of the last push when it differs from the chunk.
     out: Vec<u8>,
+    /// Unmasked body of the close frame being read (allocated only for close frames).
+    ctrl: Vec<u8>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -258,6 +270,8 @@ struct Frame {
     /// A data frame (its payload belongs to `msg`).
     data: bool,
     fin: bool,
+    /// A close frame (its body is collected for [`Handler::close`]).
+    close: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -345,6 +359,7 @@ impl FrameReader {
             closing: None,
             stats: Stats::default(),
             out: Vec::new(),
+            ctrl: Vec::new(),
         }
     }
 
@@ -541,7 +556,11 @@ impl FrameReader {
             fate,
             data,
             fin: h.fin,
+            close: h.opcode == 8,
         };
+        if f.close {
+            self.ctrl.clear();
+        }
         if h.len == 0 {
             self.end_frame(e, f, handler);
         } else {
@@ -568,6 +587,14 @@ impl FrameReader {
                 if !f.data {
                     self.held_ctrl.extend_from_slice(bytes);
                 }
+            }
+        }
+        if f.close {
+            // At most 125 bytes (checked with the header).
+            let start = self.ctrl.len();
+            self.ctrl.extend_from_slice(bytes);
+            if let Some(key) = f.mask {
+                unmask(&mut self.ctrl[start..], key, f.pos);
             }
         }
         if f.data
@@ -601,6 +628,16 @@ impl FrameReader {
     /// The end of a frame's payload: the end of a message after its FIN frame.
     fn end_frame<H: Handler + ?Sized>(&mut self, e: &mut Emit<'_>, f: Frame, handler: &mut H) {
         self.frame = None;
+        if f.close {
+            let body = std::mem::take(&mut self.ctrl);
+            let code = body.get(..2).map(|c| u16::from_be_bytes([c[0], c[1]]));
+            let reason = body
+                .get(2..)
+                .map(String::from_utf8_lossy)
+                .unwrap_or_default();
+            handler.close(code, &reason);
+            return;
+        }
         if !(f.data && f.fin) {
             return;
         }
@@ -644,6 +681,42 @@ impl FrameReader {
         }
         handler.done(&m.info, text, forwarded);
         self.text.clear();
+    }
+
+    /// Ends the direction from outside (an idle timeout, a drain, the other side gone): at a
+    /// frame boundary, drops what is held and returns the close frame to send on (masked when
+    /// the direction is); every later byte is dropped. `None` when the direction is already
+    /// closed, or a frame is cut short (its header or payload is still to come): no close frame
+    /// can be sent in the middle of it, so the caller just ends the connection.
+    pub fn close(&mut self, code: u16, reason: &str) -> Option<Vec<u8>> {
+        if self.closed || self.frame.is_some() || self.hdr_len != 0 {
+            return None;
+        }
+        self.msg = None;
+        self.held = Vec::new();
+        self.held_ctrl = Vec::new();
+        self.text = Vec::new();
+        self.closed = true;
+        let mask = match self.cfg.direction {
+            Direction::ClientToServer => Some(self.cfg.mask_key),
+            Direction::ServerToClient => None,
+        };
+        Some(close_frame(code, reason, mask))
+    }
+
+    /// Frees buffers that outgrew `keep` bytes while nothing is held in them, so a session that
+    /// once carried a large message does not keep its buffers while idle.
+    pub fn trim(&mut self, keep: usize) {
+        if self.text.capacity() > keep && self.msg.is_none() {
+            self.text = Vec::new();
+        }
+        if self.out.capacity() > keep {
+            self.out = Vec::new();
+        }
+        if self.held.capacity() > keep && self.held.is_empty() {
+            self.held = Vec::new();
+            self.held_ctrl = Vec::new();
+        }
     }
 
     /// Drops the current message and what is held, appends a close frame, and stops.
@@ -840,6 +913,7 @@ mod tests {
         decided: Vec<(MessageInfo, Option<String>)>,
         done: Vec<(MessageInfo, Option<String>, bool)>,
         cut_every: Option<usize>,
+        closes: Vec<(Option<u16>, String)>,
     }
 
     impl Handler for Log {
@@ -852,6 +926,9 @@ mod tests {
         }
         fn done(&mut self, m: &MessageInfo, t: Option<&str>, fwd: bool) {
             self.done.push((*m, t.map(str::to_owned), fwd));
+        }
+        fn close(&mut self, code: Option<u16>, reason: &str) {
+            self.closes.push((code, reason.to_owned()));
         }
     }
 
@@ -990,5 +1067,53 @@ mod tests {
         let f = close_frame(1000, &"é".repeat(100), None);
         assert_eq!(f[1] as usize, f.len() - 2);
         assert!(f.len() - 2 <= 125);
+    }
+
+    #[test]
+    fn close_frames_are_reported_at_any_split_and_passed_untouched() {
+        let close = close_frame(4001, "bye now", Some(KEY));
+        let empty = frame(8, true, b"", Some(KEY));
+        let data = frame(1, false, b"part", Some(KEY));
+        let tail = frame(0, true, b"end", Some(KEY));
+        // A close frame between two fragments of a message, then an empty close.
+        let all = [data, close, tail, empty].concat();
+        for split in 0..=all.len() {
+            let mut r = FrameReader::new(client());
+            let mut h = Log::default();
+            let mut out = run(&mut r, &all[..split], &mut h);
+            out.extend(run(&mut r, &all[split..], &mut h));
+            assert_eq!(out, all, "split at {split}");
+            assert_eq!(
+                h.closes,
+                vec![(Some(4001), "bye now".to_owned()), (None, String::new())],
+                "split at {split}"
+            );
+            assert_eq!(h.done.len(), 1);
+            assert_eq!(h.done[0].1.as_deref(), Some("partend"));
+        }
+    }
+
+    #[test]
+    fn close_from_outside_only_at_a_frame_boundary() {
+        let msg = frame(2, true, &[7; 300], None);
+        let mut r = FrameReader::new(ReaderConfig::new(Direction::ServerToClient));
+        let mut h = Log::default();
+        run(&mut r, &msg[..100], &mut h);
+        assert_eq!(r.close(1001, "idle"), None, "mid-frame");
+        run(&mut r, &msg[100..], &mut h);
+        let f = r.close(1001, "idle").expect("at a boundary");
+        assert_eq!(f, close_frame(1001, "idle", None));
+        assert!(r.is_closed());
+        assert!(
+            run(&mut r, &msg, &mut h).is_empty(),
+            "later bytes are dropped"
+        );
+        assert_eq!(r.close(1001, "again"), None);
+        // Masked the way the direction is.
+        let mut c = FrameReader::new(ReaderConfig {
+            mask_key: KEY,
+            ..client()
+        });
+        assert_eq!(c.close(1000, ""), Some(close_frame(1000, "", Some(KEY))));
     }
 }

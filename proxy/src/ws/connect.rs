@@ -1,16 +1,18 @@
-//! The upstream leg: TCP connect and WebSocket handshake, bounded in time.
+//! The upstream leg: TCP connect and WebSocket handshake (hyper's HTTP/1.1 client with an
+//! upgrade), bounded in time. What comes back is the bare socket plus any bytes the upstream
+//! sent after its 101 in the same read: the relay reads frames itself from there.
 
 use std::time::Duration;
 
-use http::StatusCode;
-use http::header::HeaderMap;
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Request, StatusCode};
+use http_body_util::Empty;
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest};
+use tokio_tungstenite::tungstenite::handshake::{client::generate_key, derive_accept_key};
 
-use super::ws_config;
 use crate::upstream;
-use sigmesh_core::config::WebSocket as WsConfig;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
@@ -23,7 +25,7 @@ pub enum UpstreamError {
     #[error("handshake refused with status {0}")]
     Refused(StatusCode),
     #[error("handshake: {0}")]
-    Handshake(tungstenite::Error),
+    Handshake(String),
 }
 
 impl UpstreamError {
@@ -47,46 +49,133 @@ impl UpstreamError {
     }
 }
 
-pub(super) type UpstreamWs = WebSocketStream<TcpStream>;
+/// An upstream WebSocket connection, handshake done.
+pub(super) struct UpstreamConn {
+    pub io: TcpStream,
+    /// Bytes the upstream sent after its 101 that were read with it (its first frames).
+    pub read_ahead: Bytes,
+    /// The 101's headers (subprotocol, cookies).
+    pub headers: HeaderMap,
+}
+
+fn handshake_error(e: impl std::fmt::Display) -> UpstreamError {
+    UpstreamError::Handshake(e.to_string())
+}
 
 /// Connects to the upstream and completes its WebSocket handshake, within
-/// `timeout` ([`crate::state::Tuning::upstream_handshake_timeout`]).
+/// `timeout` ([`crate::state::Tuning::upstream_handshake_timeout`]). `headers` are the
+/// end-to-end headers to send (the WebSocket ones are set here).
 pub(super) async fn connect_upstream(
     url: &str,
     route_prefix: Option<&str>,
     client_path: &str,
     headers: HeaderMap,
-    ws: &WsConfig,
     timeout: Duration,
-) -> Result<(UpstreamWs, tungstenite::handshake::client::Response), UpstreamError> {
+) -> Result<UpstreamConn, UpstreamError> {
     let target = upstream::Target::parse(url).map_err(UpstreamError::Url)?;
     if target.tls {
         return Err(UpstreamError::Url(format!(
             "{url}: wss:// upstreams are not supported in this build"
         )));
     }
-    let uri = target.request_uri("ws", route_prefix, client_path);
-    let mut request = uri
-        .as_str()
-        .into_client_request()
-        .map_err(UpstreamError::Handshake)?;
-    for (name, value) in &headers {
-        request.headers_mut().append(name, value.clone());
-    }
-    let cfg = ws_config(ws);
+    let uri = target.request_uri("http", route_prefix, client_path);
+    // Origin-form on the wire: hyper's connection-level client sends the target as given.
+    let uri: http::Uri = uri
+        .parse()
+        .map_err(|e| UpstreamError::Url(format!("{url}: {e}")))?;
+    let origin_form = uri.path_and_query().map_or("/", |p| p.as_str());
+    let key = generate_key();
+    let mut request = Request::get(origin_form)
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| UpstreamError::Url(format!("{url}: {e}")))?;
+    let h = request.headers_mut();
+    *h = headers;
+    let host = HeaderValue::from_str(&target.authority)
+        .map_err(|e| UpstreamError::Url(format!("{url}: {e}")))?;
+    h.insert(header::HOST, host);
+    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(
+        header::SEC_WEBSOCKET_VERSION,
+        HeaderValue::from_static("13"),
+    );
+    h.insert(
+        header::SEC_WEBSOCKET_KEY,
+        HeaderValue::from_str(&key).map_err(handshake_error)?,
+    );
     let work = async {
         let tcp = TcpStream::connect(target.authority.as_str())
             .await
             .map_err(UpstreamError::Connect)?;
         let _ = tcp.set_nodelay(true);
-        tokio_tungstenite::client_async_with_config(request, tcp, Some(cfg))
+        let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
+            .handshake::<_, Empty<Bytes>>(TokioIo::new(tcp))
             .await
-            .map_err(|e| match e {
-                tungstenite::Error::Http(resp) => UpstreamError::Refused(resp.status()),
-                other => UpstreamError::Handshake(other),
-            })
+            .map_err(handshake_error)?;
+        // The connection future hands the socket over once the 101 is read; until then it is
+        // driven here, alongside the request.
+        let mut conn = std::pin::pin!(conn.with_upgrades());
+        let mut exchange = std::pin::pin!(async {
+            let mut resp = sender
+                .send_request(request)
+                .await
+                .map_err(handshake_error)?;
+            if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+                return Err(UpstreamError::Refused(resp.status()));
+            }
+            check_accept(resp.headers(), &key)?;
+            let upgraded = hyper::upgrade::on(&mut resp)
+                .await
+                .map_err(handshake_error)?;
+            Ok((upgraded, resp.into_parts().0.headers))
+        });
+        let mut conn_done = false;
+        let (upgraded, headers) = loop {
+            tokio::select! {
+                r = &mut exchange => break r?,
+                c = &mut conn, if !conn_done => {
+                    conn_done = true;
+                    c.map_err(handshake_error)?;
+                }
+            }
+        };
+        let parts = upgraded
+            .downcast::<TokioIo<TcpStream>>()
+            .map_err(|_| handshake_error("upgraded connection of an unexpected type"))?;
+        Ok(UpstreamConn {
+            io: parts.io.into_inner(),
+            read_ahead: parts.read_buf,
+            headers,
+        })
     };
     tokio::time::timeout(timeout, work)
         .await
         .map_err(|_| UpstreamError::Timeout(timeout))?
+}
+
+/// RFC 6455 §4.1: the 101 must upgrade to websocket with the accept value of our key, and
+/// name no extension (none was offered).
+fn check_accept(h: &HeaderMap, key: &str) -> Result<(), UpstreamError> {
+    let has = |name: header::HeaderName, want: &str| {
+        h.get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case(want))
+    };
+    if !has(header::UPGRADE, "websocket") || !has(header::CONNECTION, "upgrade") {
+        return Err(handshake_error("101 without Upgrade: websocket"));
+    }
+    let accept = h
+        .get(header::SEC_WEBSOCKET_ACCEPT)
+        .map(HeaderValue::as_bytes);
+    if accept != Some(derive_accept_key(key.as_bytes()).as_bytes()) {
+        return Err(handshake_error("bad Sec-WebSocket-Accept"));
+    }
+    if h.contains_key(header::SEC_WEBSOCKET_EXTENSIONS) {
+        return Err(handshake_error(
+            "upstream chose an extension that was not offered",
+        ));
+    }
+    Ok(())
 }

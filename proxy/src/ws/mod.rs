@@ -1,31 +1,34 @@
 //! WebSocket routes: the handshake (origin, connection bucket, split, upstream first), and the
-//! session that relays message by message between the two legs.
+//! session that relays frame by frame between the two legs.
 //!
 //! ```text
 //! client ──upgrade──► check origin ─► connection bucket ─► split ─► upstream handshake ─► 101 to client
 //!                                                                                        │
-//!            session: pump client→upstream (buckets, size, signaling)  ◄─────────────────┘
-//!                     pump upstream→client
-//!                     coordinator: idle timer, drain, close grace
+//!   session (one task): client → upstream  core FrameReader: limits, buckets, signaling  ◄┘
+//!                       upstream → client  core FrameReader: signaling, counters
+//!                       idle timer, drain, close grace
 //! ```
 //! With `sticky: message:/pointer` the client is upgraded first, its first message read, and
 //! the upstream picked from that message before the upstream handshake.
+//!
+//! The proxy terminates each leg's TCP connection and HTTP handshake, and reads every frame
+//! (sizes, limits, the text of signaling messages), but passes frames on as they are: no
+//! re-framing, no re-masking, and no buffer per session beyond what a slow peer has not taken
+//! yet ([`relay`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use futures_util::StreamExt;
+use bytes::BytesMut;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use sigmesh_core::config::{Sticky, WebSocket as WsConfig};
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_tungstenite::WebSocketStream;
+use sigmesh_core::config::Sticky;
+use sigmesh_core::frame::{Action, FrameReader, Handler, MessageInfo, close_code, close_frame};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
-use tokio_tungstenite::tungstenite::{self, Message};
 
 use crate::http_util::{self, Body};
 use crate::sessions::SessionInfo;
@@ -34,36 +37,12 @@ use crate::telemetry::SessionTrace;
 
 mod connect;
 mod reading;
+pub mod relay;
 mod session;
 
 pub use connect::UpstreamError;
-use connect::{UpstreamWs, connect_upstream};
-
-type UpstreamResponse = tungstenite::handshake::client::Response;
-use session::{read_error_close, run_session};
-
-/// Read buffer of each leg (also the most one read syscall takes). tungstenite's default
-/// (128 KiB, allocated and zero-filled eagerly) would make an idle session cost a quarter MiB.
-/// Measured with benches/run.sh at 5,000 idle sessions: 4 KiB → 2 KiB saves 12% of idle RSS per
-/// session (15.99 → 14.02 KiB) for ~9% more CPU on 16 KiB messages; 1 KiB cost 28% there.
-pub const READ_BUFFER: usize = 2048;
-/// Frames queued on a leg are written out once this many bytes are waiting, or when the relay
-/// flushes because nothing else is ready; a burst of small messages becomes one write.
-pub const WRITE_BUFFER: usize = 8192;
-
-/// tungstenite settings for one leg of a session on `ws`.
-pub fn ws_config(ws: &WsConfig) -> WebSocketConfig {
-    WebSocketConfig::default()
-        .read_buffer_size(READ_BUFFER)
-        .write_buffer_size(WRITE_BUFFER)
-        .max_write_buffer_size(
-            ws.max_message_bytes
-                .saturating_mul(2)
-                .saturating_add(64 * 1024),
-        )
-        .max_message_size(Some(ws.max_message_bytes))
-        .max_frame_size(Some(ws.max_message_bytes))
-}
+use connect::{UpstreamConn, connect_upstream};
+use session::{Leg, run_session};
 
 /// Is this request a WebSocket upgrade?
 pub fn is_upgrade(req: &Request<Incoming>) -> bool {
@@ -76,13 +55,6 @@ pub fn is_upgrade(req: &Request<Incoming>) -> bool {
             .any(|t| t.trim().eq_ignore_ascii_case(token))
     };
     has_token(header::UPGRADE, "websocket") && has_token(header::CONNECTION, "upgrade")
-}
-
-fn close_frame(code: CloseCode, reason: &'static str) -> CloseFrame {
-    CloseFrame {
-        code,
-        reason: reason.into(),
-    }
 }
 
 /// Handles an upgrade request on a `websocket:` route. With tracing on, the `ws.session`
@@ -173,24 +145,17 @@ async fn handshake(
     if let Sticky::Message(pointer) = &route.route.split.sticky {
         // Upgrade the client first; the upstream is picked from its first message.
         let pointer = pointer.clone();
-        let cfg = ws_config(ws);
-        let shared2 = shared.clone();
-        let route2 = route.clone();
         if let Some(t) = &trace {
             t.accepted();
         }
         tokio::spawn(async move {
-            let Ok(upgraded) = on_upgrade.await else {
+            let Some(client_leg) = upgraded_leg(on_upgrade).await else {
                 return;
             };
-            let client_ws = Box::new(
-                WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(cfg))
-                    .await,
-            );
             message_sticky_session(
-                shared2,
-                route2,
-                client_ws,
+                shared,
+                route,
+                client_leg,
                 client,
                 headers,
                 path_and_query,
@@ -206,23 +171,18 @@ async fn handshake(
     let picked = pick_and_connect(
         &shared,
         &route,
-        ws,
         headers,
         &path_and_query,
         sticky_key,
         trace.as_ref(),
     )
     .await;
-    let Ok((index, upstream_ws, up_resp)) = picked else {
+    let Ok((index, up)) = picked else {
         return http_util::text(StatusCode::BAD_GATEWAY, "upstream handshake failed");
     };
     let uname = route.route.upstreams[index].name.as_str();
-    let protocol = up_resp
-        .headers()
-        .get(header::SEC_WEBSOCKET_PROTOCOL)
-        .cloned();
-    let resp = switching_protocols(&key, protocol, up_resp.headers());
-    let cfg = ws_config(ws);
+    let protocol = up.headers.get(header::SEC_WEBSOCKET_PROTOCOL).cloned();
+    let resp = switching_protocols(&key, protocol, &up.headers);
     let info = Arc::new(SessionInfo::new(
         shared.sessions.next_id(),
         rname,
@@ -235,21 +195,38 @@ async fn handshake(
     if let Some(t) = &trace {
         t.accepted();
     }
-    // Boxed so the task (alive for the whole session) holds a pointer, not the stream itself.
-    let upstream_ws = Box::new(upstream_ws);
+    let upstream_leg = Leg {
+        io: up.io,
+        pre: up.read_ahead,
+    };
     tokio::spawn(async move {
-        let upgraded = match on_upgrade.await {
-            Ok(u) => u,
-            Err(e) => {
-                tracing::debug!(error = %e, "client upgrade did not complete");
-                return;
-            }
+        let Some(client_leg) = upgraded_leg(on_upgrade).await else {
+            return;
         };
-        let client_ws =
-            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(cfg)).await;
-        run_session(shared, route, info, client_ws, *upstream_ws, None, trace).await;
+        run_session(shared, route, info, client_leg, upstream_leg, trace).await;
     });
     resp
+}
+
+/// The client's socket once hyper has written the 101, with what it read past the request.
+async fn upgraded_leg(on_upgrade: hyper::upgrade::OnUpgrade) -> Option<Leg> {
+    let upgraded = match on_upgrade.await {
+        Ok(u) => u,
+        Err(e) => {
+            tracing::debug!(error = %e, "client upgrade did not complete");
+            return None;
+        }
+    };
+    match upgraded.downcast::<TokioIo<TcpStream>>() {
+        Ok(parts) => Some(Leg {
+            io: parts.io.into_inner(),
+            pre: parts.read_buf,
+        }),
+        Err(_) => {
+            tracing::error!("upgraded client connection of an unexpected type");
+            None
+        }
+    }
 }
 
 /// The 101 answer to the client, with the upstream's subprotocol and end-to-end headers.
@@ -298,57 +275,43 @@ fn upstream_headers(client: &HeaderMap, addr: SocketAddr) -> HeaderMap {
     h
 }
 
-/// Why an upstream handshake failed.
-/// `sticky: message:/pointer`: read the first message, pick, connect, forward it, relay.
+/// `sticky: message:/pointer`: read the first message, pick, connect, relay (the first
+/// message's frames, as read, are the first bytes the session relays).
 #[allow(clippy::too_many_arguments)] // the parts of one upgrade request, moved into its task
-async fn message_sticky_session<C>(
+async fn message_sticky_session(
     shared: Arc<Shared>,
     route: Arc<RouteRuntime>,
-    // Boxed: it is held across the first-message wait and the upstream handshake.
-    mut client_ws: Box<WebSocketStream<C>>,
+    mut client_leg: Leg,
     client: SocketAddr,
     headers: HeaderMap,
     path_and_query: String,
     pointer: String,
     trace: Option<Arc<SessionTrace>>,
-) where
-    C: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
+) {
     let rname = route.route.name.clone();
-    let Some(ws) = route.route.websocket.as_ref() else {
-        return;
-    };
     let first = tokio::select! {
-        m = tokio::time::timeout(shared.tuning.first_message_timeout, next_data(&mut client_ws)) => m,
-        _ = shared.drain.cancelled() => {
-            let _ = client_ws.close(Some(close_frame(CloseCode::Away, "server shutting down"))).await;
-            return;
-        }
+        m = tokio::time::timeout(shared.tuning.first_message_timeout, first_message(&mut client_leg, &route)) => m,
+        _ = shared.drain.cancelled() => Ok(First::Refused(close_code::AWAY, "server shutting down")),
     };
-    let first = match first {
-        Ok(Some(Ok(m))) => m,
-        Ok(Some(Err(e))) => {
-            let frame = read_error_close(&e)
-                .unwrap_or_else(|| close_frame(CloseCode::Protocol, "protocol error"));
-            let _ = client_ws.close(Some(frame)).await;
-            return;
+    let text = match first {
+        Ok(First::Message(text)) => text,
+        Ok(First::Refused(code, reason)) => {
+            if code == close_code::TOO_BIG {
+                shared.metrics.rate_limited(&rname, "message_size");
+            }
+            return refuse_first(&mut client_leg.io, code, reason).await;
         }
-        Ok(None) => return,
+        Ok(First::Gone) => return,
         Err(_) => {
-            let _ = client_ws
-                .close(Some(close_frame(CloseCode::Policy, "no first message")))
-                .await;
-            return;
+            return refuse_first(&mut client_leg.io, close_code::POLICY, "no first message").await;
         }
     };
-    let key = match &first {
-        Message::Text(t) => sigmesh_core::signal::pointer_value(t.as_str(), &pointer),
-        _ => None,
-    };
+    let key = text
+        .as_deref()
+        .and_then(|t| sigmesh_core::signal::pointer_value(t, &pointer));
     let picked = pick_and_connect(
         &shared,
         &route,
-        ws,
         headers,
         &path_and_query,
         key.as_deref().map(str::as_bytes),
@@ -356,7 +319,7 @@ async fn message_sticky_session<C>(
     )
     .await;
     match picked {
-        Ok((index, upstream_ws, _)) => {
+        Ok((index, up)) => {
             let uname = &route.route.upstreams[index].name;
             let info = Arc::new(SessionInfo::new(
                 shared.sessions.next_id(),
@@ -364,27 +327,93 @@ async fn message_sticky_session<C>(
                 uname,
                 client,
             ));
-            run_session(
-                shared,
-                route,
-                info,
-                *client_ws,
-                upstream_ws,
-                Some(first),
-                trace,
-            )
-            .await;
+            let upstream_leg = Leg {
+                io: up.io,
+                pre: up.read_ahead,
+            };
+            run_session(shared, route, info, client_leg, upstream_leg, trace).await;
         }
         Err(()) => {
             if let Some(t) = &trace {
                 t.closed("proxy", Some(1011), "upstream unavailable");
                 t.finish(None);
             }
-            let _ = client_ws
-                .close(Some(close_frame(CloseCode::Error, "upstream unavailable")))
-                .await;
+            refuse_first(
+                &mut client_leg.io,
+                close_code::SERVER_ERROR,
+                "upstream unavailable",
+            )
+            .await;
         }
     }
+}
+
+/// How the wait for a client's first message ended.
+enum First {
+    /// Its first data message (`Some` text for a text message in UTF-8).
+    Message(Option<String>),
+    /// Close the client with this code.
+    Refused(u16, &'static str),
+    /// The client closed or vanished.
+    Gone,
+}
+
+/// Reads the client's bytes until its first data message is complete. Everything read stays
+/// in `leg.pre` for the session to relay (pings and all), so nothing is lost or re-framed.
+async fn first_message(leg: &mut Leg, route: &RouteRuntime) -> First {
+    struct Catch {
+        text: Option<Option<String>>,
+        closed: bool,
+    }
+    impl Handler for Catch {
+        fn decide(&mut self, _: &MessageInfo, _: Option<&str>) -> Action {
+            Action::Forward
+        }
+        fn done(&mut self, _: &MessageInfo, text: Option<&str>, _: bool) {
+            if self.text.is_none() {
+                self.text = Some(text.map(str::to_owned));
+            }
+        }
+        fn close(&mut self, _: Option<u16>, _: &str) {
+            self.closed = true;
+        }
+    }
+    let mut reader = FrameReader::new(session::client_reader(&route.route, [0; 4]));
+    let mut catch = Catch {
+        text: None,
+        closed: false,
+    };
+    let mut acc = BytesMut::from(&leg.pre[..]);
+    let mut seen = 0;
+    loop {
+        let p = reader.push(&acc[seen..], &mut catch);
+        if let Some(c) = p.close {
+            return First::Refused(c.code, c.reason);
+        }
+        seen = acc.len();
+        if let Some(text) = catch.text.take() {
+            leg.pre = acc.freeze();
+            return First::Message(text);
+        }
+        if catch.closed {
+            return First::Gone;
+        }
+        acc.reserve(4096);
+        match leg.io.read_buf(&mut acc).await {
+            Ok(0) | Err(_) => return First::Gone,
+            Ok(_) => {}
+        }
+    }
+}
+
+/// Sends the client a close frame and ends its connection.
+async fn refuse_first(io: &mut TcpStream, code: u16, reason: &str) {
+    let frame = close_frame(code, reason, None);
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
+        let _ = io.write_all(&frame).await;
+        let _ = io.shutdown().await;
+    })
+    .await;
 }
 
 /// Picks the upstream (override header, else the sticky key's bucket, else at random), then
@@ -393,12 +422,11 @@ async fn message_sticky_session<C>(
 async fn pick_and_connect(
     shared: &Shared,
     route: &RouteRuntime,
-    ws: &WsConfig,
     mut headers: HeaderMap,
     path_and_query: &str,
     sticky_key: Option<&[u8]>,
     trace: Option<&Arc<SessionTrace>>,
-) -> Result<(usize, UpstreamWs, UpstreamResponse), ()> {
+) -> Result<(usize, UpstreamConn), ()> {
     let override_name = headers
         .get(route.route.override_header())
         .and_then(|v| v.to_str().ok());
@@ -419,15 +447,14 @@ async fn pick_and_connect(
         route.route.matcher.path_prefix.as_deref(),
         path_and_query,
         headers,
-        ws,
         shared.tuning.upstream_handshake_timeout,
     );
     match connect.await {
-        Ok((upstream_ws, resp)) => {
+        Ok(conn) => {
             if let Some(h) = hs {
                 h.done();
             }
-            Ok((index, upstream_ws, resp))
+            Ok((index, conn))
         }
         Err(e) => {
             if let Some(h) = hs {
@@ -437,21 +464,6 @@ async fn pick_and_connect(
             shared.metrics.upstream_error(rname, uname, e.kind());
             shared.metrics.connection(rname, uname, "upstream_error");
             Err(())
-        }
-    }
-}
-
-/// The next text or binary message (pings are answered by tungstenite while reading).
-async fn next_data<S>(ws: &mut WebSocketStream<S>) -> Option<Result<Message, tungstenite::Error>>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    loop {
-        match ws.next().await? {
-            Ok(m @ (Message::Text(_) | Message::Binary(_))) => return Some(Ok(m)),
-            Ok(Message::Close(_)) => return None,
-            Ok(_) => continue,
-            Err(e) => return Some(Err(e)),
         }
     }
 }

@@ -6,8 +6,8 @@
 //!
 //! Counters are resolved once per session and label set, then bumped without a lookup.
 
+use std::sync::PoisonError;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, PoisonError};
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::Histogram;
@@ -22,40 +22,28 @@ use crate::state;
 const TYPES: [&str; 5] = ["host", "srflx", "prflx", "relay", "other"];
 const PROTOCOLS: [&str; 3] = ["udp", "tcp", "other"];
 
-/// The reader of one direction of one session.
+/// The reader of one direction of one session: the metric children it resolved (the session's
+/// config, info and metrics are passed in, not held, so an idle session keeps only this).
+#[derive(Default)]
 pub(super) struct MessageReader {
-    signaling: Signaling,
-    info: Arc<SessionInfo>,
-    metrics: Arc<crate::metrics::Metrics>,
-    /// Client → upstream: count candidates in the metric too.
-    inbound: bool,
     /// `sigmesh_ice_candidates_total` children by (type, protocol), resolved on first use.
     ice: [[Option<Counter>; 3]; 5],
     setup: Option<Histogram>,
 }
 
 impl MessageReader {
-    pub(super) fn new(
-        shared: &state::Shared,
+    /// Reads `text` and records its candidates and call setup on the session; `inbound`
+    /// (client → upstream) also counts the candidates in the metric.
+    pub(super) fn read<'t>(
+        &mut self,
+        text: &'t str,
         signaling: &Signaling,
-        info: &Arc<SessionInfo>,
+        info: &SessionInfo,
+        metrics: &SignalMetrics,
         inbound: bool,
-    ) -> MessageReader {
-        MessageReader {
-            signaling: signaling.clone(),
-            info: info.clone(),
-            metrics: shared.metrics.clone(),
-            inbound,
-            ice: Default::default(),
-            setup: None,
-        }
-    }
-
-    /// Reads `text` and records its candidates and call setup on the session.
-    pub(super) fn read<'t>(&mut self, text: &'t str) -> Reading<'t> {
-        let (info, metrics, inbound) = (&self.info, &self.metrics.signal, self.inbound);
+    ) -> Reading<'t> {
         let ice = &mut self.ice;
-        let reading = read_message_with(text, &self.signaling, |c| {
+        let reading = read_message_with(text, signaling, |c| {
             let (t, p) = indices(c);
             count(&info.ice, t, p);
             if inbound {

@@ -1,255 +1,440 @@
-//! A session: two pumps (client → upstream, upstream → client), each in its own task, and a
-//! coordinator that owns them (idle timeout, drain, close grace).
+//! A session: both ways (client → upstream, upstream → client) in one task, frame by frame
+//! through core's readers ([`super::relay`]), with the idle timeout, the drain and the close
+//! grace.
 //!
-//! Whoever ends a session first decides, once, which close frame each leg gets
-//! ([`Closer::end`]); both pumps then send their leg's frame and stop. A close frame from one
-//! side is passed to the other as it is, and the other side's answer comes back the same way.
+//! Frames pass as they are, masks included: a close frame from one side reaches the other as
+//! it was sent, and its answer comes back the same way; pings are answered end to end. The proxy
+//! adds a close frame of its own only when it ends a session (idle, drain, a limit, a leg gone),
+//! at a frame boundary, and then shuts that leg's write side:
+//!
+//! | event | client gets | upstream gets |
+//! |---|---|---|
+//! | message over `max_message_bytes` | 1009 | 1009 |
+//! | message bucket empty, `on_exceed: close` | 1008 | 1008 |
+//! | client's frames break RFC 6455 | 1002 | 1002 |
+//! | client gone without a close frame | – | 1001 `client gone` |
+//! | upstream gone without a close frame, or failed | 1011 | – |
+//! | upstream's frames break RFC 6455 | 1002 | 1002 |
+//! | idle timeout / drain | 1001 | 1001 |
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::future::poll_fn;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::Poll;
 use std::time::Duration;
 
-use futures_util::{FutureExt, SinkExt, StreamExt};
+use bytes::Bytes;
 use prometheus_client::metrics::counter::Counter;
 use sigmesh_core::bucket::Verdict;
-use sigmesh_core::config::Signaling;
-use sigmesh_core::frame::policy::{Decision, Limiter};
-use sigmesh_core::signal::Reading;
-use tokio::io::{AsyncRead, AsyncWrite};
+use sigmesh_core::config::{Route, Signaling};
+use sigmesh_core::frame::policy::{Decision, Limit, Limiter};
+use sigmesh_core::frame::{
+    Action, Closed, Direction as FrameDir, FrameReader, Handler, MessageInfo, ReaderConfig,
+    close_code,
+};
 use tokio::net::TcpStream;
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::{self, Message};
-use tokio_util::sync::CancellationToken;
 
-use super::close_frame;
-use super::connect::UpstreamWs;
+use super::reading::MessageReader;
+use super::relay::{Event, Way};
 use crate::metrics::{KindLabel, MessageLabels, RouteUpstream};
 use crate::sessions::SessionInfo;
 use crate::state::{self, RouteRuntime, Shared};
 use crate::telemetry::{Direction, SessionTrace};
 
-pub(super) fn read_error_close(e: &tungstenite::Error) -> Option<CloseFrame> {
-    match e {
-        tungstenite::Error::Capacity(_) => Some(close_frame(CloseCode::Size, "message too big")),
-        // The peer just vanished: nobody to send a close frame to.
-        tungstenite::Error::Protocol(
-            tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
-        ) => None,
-        tungstenite::Error::Protocol(_) => Some(close_frame(CloseCode::Protocol, "protocol error")),
-        tungstenite::Error::Utf8(_) => Some(close_frame(CloseCode::Invalid, "invalid utf-8")),
-        _ => None,
+/// 1011: the upstream failed (1014 is refused by tungstenite and other stacks as a protocol
+/// error, so the contract's "1011 or 1014" is 1011).
+const UPSTREAM_FAILED: u16 = close_code::SERVER_ERROR;
+const AWAY: u16 = close_code::AWAY;
+
+/// An upgraded connection: its socket, and what was read past the handshake.
+pub(super) struct Leg {
+    pub io: TcpStream,
+    pub pre: Bytes,
+}
+
+/// How a route's sessions read the client's frames.
+pub(super) fn client_reader(route: &Route, mask_key: [u8; 4]) -> ReaderConfig {
+    let ws = route.websocket.as_ref();
+    ReaderConfig {
+        direction: FrameDir::ClientToServer,
+        max_message_bytes: ws.map(|w| w.max_message_bytes),
+        read_text: true,
+        // A room bucket needs the room a message names before deciding on it.
+        defer_text: route.limits.rooms.is_some() && ws.is_some_and(|w| w.signaling.room.is_some()),
+        deflate: false,
+        mask_key,
     }
 }
 
-// === the session ===
-
-/// How a session ends: which close frame each leg gets, set once by whoever ends it first.
-struct Closer {
-    token: CancellationToken,
-    /// `Some(None)`: send that leg nothing (it is gone or already closed).
-    to_client: OnceLock<Option<CloseFrame>>,
-    to_upstream: OnceLock<Option<CloseFrame>>,
-    /// Milliseconds of [`state::now`] at the last message either way.
-    last_activity: AtomicU64,
-    /// The session's span when tracing is on and it is sampled.
-    trace: Option<Arc<SessionTrace>>,
-}
-
-impl Closer {
-    fn end(&self, to_client: Option<CloseFrame>, to_upstream: Option<CloseFrame>) {
-        if let Some(t) = &self.trace
-            && let Some(f) = to_client.as_ref().or(to_upstream.as_ref())
-        {
-            t.closed("proxy", Some(f.code.into()), f.reason.as_str());
-        }
-        let _ = self.to_client.set(to_client);
-        let _ = self.to_upstream.set(to_upstream);
-        self.token.cancel();
-    }
-
-    fn touch(&self) {
-        self.last_activity
-            .store(state::now().as_millis() as u64, Ordering::Relaxed);
+fn upstream_reader() -> ReaderConfig {
+    ReaderConfig {
+        read_text: true,
+        ..ReaderConfig::new(FrameDir::ServerToClient)
     }
 }
 
 /// Counters of one direction, resolved once per session and type.
 struct DirCounters {
-    route: String,
-    upstream: String,
     direction: &'static str,
     by_kind: Vec<(&'static str, Counter)>,
-    family: prometheus_client::metrics::family::Family<MessageLabels, Counter>,
 }
 
 impl DirCounters {
-    fn new(shared: &Shared, info: &SessionInfo, direction: &'static str) -> DirCounters {
+    fn new(direction: &'static str) -> DirCounters {
         DirCounters {
-            route: info.route.clone(),
-            upstream: info.upstream.clone(),
             direction,
             by_kind: Vec::new(),
-            family: shared.metrics.messages.clone(),
         }
     }
 
-    fn inc(&mut self, kind: &'static str) {
+    fn inc(&mut self, cx: &SessionCx<'_>, kind: &'static str) {
         if let Some((_, c)) = self.by_kind.iter().find(|(k, _)| *k == kind) {
             c.inc();
             return;
         }
-        let c = self.family.get_or_create_owned(&MessageLabels {
-            route: self.route.clone(),
-            upstream: self.upstream.clone(),
-            direction: self.direction,
-            kind: KindLabel(kind),
-        });
+        let c = cx
+            .shared
+            .metrics
+            .messages
+            .get_or_create_owned(&MessageLabels {
+                route: cx.info.route.clone(),
+                upstream: cx.info.upstream.clone(),
+                direction: self.direction,
+                kind: KindLabel(kind),
+            });
         c.inc();
         self.by_kind.push((kind, c));
     }
 }
 
-/// The `type` label of a message: `binary`, or for text what the reader found (a fixed set, see
-/// [`Reading::label`]: a known signaling type, or `other`).
-fn kind_label(msg: &Message, signal: Option<&Reading<'_>>) -> &'static str {
-    match (msg, signal) {
-        (Message::Binary(_), _) => "binary",
-        (_, Some(s)) => s.label,
-        _ => "text",
+/// What both ways' handlers read from the session (borrowed for one poll).
+struct SessionCx<'a> {
+    shared: &'a Shared,
+    route: &'a RouteRuntime,
+    signaling: &'a Signaling,
+    info: &'a SessionInfo,
+    trace: Option<&'a SessionTrace>,
+}
+
+/// The state of one way's handler, kept for the session.
+struct Side {
+    reader: MessageReader,
+    counters: DirCounters,
+    /// The peer's close frame has come through this way.
+    closed: bool,
+    /// The signaling label of a deferred message read when it was decided.
+    label: Option<&'static str>,
+    /// The limit that cut the message now ending.
+    cut_by: Option<Limit>,
+}
+
+impl Side {
+    fn new(direction: &'static str) -> Side {
+        Side {
+            reader: MessageReader::default(),
+            counters: DirCounters::new(direction),
+            closed: false,
+            label: None,
+            cut_by: None,
+        }
     }
 }
 
-/// Runs a session between two upgraded legs until both are closed.
-///
-/// The legs are split before the session's future is built, so the future (which lives as
-/// long as the session) holds only the halves' pointers, not a second copy of each stream.
-pub(super) fn run_session<C>(
-    shared: Arc<Shared>,
-    route: Arc<RouteRuntime>,
-    info: Arc<SessionInfo>,
-    client_ws: WebSocketStream<C>,
-    upstream_ws: UpstreamWs,
-    first: Option<Message>,
-    trace: Option<Arc<SessionTrace>>,
-) -> impl Future<Output = ()> + Send
-where
-    C: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let client = client_ws.split();
-    let upstream = upstream_ws.split();
-    session(shared, route, info, client, upstream, first, trace)
+/// Client → upstream: message and room buckets, signaling, counters.
+struct ClientSide<'a, 's> {
+    cx: &'a SessionCx<'a>,
+    side: &'s mut Side,
+    limiter: &'s mut Limiter,
+    last_activity: &'s mut Duration,
 }
 
-async fn session<C>(
+impl ClientSide<'_, '_> {
+    /// Reads a text message: its label; the session's room and peer from the first that names
+    /// them. Returns the message's own room.
+    fn read(&mut self, text: &str) -> (&'static str, Option<String>) {
+        let cx = self.cx;
+        let r = self
+            .side
+            .reader
+            .read(text, cx.signaling, cx.info, &cx.shared.metrics.signal, true);
+        note_room_and_peer(cx.info, &r);
+        (r.label, r.room.map(|c| c.into_owned()))
+    }
+}
+
+fn note_room_and_peer(info: &SessionInfo, r: &sigmesh_core::signal::Reading<'_>) {
+    if let Some(room) = &r.room
+        && info.room.get().is_none()
+    {
+        let _ = info.room.set(room.to_string());
+    }
+    if let Some(peer) = &r.peer
+        && info.peer.get().is_none()
+    {
+        let _ = info.peer.set(peer.to_string());
+    }
+}
+
+impl Handler for ClientSide<'_, '_> {
+    fn decide(&mut self, _: &MessageInfo, text: Option<&str>) -> Action {
+        let mut own_room = None;
+        if let Some(t) = text {
+            let (label, room) = self.read(t);
+            self.side.label = Some(label);
+            own_room = room;
+        }
+        if !self.limiter.is_active() {
+            return Action::Forward;
+        }
+        let cx = self.cx;
+        let room = own_room
+            .as_deref()
+            .or(cx.info.room.get().map(String::as_str));
+        let rooms = cx.route.rooms.as_ref();
+        let decision = self
+            .limiter
+            .decide(room, state::now(), &mut |room, _| match rooms {
+                Some(b) => state::take(b, room),
+                None => Verdict::Allow { remaining: 0 },
+            });
+        match decision {
+            Decision::Forward => {}
+            Decision::Drop(limit) | Decision::Close(limit) => {
+                cx.shared
+                    .metrics
+                    .rate_limited(&cx.route.route.name, limit.label());
+                self.side.cut_by = Some(limit);
+            }
+        }
+        decision.action()
+    }
+
+    fn done(&mut self, msg: &MessageInfo, text: Option<&str>, forwarded: bool) {
+        let cx = self.cx;
+        let label = match (self.side.label.take(), text) {
+            _ if !msg.text => "binary",
+            (Some(l), _) => l,
+            // A dropped message is read only for its trace event.
+            (None, Some(t)) if forwarded || cx.trace.is_some() => self.read(t).0,
+            (None, _) => "text",
+        };
+        let len = usize::try_from(msg.len).unwrap_or(usize::MAX);
+        let cut_by = self.side.cut_by.take();
+        if forwarded {
+            *self.last_activity = state::now();
+            if let Some(t) = cx.trace {
+                t.message(Direction::In, label, len, None);
+            }
+            self.side.counters.inc(cx, label);
+            cx.info.messages_in.fetch_add(1, Ordering::Relaxed);
+            cx.info.bytes_in.fetch_add(msg.len, Ordering::Relaxed);
+        } else {
+            cx.info.dropped.fetch_add(1, Ordering::Relaxed);
+            if let Some(t) = cx.trace {
+                t.message(Direction::In, label, len, cut_by.map(Limit::label));
+            }
+        }
+    }
+
+    fn close(&mut self, code: Option<u16>, reason: &str) {
+        self.side.closed = true;
+        if let Some(t) = self.cx.trace {
+            t.closed("client", code, reason);
+        }
+    }
+}
+
+/// Upstream → client: signaling (ICE counts, call setup), counters.
+struct UpstreamSide<'a, 's> {
+    cx: &'a SessionCx<'a>,
+    side: &'s mut Side,
+    last_activity: &'s mut Duration,
+}
+
+impl Handler for UpstreamSide<'_, '_> {
+    fn decide(&mut self, _: &MessageInfo, _: Option<&str>) -> Action {
+        Action::Forward
+    }
+
+    fn done(&mut self, msg: &MessageInfo, text: Option<&str>, _: bool) {
+        let cx = self.cx;
+        let label = match text {
+            _ if !msg.text => "binary",
+            Some(t) => {
+                let r = self.side.reader.read(
+                    t,
+                    cx.signaling,
+                    cx.info,
+                    &cx.shared.metrics.signal,
+                    false,
+                );
+                r.label
+            }
+            None => "text",
+        };
+        *self.last_activity = state::now();
+        if let Some(t) = cx.trace {
+            t.message(
+                Direction::Out,
+                label,
+                usize::try_from(msg.len).unwrap_or(usize::MAX),
+                None,
+            );
+        }
+        self.side.counters.inc(cx, label);
+        cx.info.messages_out.fetch_add(1, Ordering::Relaxed);
+        cx.info.bytes_out.fetch_add(msg.len, Ordering::Relaxed);
+    }
+
+    fn close(&mut self, code: Option<u16>, reason: &str) {
+        self.side.closed = true;
+        if let Some(t) = self.cx.trace {
+            t.closed("upstream", code, reason);
+        }
+    }
+}
+
+/// What woke the session.
+enum Wake {
+    In(Event),
+    Out(Event),
+    Drain,
+    Timer,
+    /// A close frame came through: the close grace starts.
+    Closing,
+    Done,
+}
+
+/// Runs a session between two upgraded legs until both are closed.
+pub(super) async fn run_session(
     shared: Arc<Shared>,
     route: Arc<RouteRuntime>,
     info: Arc<SessionInfo>,
-    (c_tx, c_rx): (Sink<C>, Source<C>),
-    (u_tx, u_rx): (Sink<TcpStream>, Source<TcpStream>),
-    first: Option<Message>,
+    client: Leg,
+    upstream: Leg,
     trace: Option<Arc<SessionTrace>>,
-) where
-    C: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let rname = route.route.name.clone();
-    let uname = info.upstream.clone();
+) {
     let labels = RouteUpstream {
-        route: rname.clone(),
-        upstream: uname.clone(),
+        route: info.route.clone(),
+        upstream: info.upstream.clone(),
     };
     let active = shared
         .metrics
         .connections_active
         .get_or_create_owned(&labels);
+    drop(labels);
     active.inc();
-    shared.metrics.connection(&rname, &uname, "accepted");
+    shared
+        .metrics
+        .connection(&info.route, &info.upstream, "accepted");
     let _guard = shared.sessions.register(info.clone());
-    tracing::debug!(session = info.id, route = %rname, upstream = %uname, client = %info.client, "session open");
+    tracing::debug!(session = info.id, route = %info.route, upstream = %info.upstream, client = %info.client, "session open");
 
-    let closer = Arc::new(Closer {
-        token: CancellationToken::new(),
-        to_client: OnceLock::new(),
-        to_upstream: OnceLock::new(),
-        last_activity: AtomicU64::new(0),
-        trace: trace.clone().filter(|t| t.is_recording()),
-    });
-    closer.touch();
-    let idle = route
-        .route
-        .websocket
-        .as_ref()
-        .map_or(Duration::from_secs(120), |w| w.idle_timeout);
+    let no_signaling = Signaling::default();
+    let ws = route.route.websocket.as_ref();
+    let signaling = ws.map_or(&no_signaling, |w| &w.signaling);
+    let idle = ws.map_or(Duration::from_secs(120), |w| w.idle_timeout);
+    let recording = trace.as_deref().filter(|t| t.is_recording());
+    let cx = SessionCx {
+        shared: &shared,
+        route: &route,
+        signaling,
+        info: &info,
+        trace: recording,
+    };
+    let (mut c_io, mut u_io) = (client.io, upstream.io);
+    let mut inbound = Way::new(
+        FrameReader::new(client_reader(&route.route, rand::random())),
+        client.pre,
+    );
+    let mut outbound = Way::new(FrameReader::new(upstream_reader()), upstream.pre);
+    let mut c_side = Side::new("in");
+    let mut u_side = Side::new("out");
+    let mut limiter = Limiter::new(&route.route, state::now());
+    let mut last_activity = state::now();
 
-    let inbound = tokio::spawn(pump_in(
-        shared.clone(),
-        route.clone(),
-        info.clone(),
-        closer.clone(),
-        c_rx,
-        u_tx,
-        first,
-    ));
-    let outbound = tokio::spawn(pump_out(
-        shared.clone(),
-        route.clone(),
-        info.clone(),
-        closer.clone(),
-        u_rx,
-        c_tx,
-    ));
-    let mut inbound = AbortOnDrop(inbound);
-    let mut outbound = AbortOnDrop(outbound);
-
-    // Coordinator: idle timeout, drain, and the grace period once one direction has ended.
-    let mut ended_one = false;
+    let mut drain = std::pin::pin!(shared.drain.cancelled());
+    let mut timer = std::pin::pin!(tokio::time::sleep(idle));
+    // Set once the session is ending: the timer is then the close grace.
+    let mut ending = false;
     loop {
-        let last = Duration::from_millis(closer.last_activity.load(Ordering::Relaxed));
-        let idle_deadline =
-            tokio::time::Instant::now() + (last + idle).saturating_sub(state::now());
-        tokio::select! {
-            r = &mut inbound.0, if !inbound.finished() => { inbound.done(r); if ended_one { break } ended_one = true; }
-            r = &mut outbound.0, if !outbound.finished() => { outbound.done(r); if ended_one { break } ended_one = true; }
-            _ = tokio::time::sleep_until(idle_deadline), if !closer.token.is_cancelled() => {
-                let last = Duration::from_millis(closer.last_activity.load(Ordering::Relaxed));
-                if state::now().saturating_sub(last) >= idle {
+        let wake = poll_fn(|task| {
+            let mut h = ClientSide {
+                cx: &cx,
+                side: &mut c_side,
+                limiter: &mut limiter,
+                last_activity: &mut last_activity,
+            };
+            if let Poll::Ready(ev) = inbound.poll(task, &mut c_io, &mut u_io, &mut h) {
+                return Poll::Ready(Wake::In(ev));
+            }
+            let mut h = UpstreamSide {
+                cx: &cx,
+                side: &mut u_side,
+                last_activity: &mut last_activity,
+            };
+            if let Poll::Ready(ev) = outbound.poll(task, &mut u_io, &mut c_io, &mut h) {
+                return Poll::Ready(Wake::Out(ev));
+            }
+            if inbound.finished() && outbound.finished() {
+                return Poll::Ready(Wake::Done);
+            }
+            if !ending && (c_side.closed || u_side.closed) {
+                return Poll::Ready(Wake::Closing);
+            }
+            if !ending && drain.as_mut().poll(task).is_ready() {
+                return Poll::Ready(Wake::Drain);
+            }
+            if timer.as_mut().poll(task).is_ready() {
+                return Poll::Ready(Wake::Timer);
+            }
+            Poll::Pending
+        })
+        .await;
+        let was_ending = ending;
+        match wake {
+            Wake::Done => break,
+            Wake::Closing => ending = true,
+            Wake::Timer if ending => {
+                tracing::debug!(session = info.id, "close grace over");
+                break;
+            }
+            Wake::Timer => {
+                let quiet = state::now().saturating_sub(last_activity);
+                if quiet >= idle {
                     tracing::debug!(session = info.id, "idle timeout");
-                    closer.end(Some(close_frame(CloseCode::Away, "idle timeout")), Some(close_frame(CloseCode::Away, "idle timeout")));
+                    let ways = (&mut inbound, &mut outbound);
+                    proxy_close(&cx, ways, (&c_side, &u_side), (AWAY, "idle timeout"));
+                    ending = true;
+                } else {
+                    timer
+                        .as_mut()
+                        .reset(tokio::time::Instant::now() + (idle - quiet));
                 }
             }
-            _ = shared.drain.cancelled(), if !closer.token.is_cancelled() => {
-                closer.end(Some(close_frame(CloseCode::Away, "server shutting down")), Some(close_frame(CloseCode::Away, "server shutting down")));
+            Wake::Drain => {
+                let ways = (&mut inbound, &mut outbound);
+                proxy_close(
+                    &cx,
+                    ways,
+                    (&c_side, &u_side),
+                    (AWAY, "server shutting down"),
+                );
+                ending = true;
+            }
+            Wake::In(ev) => {
+                ending = true;
+                client_event(&cx, ev, &c_side, &u_side, &mut inbound, &mut outbound);
+            }
+            Wake::Out(ev) => {
+                ending = true;
+                upstream_event(&cx, ev, &c_side, &u_side, &mut inbound, &mut outbound);
             }
         }
-        if ended_one {
-            // One leg is done: give the other the close grace to finish its handshake.
-            let rest = async {
-                if !inbound.finished() {
-                    let r = (&mut inbound.0).await;
-                    inbound.done(r);
-                }
-                if !outbound.finished() {
-                    let r = (&mut outbound.0).await;
-                    outbound.done(r);
-                }
-            };
-            if tokio::time::timeout(shared.tuning.close_grace, rest)
-                .await
-                .is_err()
-            {
-                closer.end(None, None);
-                let _ = tokio::time::timeout(Duration::from_millis(200), async {
-                    if !inbound.finished() {
-                        let _ = (&mut inbound.0).await;
-                    }
-                    if !outbound.finished() {
-                        let _ = (&mut outbound.0).await;
-                    }
-                })
-                .await;
-            }
-            break;
+        if ending && !was_ending {
+            timer
+                .as_mut()
+                .reset(tokio::time::Instant::now() + shared.tuning.close_grace);
         }
     }
     if let Some(t) = &trace {
@@ -259,344 +444,126 @@ async fn session<C>(
     tracing::debug!(session = info.id, "session closed");
 }
 
-/// A task handle that aborts the task when dropped, so a session owns its pumps.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl AbortOnDrop {
-    fn finished(&self) -> bool {
-        self.0.is_finished()
+/// The proxy ends the session: a close frame to each side whose peer has not sent one through
+/// (that side is answering the other's close already).
+fn proxy_close(
+    cx: &SessionCx<'_>,
+    (inbound, outbound): (&mut Way, &mut Way),
+    (c_side, u_side): (&Side, &Side),
+    (code, reason): (u16, &str),
+) {
+    if let Some(t) = cx.trace {
+        t.closed("proxy", Some(code), reason);
     }
-    fn done(&mut self, r: Result<(), tokio::task::JoinError>) {
-        if let Err(e) = r
-            && e.is_panic()
-        {
-            tracing::error!("relay task panicked");
-        }
+    if c_side.closed {
+        inbound.shut_when_flushed();
+    } else {
+        inbound.close(code, reason);
     }
-}
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-type Sink<S> = futures_util::stream::SplitSink<WebSocketStream<S>, Message>;
-type Source<S> = futures_util::stream::SplitStream<WebSocketStream<S>>;
-
-/// The next message of a leg. What is already readable is taken without waiting; before
-/// waiting, the other leg's queued frames are flushed. So a burst of messages goes out in one
-/// write, and nothing stays queued while the relay waits.
-async fn next_message<S, R>(
-    rx: &mut Source<R>,
-    tx: &mut Sink<S>,
-    first: &mut Option<Message>,
-) -> Option<Result<Message, tungstenite::Error>>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-    R: AsyncRead + AsyncWrite + Unpin,
-{
-    if let Some(m) = first.take() {
-        return Some(Ok(m));
-    }
-    if let Some(ready) = rx.next().now_or_never() {
-        return ready;
-    }
-    if let Err(e) = tx.flush().await {
-        return Some(Err(e));
-    }
-    rx.next().await
-}
-
-/// A peer's close frame (`from` is `client` or `upstream`): recorded, passed to the other
-/// leg as it is (that leg's answer comes back the other way), then the peer's leg is read until
-/// its connection ends (or the session is cancelled), which makes tungstenite write its queued
-/// close reply to the peer instead of dropping the socket under it.
-async fn pass_close<S, R>(
-    closer: &Closer,
-    from: &'static str,
-    frame: Option<CloseFrame>,
-    tx: &mut Sink<S>,
-    rx: &mut Source<R>,
-) where
-    S: AsyncRead + AsyncWrite + Unpin,
-    R: AsyncRead + AsyncWrite + Unpin,
-{
-    if let Some(t) = &closer.trace {
-        let f = frame.as_ref();
-        t.closed(
-            from,
-            f.map(|f| f.code.into()),
-            f.map_or("", |f| f.reason.as_str()),
-        );
-    }
-    let _ = tx.send(Message::Close(frame)).await;
-    loop {
-        tokio::select! {
-            m = rx.next() => if !matches!(m, Some(Ok(_))) { return },
-            _ = closer.token.cancelled() => return,
-        }
+    if u_side.closed {
+        outbound.shut_when_flushed();
+    } else {
+        outbound.close(code, reason);
     }
 }
 
-/// Sends the close frame this leg was assigned by [`Closer::end`], if any.
-async fn send_assigned_close<S>(
-    tx: &mut Sink<S>,
-    frame: Option<&Option<CloseFrame>>,
-    grace: Duration,
-) where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    if let Some(Some(f)) = frame {
-        let _ = tokio::time::timeout(grace, tx.send(Message::Close(Some(f.clone())))).await;
-    }
-}
-
-/// Client → upstream: size (by tungstenite's limits), message and room buckets, signaling.
-async fn pump_in<C>(
-    shared: Arc<Shared>,
-    route: Arc<RouteRuntime>,
-    info: Arc<SessionInfo>,
-    closer: Arc<Closer>,
-    mut rx: Source<C>,
-    mut tx: Sink<TcpStream>,
-    first: Option<Message>,
-) where
-    C: AsyncRead + AsyncWrite + Unpin,
-{
-    let r = &route.route;
-    let no_signaling = Signaling::default();
-    let signaling = r.websocket.as_ref().map_or(&no_signaling, |w| &w.signaling);
-    let mut reader = super::reading::MessageReader::new(&shared, signaling, &info, true);
-    // Message bucket (per connection, owned by this task: no lock) and room buckets (shared
-    // by every session of the room), applied by core's policy.
-    let mut limiter = Limiter::new(r, state::now());
-    let mut counters = DirCounters::new(&shared, &info, "in");
-    let mut first = first;
-    loop {
-        let next = tokio::select! {
-            m = next_message(&mut rx, &mut tx, &mut first) => m,
-            _ = closer.token.cancelled() => {
-                send_assigned_close(&mut tx, closer.to_upstream.get(), shared.tuning.close_grace).await;
-                return;
-            }
-        };
-        let msg = match next {
-            Some(Ok(m)) => m,
-            Some(Err(e)) => {
-                // The client broke the protocol or the connection: the client gets a close frame
-                // saying why where that still makes sense, the upstream a 1001.
-                tracing::debug!(session = info.id, error = %e, "client read failed");
-                if matches!(e, tungstenite::Error::Capacity(_)) {
-                    shared
-                        .metrics
-                        .rate_limited
-                        .get_or_create(&crate::metrics::LimitLabels {
-                            route: r.name.clone(),
-                            limit: "message_size",
-                        })
-                        .inc();
+/// Something happened on the client → upstream way.
+fn client_event(
+    cx: &SessionCx<'_>,
+    ev: Event,
+    c_side: &Side,
+    u_side: &Side,
+    inbound: &mut Way,
+    outbound: &mut Way,
+) {
+    match ev {
+        Event::SrcEnded(e) => {
+            // After its close frame the client may end the connection; without one it is gone:
+            // the upstream hears so (unless it is closing the session itself).
+            tracing::debug!(session = cx.info.id, error = ?e, "client ended");
+            if !c_side.closed && !u_side.closed {
+                if let Some(t) = cx.trace {
+                    t.closed("proxy", Some(AWAY), "client gone");
                 }
-                closer.end(
-                    read_error_close(&e),
-                    Some(close_frame(CloseCode::Away, "client gone")),
-                );
-                send_assigned_close(&mut tx, closer.to_upstream.get(), shared.tuning.close_grace)
-                    .await;
-                return;
-            }
-            None => {
-                closer.end(None, Some(close_frame(CloseCode::Away, "client gone")));
-                send_assigned_close(&mut tx, closer.to_upstream.get(), shared.tuning.close_grace)
-                    .await;
-                return;
-            }
-        };
-        let len = match &msg {
-            Message::Text(t) => t.len(),
-            Message::Binary(b) => b.len(),
-            Message::Close(frame) => {
-                pass_close(&closer, "client", frame.clone(), &mut tx, &mut rx).await;
-                return;
-            }
-            _ => continue, // pings are answered by tungstenite; pongs end here
-        };
-        closer.touch();
-        // Read once: kind, room, peer, ICE candidates, call setup.
-        let signal = match &msg {
-            Message::Text(t) => Some(reader.read(t.as_str())),
-            _ => None,
-        };
-        if let Some(s) = &signal {
-            if let Some(room) = &s.room
-                && info.room.get().is_none()
-            {
-                let _ = info.room.set(room.to_string());
-            }
-            if let Some(peer) = &s.peer
-                && info.peer.get().is_none()
-            {
-                let _ = info.peer.set(peer.to_string());
+                inbound.close(AWAY, "client gone");
             }
         }
-        let decision = if limiter.is_active() {
-            let room = signal
-                .as_ref()
-                .and_then(|s| s.room.as_deref())
-                .or(info.room.get().map(String::as_str));
-            let rooms = route.rooms.as_ref();
-            limiter.decide(room, state::now(), &mut |room, _| match rooms {
-                Some(b) => state::take(b, room),
-                None => Verdict::Allow { remaining: 0 },
-            })
-        } else {
-            Decision::Forward
-        };
-        match decision {
-            Decision::Forward => {}
-            Decision::Drop(limit) => {
-                shared.metrics.rate_limited(&r.name, limit.label());
-                info.dropped.fetch_add(1, Ordering::Relaxed);
-                if let Some(t) = &closer.trace {
-                    t.message(
-                        Direction::In,
-                        kind_label(&msg, signal.as_ref()),
-                        len,
-                        Some(limit.label()),
-                    );
-                }
-                continue;
-            }
-            Decision::Close(limit) => {
-                shared.metrics.rate_limited(&r.name, limit.label());
-                closer.end(
-                    Some(close_frame(CloseCode::Policy, limit.close_reason())),
-                    Some(close_frame(CloseCode::Away, "client closed by policy")),
-                );
-                send_assigned_close(&mut tx, closer.to_upstream.get(), shared.tuning.close_grace)
-                    .await;
-                return;
-            }
-        }
-        let label = kind_label(&msg, signal.as_ref());
-        if let Some(t) = &closer.trace {
-            t.message(Direction::In, label, len, None);
-        }
-        counters.inc(label);
-        info.messages_in.fetch_add(1, Ordering::Relaxed);
-        info.bytes_in.fetch_add(len as u64, Ordering::Relaxed);
-        let sent = tokio::select! {
-            s = tx.feed(msg) => s,
-            _ = closer.token.cancelled() => {
-                send_assigned_close(&mut tx, closer.to_upstream.get(), shared.tuning.close_grace).await;
-                return;
-            }
-        };
-        if let Err(e) = sent {
-            tracing::debug!(session = info.id, error = %e, "upstream write failed");
-            shared
-                .metrics
-                .upstream_error(&r.name, &info.upstream, "reset");
-            closer.end(Some(close_frame(CloseCode::Error, "upstream failed")), None);
-            return;
-        }
-    }
-}
-
-/// Upstream → client.
-async fn pump_out<C>(
-    shared: Arc<Shared>,
-    route: Arc<RouteRuntime>,
-    info: Arc<SessionInfo>,
-    closer: Arc<Closer>,
-    mut rx: Source<TcpStream>,
-    mut tx: Sink<C>,
-) where
-    C: AsyncRead + AsyncWrite + Unpin,
-{
-    let r = &route.route;
-    let no_signaling = Signaling::default();
-    let signaling = r.websocket.as_ref().map_or(&no_signaling, |w| &w.signaling);
-    let mut reader = super::reading::MessageReader::new(&shared, signaling, &info, false);
-    let mut counters = DirCounters::new(&shared, &info, "out");
-    let mut first = None;
-    loop {
-        let next = tokio::select! {
-            m = next_message(&mut rx, &mut tx, &mut first) => m,
-            _ = closer.token.cancelled() => {
-                send_assigned_close(&mut tx, closer.to_client.get(), shared.tuning.close_grace).await;
-                return;
-            }
-        };
-        let msg = match next {
-            Some(Ok(m)) => m,
-            Some(Err(e)) => {
-                // The upstream failed mid-session: 1011 to the client (1014 is refused by
-                // tungstenite and other stacks as a protocol error); if it broke
-                // the protocol (or sent an oversized message) it gets a close frame saying so.
-                tracing::debug!(session = info.id, error = %e, "upstream read failed");
-                let kind = if read_error_close(&e).is_some() {
-                    "protocol"
-                } else {
-                    "reset"
-                };
-                shared.metrics.upstream_error(&r.name, &info.upstream, kind);
-                closer.end(
-                    Some(close_frame(CloseCode::Error, "upstream failed")),
-                    read_error_close(&e),
-                );
-                send_assigned_close(&mut tx, closer.to_client.get(), shared.tuning.close_grace)
-                    .await;
-                return;
-            }
-            None => {
-                shared
+        Event::ReaderClosed(c) => {
+            // The client broke a limit or the protocol: both sides get the reader's close.
+            tracing::debug!(session = cx.info.id, close = %c, "client closed by the proxy");
+            if c.code == close_code::TOO_BIG {
+                cx.shared
                     .metrics
-                    .upstream_error(&r.name, &info.upstream, "reset");
-                closer.end(
-                    Some(close_frame(
-                        CloseCode::Error,
-                        "upstream closed the connection",
-                    )),
-                    None,
-                );
-                send_assigned_close(&mut tx, closer.to_client.get(), shared.tuning.close_grace)
-                    .await;
-                return;
+                    .rate_limited(&cx.route.route.name, "message_size");
             }
-        };
-        let len = match &msg {
-            Message::Text(t) => t.len(),
-            Message::Binary(b) => b.len(),
-            Message::Close(frame) => {
-                pass_close(&closer, "upstream", frame.clone(), &mut tx, &mut rx).await;
-                return;
-            }
-            _ => continue,
-        };
-        closer.touch();
-        let signal = match &msg {
-            Message::Text(t) => Some(reader.read(t.as_str())),
-            _ => None,
-        };
-        let label = kind_label(&msg, signal.as_ref());
-        if let Some(t) = &closer.trace {
-            t.message(Direction::Out, label, len, None);
+            reader_closed(cx, c, inbound, outbound);
         }
-        counters.inc(label);
-        info.messages_out.fetch_add(1, Ordering::Relaxed);
-        info.bytes_out.fetch_add(len as u64, Ordering::Relaxed);
-        let sent = tokio::select! {
-            s = tx.feed(msg) => s,
-            _ = closer.token.cancelled() => {
-                send_assigned_close(&mut tx, closer.to_client.get(), shared.tuning.close_grace).await;
-                return;
-            }
-        };
-        if let Err(e) = sent {
-            tracing::debug!(session = info.id, error = %e, "client write failed");
-            closer.end(None, Some(close_frame(CloseCode::Away, "client gone")));
-            return;
+        Event::DstFailed(e) => {
+            // Writing to the upstream failed: it is gone.
+            tracing::debug!(session = cx.info.id, error = %e, "upstream write failed");
+            upstream_failed(cx, "reset", u_side, outbound);
+            inbound.shut_when_flushed();
         }
     }
+}
+
+/// Something happened on the upstream → client way.
+fn upstream_event(
+    cx: &SessionCx<'_>,
+    ev: Event,
+    c_side: &Side,
+    u_side: &Side,
+    inbound: &mut Way,
+    outbound: &mut Way,
+) {
+    match ev {
+        Event::SrcEnded(e) => {
+            tracing::debug!(session = cx.info.id, error = ?e, "upstream ended");
+            if !u_side.closed && !c_side.closed {
+                upstream_failed(cx, "reset", u_side, outbound);
+            }
+        }
+        Event::ReaderClosed(c) => {
+            tracing::debug!(session = cx.info.id, close = %c, "upstream broke the protocol");
+            cx.shared
+                .metrics
+                .upstream_error(&cx.route.route.name, &cx.info.upstream, "protocol");
+            reader_closed(cx, c, outbound, inbound);
+        }
+        Event::DstFailed(e) => {
+            // Writing to the client failed: it is gone.
+            tracing::debug!(session = cx.info.id, error = %e, "client write failed");
+            if !c_side.closed {
+                if let Some(t) = cx.trace {
+                    t.closed("proxy", Some(AWAY), "client gone");
+                }
+                inbound.close(AWAY, "client gone");
+            }
+            outbound.shut_when_flushed();
+        }
+    }
+}
+
+/// A reader closed its way with `c` (already appended there): the other way gets it too.
+fn reader_closed(cx: &SessionCx<'_>, c: Closed, closed_way: &mut Way, other: &mut Way) {
+    if let Some(t) = cx.trace {
+        t.closed("proxy", Some(c.code), c.reason);
+    }
+    closed_way.shut_when_flushed();
+    other.close(c.code, c.reason);
+}
+
+/// The upstream is gone or failed mid-session: the client gets 1011.
+fn upstream_failed(cx: &SessionCx<'_>, kind: &'static str, u_side: &Side, outbound: &mut Way) {
+    cx.shared
+        .metrics
+        .upstream_error(&cx.route.route.name, &cx.info.upstream, kind);
+    if u_side.closed {
+        outbound.shut_when_flushed();
+        return;
+    }
+    if let Some(t) = cx.trace {
+        t.closed("proxy", Some(UPSTREAM_FAILED), "upstream failed");
+    }
+    outbound.close(UPSTREAM_FAILED, "upstream closed the connection");
 }

@@ -1,0 +1,222 @@
+//! One way through a session: bytes read from one leg's socket go through core's
+//! [`FrameReader`] (frame boundaries, limits, the text of signaling messages) and on to the other
+//! leg's socket, untouched except for whole messages cut and close frames added.
+//!
+//! Nothing per session is allocated for reading: every read lands in a buffer owned by the worker
+//! thread ([`READ_CHUNK`] bytes) and is written on at once, in the same poll. Only what the other
+//! side cannot take right now is copied into the way's own buffer, which then stops the reading
+//! (back-pressure) until it is written, and is freed once empty. An idle session thus holds no
+//! buffer at all, only its sockets and its readers' state.
+
+use std::cell::RefCell;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::Bytes;
+use sigmesh_core::frame::{Closed, FrameReader, Handler};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+/// Bytes one read takes at most (the worker thread's read buffer).
+pub const READ_CHUNK: usize = 32 * 1024;
+
+/// Reader buffers larger than this are freed once a message is over.
+const TRIM_AT: usize = 4096;
+
+thread_local! {
+    static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; READ_CHUNK].into_boxed_slice());
+}
+
+/// What happened on a way, for the session to act on.
+#[derive(Debug)]
+pub(super) enum Event {
+    /// The source leg ended: `None` at its end of stream, else the read error.
+    SrcEnded(Option<io::Error>),
+    /// The reader closed the way (a limit, broken framing): it appended this close frame.
+    ReaderClosed(Closed),
+    /// Writing to the destination leg failed; what was pending for it is dropped.
+    DstFailed(io::Error),
+}
+
+/// One direction of a session.
+pub(super) struct Way {
+    pub reader: FrameReader,
+    /// Bytes the source sent before the relay started (read with the handshake), read first.
+    pre: Bytes,
+    /// Bytes for the destination that it did not take yet; allocated only then.
+    pending: Vec<u8>,
+    pending_at: usize,
+    /// The source has ended (end of stream or error): it is not read any more.
+    pub src_done: bool,
+    /// Shut the destination's write side once everything pending is written.
+    shut_after_flush: bool,
+    /// The destination's write side is shut down.
+    shut: bool,
+    /// A write to the destination failed: nothing more is written to it.
+    pub dst_failed: bool,
+}
+
+impl Way {
+    pub fn new(reader: FrameReader, pre: Bytes) -> Way {
+        Way {
+            reader,
+            pre,
+            pending: Vec::new(),
+            pending_at: 0,
+            src_done: false,
+            shut_after_flush: false,
+            shut: false,
+            dst_failed: false,
+        }
+    }
+
+    /// Everything this way will ever do is done: the source ended and what it sent is written
+    /// (or cannot be), and the destination's write side is shut.
+    pub fn finished(&self) -> bool {
+        self.src_done && (self.dst_failed || (self.shut && self.pending_at == self.pending.len()))
+    }
+
+    /// Sends a close frame of the proxy's own on this way (unless the reader has closed it or a
+    /// frame is half through: see [`FrameReader::close`]) and shuts the destination's write side
+    /// after it.
+    pub fn close(&mut self, code: u16, reason: &str) {
+        if let Some(frame) = self.reader.close(code, reason) {
+            self.queue(&frame);
+        }
+        self.shut_after_flush = true;
+    }
+
+    /// Shuts the destination's write side once what is pending is written.
+    pub fn shut_when_flushed(&mut self) {
+        self.shut_after_flush = true;
+    }
+
+    fn queue(&mut self, bytes: &[u8]) {
+        if !self.dst_failed {
+            self.pending.extend_from_slice(bytes);
+        }
+    }
+
+    /// Moves bytes from `src` to `dst` until one of them would block, and reports the first
+    /// [`Event`]. `Pending` means there is nothing to do until a socket is ready (the wakers
+    /// are registered).
+    pub fn poll<H: Handler>(
+        &mut self,
+        cx: &mut Context<'_>,
+        src: &mut TcpStream,
+        dst: &mut TcpStream,
+        handler: &mut H,
+    ) -> Poll<Event> {
+        loop {
+            if let Err(e) = ready!(self.poll_flush(cx, dst)) {
+                return Poll::Ready(self.dst_failed(e));
+            }
+            if self.src_done {
+                return Poll::Pending;
+            }
+            if !self.pre.is_empty() {
+                let pre = std::mem::take(&mut self.pre);
+                if let Some(ev) = self.relay(cx, &pre, dst, handler) {
+                    return Poll::Ready(ev);
+                }
+                continue;
+            }
+            let read = SCRATCH.with(|scratch| {
+                let mut scratch = scratch.borrow_mut();
+                let mut buf = ReadBuf::new(&mut scratch);
+                match Pin::new(&mut *src).poll_read(cx, &mut buf) {
+                    Poll::Pending => Poll::Pending,
+                    Poll::Ready(Err(e)) => Poll::Ready(Some(Event::SrcEnded(Some(e)))),
+                    Poll::Ready(Ok(())) if buf.filled().is_empty() => {
+                        Poll::Ready(Some(Event::SrcEnded(None)))
+                    }
+                    Poll::Ready(Ok(())) => Poll::Ready(self.relay(cx, buf.filled(), dst, handler)),
+                }
+            });
+            match read {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(None) => {}
+                Poll::Ready(Some(ev)) => {
+                    if let Event::SrcEnded(_) = ev {
+                        self.src_done = true;
+                        self.shut_after_flush = true;
+                    }
+                    return Poll::Ready(ev);
+                }
+            }
+        }
+    }
+
+    /// One chunk from the source: through the reader, then written to `dst` as far as it takes
+    /// it now; the rest waits in `pending`.
+    fn relay<H: Handler>(
+        &mut self,
+        cx: &mut Context<'_>,
+        chunk: &[u8],
+        dst: &mut TcpStream,
+        handler: &mut H,
+    ) -> Option<Event> {
+        let pushed = self.reader.push(chunk, handler);
+        let out = pushed.forward.bytes(chunk);
+        let closed = pushed.close;
+        let mut failed = None;
+        if !self.dst_failed {
+            let mut at = 0;
+            while at < out.len() {
+                match Pin::new(&mut *dst).poll_write(cx, &out[at..]) {
+                    Poll::Ready(Ok(0)) => {
+                        failed = Some(io::Error::from(io::ErrorKind::WriteZero));
+                        break;
+                    }
+                    Poll::Ready(Ok(n)) => at += n,
+                    Poll::Ready(Err(e)) => {
+                        failed = Some(e);
+                        break;
+                    }
+                    Poll::Pending => break,
+                }
+            }
+            if failed.is_none() && at < out.len() {
+                self.pending.extend_from_slice(&out[at..]);
+            }
+        }
+        self.reader.trim(TRIM_AT);
+        if let Some(e) = failed {
+            return Some(self.dst_failed(e));
+        }
+        closed.map(Event::ReaderClosed)
+    }
+
+    fn dst_failed(&mut self, e: io::Error) -> Event {
+        self.dst_failed = true;
+        self.pending = Vec::new();
+        self.pending_at = 0;
+        Event::DstFailed(e)
+    }
+
+    /// Writes what is pending, then shuts the destination's write side if asked to.
+    fn poll_flush(&mut self, cx: &mut Context<'_>, dst: &mut TcpStream) -> Poll<io::Result<()>> {
+        if self.dst_failed {
+            return Poll::Ready(Ok(()));
+        }
+        while self.pending_at < self.pending.len() {
+            let n = ready!(Pin::new(&mut *dst).poll_write(cx, &self.pending[self.pending_at..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.pending_at += n;
+        }
+        if !self.pending.is_empty() {
+            // Only ever allocated under back-pressure: give it back.
+            self.pending = Vec::new();
+            self.pending_at = 0;
+        }
+        if self.shut_after_flush && !self.shut {
+            self.shut = true;
+            // A failed shutdown means the peer is gone already: nothing left to tell it.
+            let _ = ready!(Pin::new(&mut *dst).poll_shutdown(cx));
+        }
+        Poll::Ready(Ok(()))
+    }
+}
