@@ -14,69 +14,32 @@
 #   ENVOY_BENCH_LAT_SESSIONS [100] ENVOY_BENCH_LAT_RATE [20]    fixed-rate latency runs
 #   ENVOY_BENCH_CONCURRENCY [1]  Envoy worker threads (each Envoy)   CARGO_TARGET_DIR [target]
 #   ENVOY_BENCH_WASM [the wasm-release build]  a .wasm to load instead (e.g. another opt-level)
+#   ENVOY_BENCH_RESULTS [benches/results]  BENCH_KEEP_TMP [unset] keep the temporary directory
 set -euo pipefail
 
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-cd "$ROOT"
-DURATION=${ENVOY_BENCH_DURATION:-10s}
-WARMUP=${ENVOY_BENCH_WARMUP:-2s}
-SIZE=${ENVOY_BENCH_SIZE:-200}
-TP_SESSIONS=${ENVOY_BENCH_TP_SESSIONS:-100}
-TP_WINDOW=${ENVOY_BENCH_TP_WINDOW:-4}
-LAT_SESSIONS=${ENVOY_BENCH_LAT_SESSIONS:-100}
-LAT_RATE=${ENVOY_BENCH_LAT_RATE:-20}
-CONCURRENCY=${ENVOY_BENCH_CONCURRENCY:-1}
-RESULTS=${ENVOY_BENCH_RESULTS:-$ROOT/benches/results}
-TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
-ENVOY=${SIGMESH_ENVOY:-$HOME/.local/share/sigmesh/envoy/bin/envoy}
+LOG_TAG=envoy-bench
+# shellcheck source=SCRIPTDIR/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-log() { printf 'envoy-bench: %s\n' "$*" >&2; }
+relay_knobs ENVOY_BENCH # DURATION WARMUP SIZE TP_* LAT_* RESULTS, and the TP / LAT run arguments
+CONCURRENCY=${ENVOY_BENCH_CONCURRENCY:-1}
+LOADGEN_CPUS='' LOADGEN_THREADS='' # `load`: the client unpinned, with loadgen's default threads
+ENVOY=${SIGMESH_ENVOY:-$HOME/.local/share/sigmesh/envoy/bin/envoy}
 [[ -x $ENVOY ]] || { log "Envoy not found at $ENVOY: run scripts/install/envoy.sh"; exit 1; }
 
-log "building sigmesh-loadgen (release) and the filter (wasm32-wasip1, wasm-release)"
-cargo build --release -p sigmesh-loadgen
-LOADGEN=$TARGET_DIR/release/sigmesh-loadgen
+build_release sigmesh-loadgen
 if [[ -n ${ENVOY_BENCH_WASM:-} ]]; then
     WASM=$ENVOY_BENCH_WASM
 else
+    log "building the filter (wasm32-wasip1, wasm-release)"
     cargo build -p sigmesh-filter --target wasm32-wasip1 --profile wasm-release
-    WASM=$TARGET_DIR/wasm32-wasip1/wasm-release/sigmesh_filter.wasm
+    WASM=$CARGO_TARGET_DIR/wasm32-wasip1/wasm-release/sigmesh_filter.wasm
 fi
 
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/sigmesh-envoy-bench.XXXXXX")
-PIDS=()
-cleanup() {
-    local pid
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-    rm -rf "$TMP"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-fail() {
-    log "FAILED: $*"
-    for f in "$TMP"/*.log; do [[ -s $f ]] && { log "--- $(basename "$f")"; tail -n 20 "$f" >&2; }; done
-    exit 1
-}
-tcp_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-wait_until() {
-    local secs=$1 pid=$2 what=$3
-    shift 3
-    local end=$((SECONDS + secs))
-    until "$@"; do
-        kill -0 "$pid" 2>/dev/null || fail "$what: the process exited"
-        ((SECONDS < end)) || fail "$what: not ready after ${secs}s"
-        sleep 0.05
-    done
-}
-
-mapfile -t PORTS < <("$LOADGEN" free-ports 5)
-((${#PORTS[@]} == 5)) || fail "could not find free ports"
+make_tmp sigmesh-envoy-bench
+free_ports 5
 ECHO_PORT=${PORTS[0]}
-
-"$LOADGEN" echo --listen "127.0.0.1:$ECHO_PORT" --threads 1 >"$TMP/echo.log" 2>&1 &
-PIDS+=($!)
-wait_until 10 "${PIDS[-1]}" "echo server" tcp_open "$ECHO_PORT"
+start_echo "$ECHO_PORT"
 
 # The plugin configuration: a WebSocket route reading signaling fields, with message and
 # connection buckets high enough never to trigger (exercised on every message, nothing dropped).
@@ -142,25 +105,16 @@ EOF
 start_envoy() {
     local name=$1 port=$2 admin=$3 with=$4
     bootstrap "$name" "$port" "$admin" "$with"
-    "$ENVOY" -c "$TMP/$name.yaml" --concurrency "$CONCURRENCY" --disable-hot-restart -l error \
-        >"$TMP/$name.log" 2>&1 &
-    PIDS+=($!)
-    wait_until 60 "${PIDS[-1]}" "envoy $name" tcp_open "$port"
-    log "envoy $name on 127.0.0.1:$port (pid ${PIDS[-1]}, $CONCURRENCY worker(s))"
+    spawn "$TMP/$name.log" "" "$ENVOY" -c "$TMP/$name.yaml" --concurrency "$CONCURRENCY" \
+        --disable-hot-restart -l error
+    wait_until 60 "$SPAWNED" "envoy $name" tcp_open "$port"
+    log "envoy $name on 127.0.0.1:$port (pid $SPAWNED, $CONCURRENCY worker(s))"
 }
 start_envoy bare "${PORTS[1]}" "${PORTS[2]}" 0
 start_envoy filter "${PORTS[3]}" "${PORTS[4]}" 1
 BARE_URL="ws://127.0.0.1:${PORTS[1]}/ws"
 FILTER_URL="ws://127.0.0.1:${PORTS[3]}/ws"
 
-load() {
-    local label=$1 url=$2 out=$3
-    shift 3
-    "$LOADGEN" run --url "$url" --label "$label" --size "$SIZE" --duration "$DURATION" \
-        --warmup "$WARMUP" --json "$out" "$@" || fail "load run $label ($url)"
-}
-TP=(--sessions "$TP_SESSIONS" --window "$TP_WINDOW")
-LAT=(--sessions "$LAT_SESSIONS" --rate "$LAT_RATE")
 log "throughput: $TP_SESSIONS sessions x $SIZE B, window $TP_WINDOW; latency: $LAT_SESSIONS x $LAT_RATE msg/s"
 load bare "$BARE_URL" "$TMP/tp-bare.json" "${TP[@]}"
 load filter "$FILTER_URL" "$TMP/tp-filter.json" "${TP[@]}"
@@ -170,9 +124,7 @@ load filter "$FILTER_URL" "$TMP/lat-filter.json" "${LAT[@]}"
 MSGS=$(curl -s "http://127.0.0.1:${PORTS[4]}/stats" 2>/dev/null | grep -c 'sigmesh.messages_total' || true)
 [[ ${MSGS:-0} -gt 0 ]] || log "warning: no sigmesh.messages_total stats seen on the filtered Envoy"
 
-STAMP=$(date -u +%Y%m%dT%H%M%SZ)
-mkdir -p "$RESULTS"
-REV=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+result_meta
 python3 - "$TMP" "$RESULTS/envoy-$STAMP" "$REV" "$CONCURRENCY" "$SIZE" "$DURATION" "$(stat -c %s "$WASM")" <<'EOF'
 import json, sys
 tmp, out, rev, conc, size, dur, wasm = sys.argv[1:]

@@ -4,13 +4,16 @@
 #
 #   benches/run.sh              # installs what is missing, builds, runs everything (~5-8 min)
 #   BENCH_DURATION=10s benches/run.sh
+#   BENCH_PARTS="storm memory" BENCH_PEERS="sigmesh nginx" benches/run.sh   # some measurements only
+#   BENCH_REPEAT=3 benches/run.sh   # relay, latency and storm: the median of 3 runs per peer
 #
 # See benches/README.md for what is measured, how, and every knob. Writes
 # benches/results/<UTC>-suite.md and .json.
 set -euo pipefail
 
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-cd "$ROOT"
+LOG_TAG=bench
+# shellcheck source=SCRIPTDIR/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 DURATION=${BENCH_DURATION:-3s}
 WARMUP=${BENCH_WARMUP:-1s}
@@ -24,34 +27,40 @@ LIMIT_RATE=${BENCH_LIMIT_RATE:-200}
 LIMIT_BURST=${BENCH_LIMIT_BURST:-20}
 LIMIT_DURATION=${BENCH_LIMIT_DURATION:-5s}
 PEERS=${BENCH_PEERS:-direct sigmesh nginx haproxy envoy}
+ALL_PARTS="relay latency storm memory limits"
+PARTS=${BENCH_PARTS:-$ALL_PARTS}
+REPEAT=${BENCH_REPEAT:-1}
 NGINX_WORKERS=${BENCH_NGINX_WORKERS:-1}
 ENVOY_CONCURRENCY=${BENCH_ENVOY_CONCURRENCY:-1}
 SOURCE_IPS=${BENCH_SOURCE_IPS:-127.0.0.2-127.0.0.17}
 RESULTS=${BENCH_RESULTS:-$ROOT/benches/results}
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 ENVOY=${SIGMESH_ENVOY:-$HOME/.local/share/sigmesh/envoy/bin/envoy}
-NPROC=$(nproc 2>/dev/null || echo 1)
 
-log() { printf 'bench: %s\n' "$*" >&2; }
+for part in $PARTS; do
+    case $part in
+    relay | latency | storm | memory | limits) ;;
+    *) log "BENCH_PARTS: unknown part '$part' (known: $ALL_PARTS)"; exit 1 ;;
+    esac
+done
+read -r -a PARTS_LIST <<<"$PARTS"
+PARTS=${PARTS_LIST[*]} # one space between parts
+[[ $REPEAT =~ ^[1-9][0-9]*$ ]] || { log "BENCH_REPEAT: a whole number from 1, not '$REPEAT'"; exit 1; }
+has_part() { [[ " $PARTS " == *" $1 "* ]]; }
+# The parts run against a started peer, each REPEAT times (memory and limits start their own).
+LOADED=()
+for part in relay latency storm; do
+    if has_part "$part"; then LOADED+=("$part"); fi
+done
 
 # --- pinning: the proxy on one core, load generator + echo on another ----------------------------
 if [[ -z ${BENCH_PROXY_CPUS+x} ]]; then
-    if command -v taskset >/dev/null 2>&1 && ((NPROC > 1)); then
-        PROXY_CPUS=0 LOAD_CPUS=1
-    else
-        PROXY_CPUS= LOAD_CPUS=
-    fi
+    PROXY_CPUS=$(auto_cpu 0) LOAD_CPUS=$(auto_cpu 1)
 else
     PROXY_CPUS=$BENCH_PROXY_CPUS LOAD_CPUS=${BENCH_LOAD_CPUS:-}
 fi
-pin() { # `pin CPUS` sets PIN to a taskset prefix (empty without CPUS)
-    PIN=()
-    if [[ -n $1 ]]; then PIN=(taskset -c "$1"); fi
-}
+[[ -z $PROXY_CPUS$LOAD_CPUS ]] || ((HAVE_TASKSET)) || { log "BENCH_PROXY_CPUS / BENCH_LOAD_CPUS need taskset"; exit 1; }
 
 # --- install -------------------------------------------------------------------------------------
-# shellcheck source=../scripts/install/lib.sh
-source "$ROOT/scripts/install/lib.sh"
 want=()
 [[ " $PEERS " == *" nginx "* ]] && ! have nginx && ! [[ -x /usr/sbin/nginx ]] && want+=(nginx-light)
 [[ " $PEERS " == *" haproxy "* ]] && ! have haproxy && ! [[ -x /usr/sbin/haproxy ]] && want+=(haproxy)
@@ -63,11 +72,7 @@ if [[ " $PEERS " == *" envoy "* ]]; then
     bash "$ROOT/scripts/install/envoy.sh" >&2 || { log "scripts/install/envoy.sh failed"; exit 1; }
 fi
 
-log "building sigmesh and sigmesh-loadgen (release, $CARGO_TARGET_DIR)"
-cargo build --release -p sigmesh -p sigmesh-loadgen
-BIN=$CARGO_TARGET_DIR/release
-LOADGEN=$BIN/sigmesh-loadgen
-SIGMESH=$BIN/sigmesh
+build_release sigmesh sigmesh-loadgen
 
 # --- file descriptors: each proxied session is two sockets in the proxy ---------------------------
 NOFILE=$(ulimit -Hn)
@@ -85,80 +90,12 @@ for n in $MEM_SESSIONS; do
     MEM_RUNS+=("$n")
 done
 
-# --- processes: every one started is tracked and killed on exit -----------------------------------
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/sigmesh-bench.XXXXXX")
-chmod 755 "$TMP"
-PIDS=()
-cleanup() {
-    local pid
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-    if [[ -n ${BENCH_KEEP_TMP:-} ]]; then log "kept $TMP"; else rm -rf "$TMP"; fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-fail() {
-    log "FAILED: $*"
-    for f in "$TMP"/*.log; do [[ -s $f ]] && { log "--- $(basename "$f")"; tail -n 15 "$f" >&2; }; done
-    exit 1
-}
-tcp_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-wait_until() { # `wait_until SECS PID WHAT CMD...`
-    local secs=$1 pid=$2 what=$3
-    shift 3
-    local end=$((SECONDS + secs))
-    until "$@"; do
-        kill -0 "$pid" 2>/dev/null || fail "$what: the process exited"
-        ((SECONDS < end)) || fail "$what: not ready after ${secs}s"
-        sleep 0.05
-    done
-}
-stop() { # `stop PID`: TERM, then KILL after 5 s
-    local pid=$1 i
-    kill "$pid" 2>/dev/null || return 0
-    for ((i = 0; i < 100; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
-    kill -9 "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-}
-# `bounded SECS CMD...`: runs CMD with a time limit.
-bounded() { timeout -k 5 "$@"; }
-
-# The proxy's processes: the PID and all its descendants (nginx's workers).
-tree() {
-    local p=$1 c
-    echo "$p"
-    for c in $(pgrep -P "$p" 2>/dev/null); do tree "$c"; done
-}
-CLK_TCK=$(getconf CLK_TCK)
-cpu_ticks() { # utime + stime of the whole tree
-    local t=0 p s
-    for p in $(tree "$1"); do
-        s=$(cat "/proc/$p/stat" 2>/dev/null) || continue
-        s=${s##*) }
-        # shellcheck disable=SC2086
-        set -- $s
-        t=$((t + ${12} + ${13}))
-    done
-    echo "$t"
-}
-mem_kib() { # "RSS_KiB PSS_KiB" summed over the tree
-    local rss=0 pss=0 p v
-    for p in $(tree "$1"); do
-        v=$(awk '/^VmRSS:/ { print $2 }' "/proc/$p/status" 2>/dev/null) && rss=$((rss + ${v:-0}))
-        v=$(awk '/^Pss:/ { print $2 }' "/proc/$p/smaps_rollup" 2>/dev/null) && pss=$((pss + ${v:-0}))
-    done
-    echo "$rss $pss"
-}
-
-mapfile -t PORTS < <("$LOADGEN" free-ports 3)
+make_tmp sigmesh-bench
+free_ports 3
 ECHO_PORT=${PORTS[0]} LISTEN_PORT=${PORTS[1]} ADMIN_PORT=${PORTS[2]}
 
 # --- echo upstream (one for the whole suite), on the load core ------------------------------------
-pin "$LOAD_CPUS"
-"${PIN[@]}" "$LOADGEN" echo --listen "127.0.0.1:$ECHO_PORT" --threads 1 >"$TMP/echo.log" 2>&1 &
-ECHO_PID=$!
-PIDS+=("$ECHO_PID")
-wait_until 10 "$ECHO_PID" "echo" tcp_open "$ECHO_PORT"
+start_echo "$ECHO_PORT" "$LOAD_CPUS"
 
 render() { # `render TEMPLATE OUT`
     sed -e "s|@LISTEN_PORT@|$LISTEN_PORT|g; s|@ADMIN_PORT@|$ADMIN_PORT|g; s|@ECHO_PORT@|$ECHO_PORT|g" \
@@ -173,36 +110,34 @@ PEER_PID=
 start_peer() {
     local peer=$1 tpl=${2:-}
     URL="ws://127.0.0.1:$LISTEN_PORT/ws"
-    pin "$PROXY_CPUS"
     case $peer in
     direct)
-        PEER_PID= URL="ws://127.0.0.1:$ECHO_PORT/ws"
+        PEER_PID='' URL="ws://127.0.0.1:$ECHO_PORT/ws"
         return
         ;;
     sigmesh)
         render "${tpl:-sigmesh.yaml.in}" "$TMP/sigmesh.yaml"
         "$SIGMESH" check --config "$TMP/sigmesh.yaml" >"$TMP/check.log" 2>&1 || fail "sigmesh check"
-        RUST_LOG=${SIGMESH_LOG:-error} "${PIN[@]}" "$SIGMESH" run --config "$TMP/sigmesh.yaml" \
-            >"$TMP/sigmesh.log" 2>&1 &
+        RUST_LOG=${SIGMESH_LOG:-error} spawn "$TMP/sigmesh.log" "$PROXY_CPUS" \
+            "$SIGMESH" run --config "$TMP/sigmesh.yaml"
         ;;
     nginx)
         render nginx.conf.in "$TMP/nginx.conf"
         mkdir -p "$TMP/nginx-body" "$TMP/nginx-proxy"
-        "${PIN[@]}" "$NGINX" -p "$TMP" -c "$TMP/nginx.conf" -e "$TMP/nginx-error.log" >"$TMP/nginx.log" 2>&1 &
+        spawn "$TMP/nginx.log" "$PROXY_CPUS" "$NGINX" -p "$TMP" -c "$TMP/nginx.conf" -e "$TMP/nginx-error.log"
         ;;
     haproxy)
         render haproxy.cfg.in "$TMP/haproxy.cfg"
-        "${PIN[@]}" "$HAPROXY" -db -f "$TMP/haproxy.cfg" >"$TMP/haproxy.log" 2>&1 &
+        spawn "$TMP/haproxy.log" "$PROXY_CPUS" "$HAPROXY" -db -f "$TMP/haproxy.cfg"
         ;;
     envoy)
         render envoy.yaml.in "$TMP/envoy.yaml"
-        "${PIN[@]}" "$ENVOY" -c "$TMP/envoy.yaml" --concurrency "$ENVOY_CONCURRENCY" \
-            --disable-hot-restart -l error >"$TMP/envoy.log" 2>&1 &
+        spawn "$TMP/envoy.log" "$PROXY_CPUS" "$ENVOY" -c "$TMP/envoy.yaml" --concurrency "$ENVOY_CONCURRENCY" \
+            --disable-hot-restart -l error
         ;;
     *) fail "unknown peer $peer" ;;
     esac
-    PEER_PID=$!
-    PIDS+=("$PEER_PID")
+    PEER_PID=$SPAWNED
     wait_until 60 "$PEER_PID" "$peer" tcp_open "$LISTEN_PORT"
     sleep 0.5 # let workers settle before any baseline is read
 }
@@ -216,6 +151,7 @@ LOAD_THREADS=1
 [[ -z $LOAD_CPUS ]] && LOAD_THREADS=$NPROC
 OUT=$TMP/out
 mkdir -p "$OUT"
+RUN=1 # which of the REPEAT runs: relay and storm write OUT/NAME-PEER.rRUN.json
 
 # `relay PEER NAME ARGS...`: one closed-loop or fixed-rate run, with the proxy's CPU around it.
 relay() {
@@ -225,10 +161,9 @@ relay() {
     pin "$LOAD_CPUS"
     bounded 120 "${PIN[@]}" "$LOADGEN" run --url "$URL" --label "$peer" --duration "$DURATION" \
         --warmup "$WARMUP" --grace 1s --threads "$LOAD_THREADS" --connect-concurrency 64 \
-        --json "$OUT/$name-$peer.json" "$@" >&2 || fail "$name $peer"
+        --json "$OUT/$name-$peer.r$RUN.json" "$@" >&2 || fail "$name $peer"
     c1=$([[ -n $PEER_PID ]] && cpu_ticks "$PEER_PID" || echo 0)
-    echo "{\"cpu_s\": $(awk -v t=$((c1 - c0)) -v hz="$CLK_TCK" 'BEGIN { printf "%.3f", t / hz }')}" \
-        >"$OUT/$name-$peer.cpu.json"
+    echo "{\"cpu_s\": $(cpu_seconds $((c1 - c0)))}" >"$OUT/$name-$peer.r$RUN.cpu.json"
 }
 
 # `idle_mem PEER N`: N idle sessions; the proxy's memory with them, minus its baseline.
@@ -236,17 +171,10 @@ idle_mem() {
     local peer=$1 n=$2 lpid
     local ilog=$TMP/idle-$n-$peer.log # one per run: a stale `ready` must not be read
     rm -f "$ilog"
-    pin "$LOAD_CPUS"
-    "${PIN[@]}" "$LOADGEN" idle --url "$URL" --sessions "$n" --source-ips "$SOURCE_IPS" \
-        --connect-concurrency 64 --hold 120s --json "$OUT/idle$n-$peer.json" >"$ilog" 2>&1 &
-    lpid=$!
-    PIDS+=("$lpid")
-    local end=$((SECONDS + 120))
-    until grep -qs '^ready' "$ilog"; do
-        kill -0 "$lpid" 2>/dev/null || fail "idle $n $peer: loadgen exited"
-        ((SECONDS < end)) || fail "idle $n $peer: not ready after 120s"
-        sleep 0.1
-    done
+    spawn "$ilog" "$LOAD_CPUS" "$LOADGEN" idle --url "$URL" --sessions "$n" --source-ips "$SOURCE_IPS" \
+        --connect-concurrency 64 --hold 120s --json "$OUT/idle$n-$peer.json"
+    lpid=$SPAWNED
+    wait_until 120 "$lpid" "idle $n $peer (loadgen)" grep -qs '^ready' "$ilog"
     sleep 1 # let the proxy settle (allocator, lazily freed buffers)
     read -r rss pss < <(mem_kib "$PEER_PID")
     echo "{\"sessions\": $n, \"rss_kib\": $rss, \"pss_kib\": $pss, \"base_rss_kib\": $BASE_RSS, \"base_pss_kib\": $BASE_PSS}" \
@@ -256,24 +184,35 @@ idle_mem() {
     sleep 1 # closes propagate through the proxy
 }
 
-storm() { # `storm PEER NAME DURATION`
+storm() { # `storm PEER OUT.json DURATION`
     pin "$LOAD_CPUS"
     bounded 120 "${PIN[@]}" "$LOADGEN" storm --url "$URL" --label "$1" --connectors "$STORM_CONNECTORS" \
         --duration "$3" --source-ips "$SOURCE_IPS" --threads "$LOAD_THREADS" \
-        --json "$OUT/$2-$1.json" >&2 || fail "storm $1"
+        --json "$2" >&2 || fail "storm $1"
 }
 
 SUITE_START=$SECONDS
+LOADED_DESC=$(printf '%s, ' "${LOADED[@]}")
 for peer in $PEERS; do
-    log "=== $peer: relay, latency, storm"
-    start_peer "$peer"
-    relay "$peer" tp100 --sessions 100 --window "$WINDOW" --size 200
-    relay "$peer" tp1000 --sessions 1000 --window "$WINDOW" --size 200
-    relay "$peer" tp16k --sessions 100 --window "$WINDOW" --size 16384
-    relay "$peer" lat --sessions "$LAT_SESSIONS" --rate "$LAT_RATE" --size 200
-    storm "$peer" storm "$STORM_DURATION"
-    stop_peer
-    if [[ $peer != direct ]]; then
+    if ((${#LOADED[@]})); then
+        start_peer "$peer"
+        for ((RUN = 1; RUN <= REPEAT; RUN++)); do
+            log "=== $peer: ${LOADED_DESC%, }$( ((REPEAT == 1)) || echo " (run $RUN of $REPEAT)")"
+            if has_part relay; then
+                relay "$peer" tp100 --sessions 100 --window "$WINDOW" --size 200
+                relay "$peer" tp1000 --sessions 1000 --window "$WINDOW" --size 200
+                relay "$peer" tp16k --sessions 100 --window "$WINDOW" --size 16384
+            fi
+            if has_part latency; then
+                relay "$peer" lat --sessions "$LAT_SESSIONS" --rate "$LAT_RATE" --size 200
+            fi
+            if has_part storm; then
+                storm "$peer" "$OUT/storm-$peer.r$RUN.json" "$STORM_DURATION"
+            fi
+        done
+        stop_peer
+    fi
+    if has_part memory && [[ $peer != direct ]]; then
         log "=== $peer: idle memory (${MEM_RUNS[*]} sessions)"
         start_peer "$peer"
         read -r BASE_RSS BASE_PSS < <(mem_kib "$PEER_PID")
@@ -283,7 +222,7 @@ for peer in $PEERS; do
 done
 
 # --- limits under load: a route-wide connection bucket while a flood of handshakes runs ----------
-if [[ " $PEERS " == *" sigmesh "* ]]; then
+if has_part limits && [[ " $PEERS " == *" sigmesh "* ]]; then
     log "=== sigmesh: connection bucket $LIMIT_RATE/s (burst $LIMIT_BURST) under a flood"
     start_peer sigmesh sigmesh-limits.yaml.in
     read -r r0 _ < <(mem_kib "$PEER_PID")
@@ -297,7 +236,7 @@ if [[ " $PEERS " == *" sigmesh "* ]]; then
     ) &
     SAMPLER=$!
     PIDS+=("$SAMPLER")
-    storm sigmesh limit "$LIMIT_DURATION"
+    storm sigmesh "$OUT/limit-sigmesh.json" "$LIMIT_DURATION"
     read -r r1 _ < <(mem_kib "$PEER_PID")
     stop "$SAMPLER"
     echo "{\"rate\": $LIMIT_RATE, \"burst\": $LIMIT_BURST, \"rss_start_kib\": $r0, \"rss_end_kib\": $r1, \"rss_peak_kib\": $(cat "$OUT/limit-peak" 2>/dev/null || echo "$r1")}" \
@@ -307,19 +246,34 @@ fi
 ELAPSED=$((SECONDS - SUITE_START))
 
 # --- report --------------------------------------------------------------------------------------
-STAMP=$(date -u +%Y%m%dT%H%M%SZ)
-mkdir -p "$RESULTS"
-REV=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
-[[ -n $(git status --porcelain 2>/dev/null | head -n 1) ]] && REV="$REV (dirty)"
+result_meta
 VERSIONS="sigmesh $REV; $("$NGINX" -v 2>&1 | sed 's/.*: //'); $("$HAPROXY" -v 2>/dev/null | head -1 | awk '{print "haproxy/" $3}'); envoy/$("$ENVOY" --version 2>/dev/null | grep -o '/1\.[0-9.]*' | head -1 | tr -d /)"
-CPU_MODEL=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo 2>/dev/null || true)
 LOADAVG=$(cut -d' ' -f1-3 /proc/loadavg)
-export B_OUT=$OUT B_PEERS=$PEERS B_MEM="${MEM_RUNS[*]}" B_STAMP=$STAMP B_RESULTS=$RESULTS
-export B_META_date=$(date -u +%Y-%m-%dT%H:%M:%SZ) B_META_versions=$VERSIONS
-export B_META_machine="$NPROC CPUs${CPU_MODEL:+, $CPU_MODEL}, $(uname -sr), load average at the end $LOADAVG"
+RUNS=()
+if has_part relay; then RUNS+=("relay: ${WARMUP} warmup + ${DURATION} measured, closed loop window $WINDOW"); fi
+if has_part latency; then
+    RUNS+=("latency: $LAT_SESSIONS sessions x $LAT_RATE msg/s$(has_part relay || echo ", ${WARMUP} warmup + ${DURATION} measured")")
+fi
+if has_part storm; then RUNS+=("storm: $STORM_CONNECTORS connectors x $STORM_DURATION"); fi
+if has_part limits; then RUNS+=("limits: $LIMIT_DURATION"); fi
+RUNS+=("suite took ${ELAPSED}s")
+RUNS_DESC=$(printf '%s; ' "${RUNS[@]}")
+export B_OUT=$OUT B_PEERS=$PEERS B_MEM="${MEM_RUNS[*]}" B_STAMP=$STAMP B_RESULTS=$RESULTS B_REPEAT=$REPEAT
+B_META_date=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+export B_META_date B_META_versions=$VERSIONS B_META_machine="$MACHINE, load average at the end $LOADAVG"
 export B_META_pinning="proxy on CPU ${PROXY_CPUS:-any}; echo upstream (1 thread) + load generator ($LOAD_THREADS thread) on CPU ${LOAD_CPUS:-any}; nginx $NGINX_WORKERS worker, haproxy nbthread 1, envoy --concurrency $ENVOY_CONCURRENCY, sigmesh default tokio runtime (confined to CPU ${PROXY_CPUS:-any})"
-export B_META_runs="relay: ${WARMUP} warmup + ${DURATION} measured, closed loop window $WINDOW; latency: $LAT_SESSIONS sessions x $LAT_RATE msg/s; storm: $STORM_CONNECTORS connectors x $STORM_DURATION; limits: $LIMIT_DURATION; suite took ${ELAPSED}s"
+export B_META_runs=${RUNS_DESC%; }
+if ! has_part memory; then MEM_NOTE=""; fi # the caps concern the idle-memory runs only
 export B_META_fd_limit="$NOFILE open files;$MEM_NOTE"
+if [[ $PARTS != "$ALL_PARTS" ]]; then export B_META_parts="$PARTS (BENCH_PARTS)"; fi
+if ((REPEAT > 1 && ${#LOADED[@]})); then
+    BY=()
+    if has_part relay; then BY+=("relay by round trips/s"); fi
+    if has_part latency; then BY+=("latency by p99"); fi
+    if has_part storm; then BY+=("storm by completed handshakes/s"); fi
+    BY_DESC=$(printf '%s, ' "${BY[@]}")
+    export B_META_repeat="the median of $REPEAT runs per peer is shown (${BY_DESC%, }; of an even count, the worse of the two middle runs), the other figures of its rows from that same run; every run's figure is in the JSON (\"repeat\")"
+fi
 python3 - <<'PY'
 import json, os
 env = os.environ
@@ -332,17 +286,39 @@ def load(name):
         return None
 meta = {k[7:]: v for k, v in env.items() if k.startswith("B_META_")}
 res = {"meta": meta, "peers": {}}
+repeat = int(env["B_REPEAT"])
+# Each relay, latency and storm measurement ran REPEAT times (NAME-PEER.rI.json, I from 1): the row
+# shows the median run by its main figure (higher or lower is better); of an even count, the worse
+# of the two middle runs.
+MAIN = {"tp100": ("msgs_per_sec", True), "tp1000": ("msgs_per_sec", True), "tp16k": ("msgs_per_sec", True),
+        "lat": ("p99_us", False), "storm": ("completed_per_sec", True)}
+def median_run(run, p):
+    """(the median run's JSON, its CPU JSON), or (None, None) when RUN did not run for P."""
+    key, higher = MAIN[run]
+    runs = []
+    for i in range(1, repeat + 1):
+        j = load(f"{run}-{p}.r{i}.json")
+        if j is not None and j.get(key) is not None:
+            runs.append((i, j, load(f"{run}-{p}.r{i}.cpu.json")))
+    if not runs:
+        return None, None
+    worst_first = sorted(runs, key=lambda r: r[1][key], reverse=not higher)
+    i, j, c = worst_first[(len(runs) - 1) // 2]
+    if repeat > 1:
+        j["repeat"] = {"runs": len(runs), "by": key, "median_run": i,
+                       "values": [r[1][key] for r in runs], "errors": [r[1].get("errors", 0) for r in runs]}
+    return j, c
 for p in peers:
     r = {}
     for run in ["tp100", "tp1000", "tp16k", "lat"]:
-        j, c = load(f"{run}-{p}.json"), load(f"{run}-{p}.cpu.json")
+        j, c = median_run(run, p)
         if j is None:
             continue
         if p != "direct" and c is not None and j["received"]:
             j["proxy_cpu_s"] = c["cpu_s"]
             j["proxy_cpu_s_per_million_round_trips"] = round(c["cpu_s"] / (j["received"] / 1e6), 3)
         r[run] = j
-    r["storm"] = load(f"storm-{p}.json")
+    r["storm"] = median_run("storm", p)[0]
     for n in mems:
         m, i = load(f"mem{n}-{p}.json"), load(f"idle{n}-{p}.json")
         if m and i and i["connected"]:
@@ -406,10 +382,14 @@ md += ["", "Each cell: the figure, then (d …) its ratio to the direct connecti
 md.append("| measure | " + " | ".join(peers) + " |")
 md.append("|---|" + "---:|" * len(peers))
 for name, path, prec, vs_direct in rows:
+    if all(get(p, *path) is None for p in peers):
+        continue  # not measured in this run (BENCH_PARTS)
     md.append(f"| {name} | " + " | ".join(cell(p, path, prec, vs_direct) for p in peers) + " |")
+def run_errors(p, k):  # summed over the repeated runs
+    return sum(get(p, k, "repeat", "errors") or [get(p, k, "errors") or 0])
 errs = []
 for p in peers:
-    e = sum((get(p, k, "errors") or 0) for k in ["tp100", "tp1000", "tp16k", "lat", "storm"])
+    e = sum(run_errors(p, k) for k in ["tp100", "tp1000", "tp16k", "lat", "storm"])
     e += sum((get(p, f"idle{n}", "idle_errors") or 0) for n in mems)
     errs.append(str(e))
 md.append("| errors (all runs) | " + " | ".join(errs) + " |")

@@ -61,7 +61,9 @@ impl Way {
     pub fn new(reader: FrameReader, pre: Bytes) -> Way {
         Way {
             reader,
-            pre,
+            // An empty read-ahead can still own the handshake's whole read buffer (8 KiB from
+            // hyper): never keep it.
+            pre: if pre.is_empty() { Bytes::new() } else { pre },
             pending: Vec::new(),
             pending_at: 0,
             src_done: false,
