@@ -10,7 +10,7 @@ use http::{Request, StatusCode};
 use http_body_util::Empty;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::handshake::{client::generate_key, derive_accept_key};
+use tungstenite::handshake::{client::generate_key, derive_accept_key};
 
 use crate::upstream;
 

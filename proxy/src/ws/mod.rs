@@ -28,7 +28,7 @@ use sigmesh_core::config::Sticky;
 use sigmesh_core::frame::{Action, FrameReader, Handler, MessageInfo, close_code, close_frame};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tungstenite::handshake::derive_accept_key;
 
 use crate::http_util::{self, Body};
 use crate::sessions::SessionInfo;
