@@ -208,3 +208,45 @@ async fn proxy_close_waits_for_the_frame_boundary() {
     within(client.read_to_end(&mut rest)).await.unwrap();
     assert!(rest.is_empty(), "bytes after the half frame: {rest:?}");
 }
+
+#[tokio::test]
+async fn first_message_wait_is_bounded_by_the_message_limit() {
+    // `sticky: message:/room` holds what the client sends until its first data message: a
+    // client that sends only control frames is closed with 1009 once they pass the message
+    // limit plus the control-frame slack, instead of growing the hold without bound.
+    let (up_addr, _up) = raw_upstream(Vec::new()).await;
+    let p = proxy(
+        &ROUTE.replace(
+            "    upstreams:",
+            "    split: { sticky: \"message:/room\" }\n    upstreams:",
+        ),
+        &[up_addr],
+    )
+    .await;
+    let (mut client, _) = raw_client(p.listen, &[]).await;
+    let ping = frame(9, true, &[0u8; 125], Some(KEY));
+    let mut sent = 0;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 256];
+    // 4096 + 4096 bytes of slack: about 60 pings; stop at 200 either way.
+    while sent < 200 {
+        if client.write_all(&ping).await.is_err() {
+            break;
+        }
+        sent += 1;
+        if let Ok(Ok(n)) =
+            tokio::time::timeout(std::time::Duration::from_millis(5), client.read(&mut buf)).await
+        {
+            got.extend_from_slice(&buf[..n]);
+            if n == 0 || got.len() >= 4 {
+                break;
+            }
+        }
+    }
+    if got.len() < 4 {
+        let _ = within(client.read_to_end(&mut got)).await;
+    }
+    assert!(sent < 200, "still reading after {sent} pings");
+    assert_eq!(got[0], 0x88, "a close frame: {got:?}");
+    assert_eq!(u16::from_be_bytes([got[2], got[3]]), 1009);
+}

@@ -383,6 +383,14 @@ async fn first_message(leg: &mut Leg, route: &RouteRuntime) -> First {
         text: None,
         closed: false,
     };
+    let limit = route
+        .route
+        .websocket
+        .as_ref()
+        .map_or(sigmesh_core::frame::DEFAULT_TEXT_LIMIT, |w| {
+            w.max_message_bytes
+        })
+        .saturating_add(sigmesh_core::frame::HOLD_SLACK);
     let mut acc = BytesMut::from(&leg.pre[..]);
     let mut seen = 0;
     loop {
@@ -397,6 +405,10 @@ async fn first_message(leg: &mut Leg, route: &RouteRuntime) -> First {
         }
         if catch.closed {
             return First::Gone;
+        }
+        // Control frames before the first message count too: what is held stays bounded.
+        if acc.len() > limit {
+            return First::Refused(close_code::TOO_BIG, "message too big");
         }
         acc.reserve(4096);
         match leg.io.read_buf(&mut acc).await {

@@ -146,6 +146,8 @@ struct ClientSide<'a, 's> {
     side: &'s mut Side,
     limiter: &'s mut Limiter,
     last_activity: &'s mut Duration,
+    /// [`state::now`] when the session was woken (one clock read per wake, not per message).
+    now: Duration,
 }
 
 impl ClientSide<'_, '_> {
@@ -193,7 +195,7 @@ impl Handler for ClientSide<'_, '_> {
         let rooms = cx.route.rooms.as_ref();
         let decision = self
             .limiter
-            .decide(room, state::now(), &mut |room, _| match rooms {
+            .decide(room, self.now, &mut |room, _| match rooms {
                 Some(b) => state::take(b, room),
                 None => Verdict::Allow { remaining: 0 },
             });
@@ -221,7 +223,7 @@ impl Handler for ClientSide<'_, '_> {
         let len = usize::try_from(msg.len).unwrap_or(usize::MAX);
         let cut_by = self.side.cut_by.take();
         if forwarded {
-            *self.last_activity = state::now();
+            *self.last_activity = self.now;
             if let Some(t) = cx.trace {
                 t.message(Direction::In, label, len, None);
             }
@@ -249,6 +251,7 @@ struct UpstreamSide<'a, 's> {
     cx: &'a SessionCx<'a>,
     side: &'s mut Side,
     last_activity: &'s mut Duration,
+    now: Duration,
 }
 
 impl Handler for UpstreamSide<'_, '_> {
@@ -272,7 +275,7 @@ impl Handler for UpstreamSide<'_, '_> {
             }
             None => "text",
         };
-        *self.last_activity = state::now();
+        *self.last_activity = self.now;
         if let Some(t) = cx.trace {
             t.message(
                 Direction::Out,
@@ -359,11 +362,13 @@ pub(super) async fn run_session(
     let mut ending = false;
     loop {
         let wake = poll_fn(|task| {
+            let now = state::now();
             let mut h = ClientSide {
                 cx: &cx,
                 side: &mut c_side,
                 limiter: &mut limiter,
                 last_activity: &mut last_activity,
+                now,
             };
             if let Poll::Ready(ev) = inbound.poll(task, &mut c_io, &mut u_io, &mut h) {
                 return Poll::Ready(Wake::In(ev));
@@ -372,6 +377,7 @@ pub(super) async fn run_session(
                 cx: &cx,
                 side: &mut u_side,
                 last_activity: &mut last_activity,
+                now,
             };
             if let Poll::Ready(ev) = outbound.poll(task, &mut u_io, &mut c_io, &mut h) {
                 return Poll::Ready(Wake::Out(ev));
