@@ -487,11 +487,8 @@ fn client_event(
             // After its close frame the client may end the connection; without one it is gone:
             // the upstream hears so (unless it is closing the session itself).
             tracing::debug!(session = cx.info.id, error = ?e, "client ended");
-            if !c_side.closed && !u_side.closed {
-                if let Some(t) = cx.trace {
-                    t.closed("proxy", Some(AWAY), "client gone");
-                }
-                inbound.close(AWAY, "client gone");
+            if !u_side.closed {
+                client_gone(cx, c_side, inbound);
             }
         }
         Event::ReaderClosed(c) => {
@@ -539,15 +536,21 @@ fn upstream_event(
         Event::DstFailed(e) => {
             // Writing to the client failed: it is gone.
             tracing::debug!(session = cx.info.id, error = %e, "client write failed");
-            if !c_side.closed {
-                if let Some(t) = cx.trace {
-                    t.closed("proxy", Some(AWAY), "client gone");
-                }
-                inbound.close(AWAY, "client gone");
-            }
+            client_gone(cx, c_side, inbound);
             outbound.shut_when_flushed();
         }
     }
+}
+
+/// The client is gone without a close frame: the upstream gets 1001.
+fn client_gone(cx: &SessionCx<'_>, c_side: &Side, inbound: &mut Way) {
+    if c_side.closed {
+        return;
+    }
+    if let Some(t) = cx.trace {
+        t.closed("proxy", Some(AWAY), "client gone");
+    }
+    inbound.close(AWAY, "client gone");
 }
 
 /// A reader closed its way with `c` (already appended there): the other way gets it too.
