@@ -250,3 +250,88 @@ async fn first_message_wait_is_bounded_by_the_message_limit() {
     assert_eq!(got[0], 0x88, "a close frame: {got:?}");
     assert_eq!(u16::from_be_bytes([got[2], got[3]]), 1009);
 }
+
+#[tokio::test]
+async fn a_slow_upstream_back_pressures_the_client_and_nothing_is_lost() {
+    // The upstream does not read. The proxy keeps at most one read's worth of bytes of its own,
+    // so the client's writes stall once the kernel buffers on the way are full (tens of MiB on
+    // loopback), long before the 256 MiB this test would send to a proxy that buffered without
+    // bound. Then the upstream reads, and gets every byte, in order.
+    let (up_addr, up_task) = raw_upstream(Vec::new()).await;
+    let p = proxy(ROUTE, &[up_addr]).await;
+    let (mut client, _) = raw_client(p.listen, &[]).await;
+    let (mut upstream, _) = within(up_task).await.unwrap();
+
+    // Frames numbered in their payload, so order and loss both show.
+    let frames: Vec<u8> = (0..64u32)
+        .flat_map(|i| frame(2, true, &[i as u8; 4000], Some(KEY)))
+        .collect();
+    let mut sent = 0usize;
+    let limit = 256 << 20;
+    loop {
+        let at = sent % frames.len();
+        let w = tokio::time::timeout(
+            std::time::Duration::from_millis(500),
+            client.write(&frames[at..]),
+        )
+        .await;
+        match w {
+            Ok(Ok(n)) => sent += n,
+            Ok(Err(e)) => panic!("client write failed: {e}"),
+            Err(_) => break, // stalled: back-pressure reached the client
+        }
+        assert!(sent < limit, "no back-pressure after {sent} bytes");
+    }
+    assert!(sent > 0);
+    // The session is alive and the admin API answers while the relay is stalled.
+    assert_eq!(sessions(&p).await.len(), 1);
+
+    // Now the upstream reads everything: the exact byte stream the client wrote.
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 64 * 1024];
+    while got < sent {
+        let n = within(upstream.read(&mut buf)).await.unwrap();
+        assert!(n > 0, "upstream stream ended after {got} of {sent} bytes");
+        for (k, b) in buf[..n].iter().enumerate() {
+            let want = frames[(got + k) % frames.len()];
+            if *b != want {
+                panic!("byte {} differs", got + k);
+            }
+        }
+        got += n;
+    }
+    assert_eq!(got, sent);
+}
+
+#[tokio::test]
+async fn an_upstream_breaking_the_protocol_is_closed_both_ways_with_1002() {
+    // A server must not mask its frames (RFC 6455 §5.1): the proxy stops that stream there.
+    // The client gets 1002 instead of the bad frame, the upstream gets 1002 too (masked, as a
+    // client's frame), and the upstream's error is counted.
+    let bad = frame(1, true, b"masked by a server", Some(KEY));
+    let (up_addr, up_task) = raw_upstream(bad).await;
+    let p = proxy(ROUTE, &[up_addr]).await;
+    let (mut client, got) = raw_client(p.listen, &[]).await;
+    let (mut upstream, _) = within(up_task).await.unwrap();
+
+    let mut to_client = got;
+    within(client.read_to_end(&mut to_client)).await.unwrap();
+    assert_eq!(to_client[0], 0x88, "a close frame: {to_client:?}");
+    assert_eq!(to_client[1] & 0x80, 0, "unmasked toward the client");
+    assert_eq!(u16::from_be_bytes([to_client[2], to_client[3]]), 1002);
+
+    let mut to_upstream = Vec::new();
+    within(upstream.read_to_end(&mut to_upstream))
+        .await
+        .unwrap();
+    assert_eq!(to_upstream[0], 0x88, "a close frame: {to_upstream:?}");
+    assert_eq!(to_upstream[1] & 0x80, 0x80, "masked toward the upstream");
+    let m = metrics(&p).await;
+    assert_eq!(
+        metric(
+            &m,
+            r#"sigmesh_upstream_errors_total{route="raw",upstream="up",kind="protocol"}"#
+        ),
+        Some(1.0)
+    );
+}
