@@ -394,6 +394,25 @@ for p in peers:
     errs.append(str(e))
 md.append("| errors (all runs) | " + " | ".join(errs) + " |")
 res["ratios"] = ratios
+if repeat > 1:
+    # The spread of the repeated runs, so a reader can tell a difference from noise.
+    spread_rows = [("relay 100 × 200 B, round trips/s", "tp100"), ("relay 1,000 × 200 B, round trips/s", "tp1000"),
+                   ("relay 100 × 16 KiB, round trips/s", "tp16k"), ("latency p99, µs", "lat"),
+                   ("storm: handshakes/s", "storm")]
+    md += ["", f"## Run-to-run spread ({repeat} runs each)", "",
+           "Each cell: the lowest and highest of the runs, and how far apart they are relative to the median.", "",
+           "| measure | " + " | ".join(peers) + " |", "|---|" + "---:|" * len(peers)]
+    for name, k in spread_rows:
+        cells = []
+        for p in peers:
+            vals = get(p, k, "repeat", "values")
+            if not vals:
+                cells.append("–")
+                continue
+            lo, hi, mid = min(vals), max(vals), sorted(vals)[len(vals) // 2]
+            cells.append(f"{lo:,.0f}–{hi:,.0f} (±{(hi - lo) / 2 / mid * 100:.0f} %)" if mid else "–")
+        if any(c != "–" for c in cells):
+            md.append(f"| {name} | " + " | ".join(cells) + " |")
 if "limits_under_load" in res:
     l, m = res["limits_under_load"]["storm"], res["limits_under_load"]["memory"]
     refused = sum(l["refused"].values())
