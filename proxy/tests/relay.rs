@@ -335,3 +335,44 @@ async fn an_upstream_breaking_the_protocol_is_closed_both_ways_with_1002() {
         Some(1.0)
     );
 }
+
+#[tokio::test]
+async fn an_upstream_reset_is_counted_once_and_the_client_gets_1011() {
+    // The upstream resets its connection while the client keeps sending: the proxy may see a
+    // failed write toward the upstream and a reset read from it, in either order. The client
+    // gets one 1011, and the failure is counted once.
+    let (up_addr, up_task) = raw_upstream(Vec::new()).await;
+    let p = proxy(ROUTE, &[up_addr]).await;
+    let (mut client, got) = raw_client(p.listen, &[]).await;
+    let (mut upstream, rest) = within(up_task).await.unwrap();
+    let msg = frame(1, true, br#"{"type":"ping"}"#, Some(KEY));
+    client.write_all(&msg).await.unwrap();
+    let _ = read_exact(&mut upstream, rest, msg.len()).await;
+    upstream.set_zero_linger().unwrap();
+    drop(upstream); // RST
+    for _ in 0..20 {
+        if client.write_all(&msg).await.is_err() {
+            break;
+        }
+    }
+    let mut to_client = got;
+    let _ = within(client.read_to_end(&mut to_client)).await;
+    assert!(to_client.len() >= 4, "no close frame: {to_client:?}");
+    assert_eq!(to_client[0], 0x88);
+    assert_eq!(u16::from_be_bytes([to_client[2], to_client[3]]), 1011);
+    assert_eq!(
+        to_client.len(),
+        2 + usize::from(to_client[1]),
+        "exactly one close frame"
+    );
+    eventually(|| async { sessions(&p).await.is_empty() }).await;
+    let m = metrics(&p).await;
+    assert_eq!(
+        metric(
+            &m,
+            r#"sigmesh_upstream_errors_total{route="raw",upstream="up",kind="reset"}"#
+        ),
+        Some(1.0),
+        "{m}"
+    );
+}

@@ -122,6 +122,9 @@ struct Side {
     counters: DirCounters,
     /// The peer's close frame has come through this way.
     closed: bool,
+    /// (Upstream side) its failure has been counted and answered: later events of the same
+    /// failure (a failed write, then a reset read) are not counted again.
+    failed: bool,
     /// The signaling label of a deferred message read when it was decided.
     label: Option<&'static str>,
     /// The limit that cut the message now ending.
@@ -134,6 +137,7 @@ impl Side {
             reader: MessageReader::default(),
             counters: DirCounters::new(direction),
             closed: false,
+            failed: false,
             label: None,
             cut_by: None,
         }
@@ -430,11 +434,11 @@ pub(super) async fn run_session(
             }
             Wake::In(ev) => {
                 ending = true;
-                client_event(&cx, ev, &c_side, &u_side, &mut inbound, &mut outbound);
+                client_event(&cx, ev, &c_side, &mut u_side, &mut inbound, &mut outbound);
             }
             Wake::Out(ev) => {
                 ending = true;
-                upstream_event(&cx, ev, &c_side, &u_side, &mut inbound, &mut outbound);
+                upstream_event(&cx, ev, &c_side, &mut u_side, &mut inbound, &mut outbound);
             }
         }
         if ending && !was_ending {
@@ -478,7 +482,7 @@ fn client_event(
     cx: &SessionCx<'_>,
     ev: Event,
     c_side: &Side,
-    u_side: &Side,
+    u_side: &mut Side,
     inbound: &mut Way,
     outbound: &mut Way,
 ) {
@@ -515,7 +519,7 @@ fn upstream_event(
     cx: &SessionCx<'_>,
     ev: Event,
     c_side: &Side,
-    u_side: &Side,
+    u_side: &mut Side,
     inbound: &mut Way,
     outbound: &mut Way,
 ) {
@@ -528,6 +532,7 @@ fn upstream_event(
         }
         Event::ReaderClosed(c) => {
             tracing::debug!(session = cx.info.id, close = %c, "upstream broke the protocol");
+            u_side.failed = true;
             cx.shared
                 .metrics
                 .upstream_error(&cx.route.route.name, &cx.info.upstream, "protocol");
@@ -563,7 +568,11 @@ fn reader_closed(cx: &SessionCx<'_>, c: Closed, closed_way: &mut Way, other: &mu
 }
 
 /// The upstream is gone or failed mid-session: the client gets 1011.
-fn upstream_failed(cx: &SessionCx<'_>, kind: &'static str, u_side: &Side, outbound: &mut Way) {
+fn upstream_failed(cx: &SessionCx<'_>, kind: &'static str, u_side: &mut Side, outbound: &mut Way) {
+    if std::mem::replace(&mut u_side.failed, true) {
+        outbound.shut_when_flushed();
+        return;
+    }
     cx.shared
         .metrics
         .upstream_error(&cx.route.route.name, &cx.info.upstream, kind);
