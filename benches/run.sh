@@ -20,7 +20,7 @@ WARMUP=${BENCH_WARMUP:-1s}
 LAT_SESSIONS=${BENCH_LAT_SESSIONS:-100}
 LAT_RATE=${BENCH_LAT_RATE:-20}
 WINDOW=${BENCH_WINDOW:-4}
-MEM_SESSIONS=${BENCH_MEM_SESSIONS:-1000 10000}
+MEM_SESSIONS=${BENCH_MEM_SESSIONS:-1000 10000 50000}
 STORM_CONNECTORS=${BENCH_STORM_CONNECTORS:-50}
 STORM_DURATION=${BENCH_STORM_DURATION:-3s}
 LIMIT_RATE=${BENCH_LIMIT_RATE:-200}
@@ -80,14 +80,24 @@ NOFILE=$(ulimit -Hn)
 ((NOFILE > 1048576)) && NOFILE=1048576
 ulimit -n "$NOFILE"
 MAX_SESSIONS=$(((NOFILE - 200) / 2))
+CAP_WHY="hard file limit $NOFILE, 2 fds per proxied session"
+# Every proxy opens its upstream connections from 127.0.0.1 to one echo port: at most one per
+# ephemeral port (the client side spreads over BENCH_SOURCE_IPS instead).
+read -r PORT_LO PORT_HI < /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || PORT_LO=32768 PORT_HI=60999
+MAX_UPSTREAM=$((PORT_HI - PORT_LO + 1 - 2000))
+if ((MAX_UPSTREAM < MAX_SESSIONS)); then
+    MAX_SESSIONS=$MAX_UPSTREAM
+    CAP_WHY="ephemeral ports $PORT_LO-$PORT_HI for the upstream connections, all from 127.0.0.1"
+fi
 MEM_RUNS=()
 MEM_NOTE=""
 for n in $MEM_SESSIONS; do
     if ((n > MAX_SESSIONS)); then
-        MEM_NOTE="$MEM_NOTE $n sessions capped to $MAX_SESSIONS (hard file limit $NOFILE, 2 fds per proxied session);"
+        MEM_NOTE="$MEM_NOTE $n sessions capped to $MAX_SESSIONS ($CAP_WHY);"
         n=$MAX_SESSIONS
     fi
-    MEM_RUNS+=("$n")
+    # A cap can make two runs the same size: measure it once.
+    [[ " ${MEM_RUNS[*]} " == *" $n "* ]] || MEM_RUNS+=("$n")
 done
 
 make_tmp sigmesh-bench
