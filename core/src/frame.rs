@@ -692,16 +692,7 @@ impl FrameReader {
         if self.closed || self.frame.is_some() || self.hdr_len != 0 {
             return None;
         }
-        self.msg = None;
-        self.held = Vec::new();
-        self.held_ctrl = Vec::new();
-        self.text = Vec::new();
-        self.closed = true;
-        let mask = match self.cfg.direction {
-            Direction::ClientToServer => Some(self.cfg.mask_key),
-            Direction::ServerToClient => None,
-        };
-        Some(close_frame(code, reason, mask))
+        Some(self.end(code, reason))
     }
 
     /// Frees buffers that outgrew `keep` bytes while nothing is held in them, so a session that
@@ -721,18 +712,24 @@ impl FrameReader {
 
     /// Drops the current message and what is held, appends a close frame, and stops.
     fn close_now(&mut self, e: &mut Emit<'_>, code: u16, reason: &'static str) {
+        e.extra(&self.end(code, reason));
+        self.closing = Some(Closed { code, reason });
+    }
+
+    /// Drops the current frame, message and what is held, marks the direction closed, and
+    /// returns the close frame to send on (masked when the direction is).
+    fn end(&mut self, code: u16, reason: &str) -> Vec<u8> {
         self.msg = None;
         self.frame = None;
         self.held = Vec::new();
         self.held_ctrl = Vec::new();
         self.text = Vec::new();
+        self.closed = true;
         let mask = match self.cfg.direction {
             Direction::ClientToServer => Some(self.cfg.mask_key),
             Direction::ServerToClient => None,
         };
-        e.extra(&close_frame(code, reason, mask));
-        self.closed = true;
-        self.closing = Some(Closed { code, reason });
+        close_frame(code, reason, mask)
     }
 
     /// Checks a parsed header against the protocol and the state of the stream.

@@ -156,14 +156,7 @@ pub(super) async fn connect_upstream(
 /// RFC 6455 §4.1: the 101 must upgrade to websocket with the accept value of our key, and
 /// name no extension (none was offered).
 fn check_accept(h: &HeaderMap, key: &str) -> Result<(), UpstreamError> {
-    let has = |name: header::HeaderName, want: &str| {
-        h.get_all(name)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case(want))
-    };
-    if !has(header::UPGRADE, "websocket") || !has(header::CONNECTION, "upgrade") {
+    if !super::upgrades_to_websocket(h) {
         return Err(handshake_error("101 without Upgrade: websocket"));
     }
     let accept = h

@@ -46,15 +46,13 @@ use session::{Leg, run_session};
 
 /// Is this request a WebSocket upgrade?
 pub fn is_upgrade(req: &Request<Incoming>) -> bool {
-    let has_token = |name: header::HeaderName, token: &str| {
-        req.headers()
-            .get_all(name)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case(token))
-    };
-    has_token(header::UPGRADE, "websocket") && has_token(header::CONNECTION, "upgrade")
+    upgrades_to_websocket(req.headers())
+}
+
+/// `Upgrade: websocket` with `Connection: upgrade` (a request asking, or a 101 answering).
+fn upgrades_to_websocket(h: &HeaderMap) -> bool {
+    http_util::has_token(h, header::UPGRADE, "websocket")
+        && http_util::has_token(h, header::CONNECTION, "upgrade")
 }
 
 /// Handles an upgrade request on a `websocket:` route. With tracing on, the `ws.session`

@@ -164,23 +164,9 @@ impl Way {
         let closed = pushed.close;
         let mut failed = None;
         if !self.dst_failed {
-            let mut at = 0;
-            while at < out.len() {
-                match Pin::new(&mut *dst).poll_write(cx, &out[at..]) {
-                    Poll::Ready(Ok(0)) => {
-                        failed = Some(io::Error::from(io::ErrorKind::WriteZero));
-                        break;
-                    }
-                    Poll::Ready(Ok(n)) => at += n,
-                    Poll::Ready(Err(e)) => {
-                        failed = Some(e);
-                        break;
-                    }
-                    Poll::Pending => break,
-                }
-            }
-            if failed.is_none() && at < out.len() {
-                self.pending.extend_from_slice(&out[at..]);
+            match write_now(cx, dst, out) {
+                Ok(n) => self.pending.extend_from_slice(&out[n..]),
+                Err(e) => failed = Some(e),
             }
         }
         self.reader.trim(TRIM_AT);
@@ -202,12 +188,11 @@ impl Way {
         if self.dst_failed {
             return Poll::Ready(Ok(()));
         }
-        while self.pending_at < self.pending.len() {
-            let n = ready!(Pin::new(&mut *dst).poll_write(cx, &self.pending[self.pending_at..]))?;
-            if n == 0 {
-                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+        if self.pending_at < self.pending.len() {
+            self.pending_at += write_now(cx, dst, &self.pending[self.pending_at..])?;
+            if self.pending_at < self.pending.len() {
+                return Poll::Pending; // `dst`'s write waker is registered
             }
-            self.pending_at += n;
         }
         if !self.pending.is_empty() {
             // Only ever allocated under back-pressure: give it back.
@@ -221,4 +206,19 @@ impl Way {
         }
         Poll::Ready(Ok(()))
     }
+}
+
+/// Writes as much of `buf` as `dst` takes now; returns how much. When it is less than all, the
+/// task is registered to be woken once `dst` is writable again.
+fn write_now(cx: &mut Context<'_>, dst: &mut TcpStream, buf: &[u8]) -> io::Result<usize> {
+    let mut at = 0;
+    while at < buf.len() {
+        match Pin::new(&mut *dst).poll_write(cx, &buf[at..]) {
+            Poll::Ready(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
+            Poll::Ready(Ok(n)) => at += n,
+            Poll::Ready(Err(e)) => return Err(e),
+            Poll::Pending => break,
+        }
+    }
+    Ok(at)
 }

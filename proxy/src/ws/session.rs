@@ -116,6 +116,24 @@ struct SessionCx<'a> {
     trace: Option<&'a SessionTrace>,
 }
 
+impl SessionCx<'_> {
+    /// Reads a text message with this session's signaling config into its counts and metrics.
+    fn read<'t>(
+        &self,
+        reader: &mut MessageReader,
+        text: &'t str,
+        inbound: bool,
+    ) -> sigmesh_core::signal::Reading<'t> {
+        reader.read(
+            text,
+            self.signaling,
+            self.info,
+            &self.shared.metrics.signal,
+            inbound,
+        )
+    }
+}
+
 /// The state of one way's handler, kept for the session.
 struct Side {
     reader: MessageReader,
@@ -159,10 +177,7 @@ impl ClientSide<'_, '_> {
     /// them. Returns the message's own room.
     fn read(&mut self, text: &str) -> (&'static str, Option<String>) {
         let cx = self.cx;
-        let r = self
-            .side
-            .reader
-            .read(text, cx.signaling, cx.info, &cx.shared.metrics.signal, true);
+        let r = cx.read(&mut self.side.reader, text, true);
         note_room_and_peer(cx.info, &r);
         (r.label, r.room.map(|c| c.into_owned()))
     }
@@ -267,16 +282,7 @@ impl Handler for UpstreamSide<'_, '_> {
         let cx = self.cx;
         let label = match text {
             _ if !msg.text => "binary",
-            Some(t) => {
-                let r = self.side.reader.read(
-                    t,
-                    cx.signaling,
-                    cx.info,
-                    &cx.shared.metrics.signal,
-                    false,
-                );
-                r.label
-            }
+            Some(t) => cx.read(&mut self.side.reader, t, false).label,
             None => "text",
         };
         *self.last_activity = self.now;
