@@ -43,8 +43,6 @@
 
 use std::fmt;
 
-pub mod policy;
-
 /// Most bytes held back beyond the message limit: control frames after a held message's start.
 pub const HOLD_SLACK: usize = 4096;
 

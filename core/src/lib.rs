@@ -20,18 +20,27 @@
 //! - [`signal`]: reading signaling messages: kind, dialect, room, peer, ICE candidates, call setup.
 //! - [`ice`]: the RFC 8839 ICE candidate parser and scanner.
 //! - [`credentials`]: TURN REST API credentials (coturn `use-auth-secret`).
-//! - [`frame`]: the streaming WebSocket frame reader (boundaries, unmasking, cut points) and
-//!   the per-message policy of the Wasm filter.
+//! - [`frame`]: the streaming WebSocket frame reader (boundaries, unmasking, cut points).
+//! - [`compiled`]: a config compiled once for a front end (route table, splitters, parsed
+//!   upstream URLs, what the front end can serve).
+//! - [`request`]: **the request phase** — request facts in, one verdict out.
+//! - [`session`]: **the session phase** — one object per WebSocket, fed bytes and transport
+//!   events, returning what to forward and what happened.
+//! - [`label`]: the metric label values both front ends print.
 //! - [`turn`]: STUN/TURN reading for the TURN relay, peer-address policy, allocation table.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod bucket;
+pub mod compiled;
 pub mod config;
 pub mod credentials;
 pub mod frame;
 pub mod ice;
+pub mod label;
+pub mod request;
 pub mod route;
+pub mod session;
 pub mod signal;
 pub mod split;
 pub mod turn;

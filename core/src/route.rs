@@ -21,6 +21,12 @@ use crate::config::Route;
 pub trait Headers {
     /// The first value of header `name`, if present and valid UTF-8.
     fn get(&self, name: &str) -> Option<&str>;
+
+    /// Calls `each` with every value of header `name` (valid UTF-8 ones) until it returns
+    /// `true`; returns whether one did. The default sees the first value only.
+    fn any_value(&self, name: &str, each: &mut dyn FnMut(&str) -> bool) -> bool {
+        self.get(name).is_some_and(each)
+    }
 }
 
 // === impl Headers ===
@@ -28,6 +34,10 @@ pub trait Headers {
 impl<T: Headers + ?Sized> Headers for &T {
     fn get(&self, name: &str) -> Option<&str> {
         (**self).get(name)
+    }
+
+    fn any_value(&self, name: &str, each: &mut dyn FnMut(&str) -> bool) -> bool {
+        (**self).any_value(name, each)
     }
 }
 
@@ -57,11 +67,21 @@ impl Headers for [(String, String)] {
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_str())
     }
+
+    fn any_value(&self, name: &str, each: &mut dyn FnMut(&str) -> bool) -> bool {
+        self.iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .any(|(_, v)| each(v))
+    }
 }
 
 impl Headers for Vec<(String, String)> {
     fn get(&self, name: &str) -> Option<&str> {
         Headers::get(&self[..], name)
+    }
+
+    fn any_value(&self, name: &str, each: &mut dyn FnMut(&str) -> bool) -> bool {
+        self[..].any_value(name, each)
     }
 }
 

@@ -17,8 +17,9 @@ use sigmesh_core::route::host_without_port;
 
 use crate::metrics::{Metrics, Sink};
 use crate::settings::{Settings, parse};
-use crate::shared::{Family, SetError, Store, prepare};
+use crate::shared::{SetError, Store, prepare};
 use crate::stream::{Context as Cx, HeadersVerdict, Session, on_request_headers};
+use sigmesh_core::request::Bucket;
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
@@ -153,23 +154,23 @@ impl RootContext for Root {
         match parse(&bytes) {
             Ok(s) => {
                 // Create every shared bucket slot before traffic (see crate::shared).
-                let slots = s.filter.bucket_slots;
-                for r in &s.config.routes {
+                let buckets = s.buckets(&HostStore);
+                for (route, r) in s.compiled.config.routes.iter().enumerate() {
                     if r.limits.connections.is_some() {
-                        prepare(&HostStore, &Family::new("conn", &r.name, slots, s.seed));
+                        prepare(&HostStore, &buckets.family(Bucket::Connections { route }));
                     }
                     if r.limits.rooms.is_some() {
-                        prepare(&HostStore, &Family::new("room", &r.name, slots, s.seed));
+                        prepare(&HostStore, &buckets.family(Bucket::Rooms { route }));
                     }
                 }
-                if s.config.turn.is_some() {
-                    prepare(&HostStore, &Family::new("cred", "", slots, s.seed));
+                if s.compiled.config.turn.is_some() {
+                    prepare(&HostStore, &buckets.family(Bucket::Credentials));
                 }
                 log(
                     LogLevel::Info,
                     &format!(
                         "sigmesh: configured {} route(s), permessage-deflate {:?}",
-                        s.config.routes.len(),
+                        s.compiled.config.routes.len(),
                         s.filter.permessage_deflate
                     ),
                 );
@@ -312,6 +313,9 @@ impl HttpContext for Http {
     }
 
     fn on_http_response_body(&mut self, size: usize, _eos: bool) -> Action {
+        let Some(s) = self.settings.clone() else {
+            return Action::Continue;
+        };
         let Some(session) = self.session.as_mut() else {
             return Action::Continue;
         };
@@ -322,7 +326,7 @@ impl HttpContext for Http {
             .ok()
             .flatten()
             .unwrap_or_default();
-        let p = session.on_response_body(&mut self.sink, &chunk, now());
+        let p = session.on_response_body(&s, &HostStore, &mut self.sink, &chunk, now());
         if let Forward::Bytes(b) = p.forward {
             let _ =
                 hostcalls::set_buffer(proxy_wasm::types::BufferType::HttpResponseBody, 0, size, b);

@@ -17,9 +17,9 @@
 //! - `bucket_seed`: seed of the key → slot hash; default: a hash of the configuration text.
 
 use serde::Deserialize;
-use sigmesh_core::config::{Config, ConfigError, Sticky, load_filter};
-use sigmesh_core::route::RouteTable;
-use sigmesh_core::split::{Splitter, stable_hash};
+use sigmesh_core::compiled::{Capabilities, Compiled, DeflatePolicy};
+use sigmesh_core::config::{ConfigError, load_filter};
+use sigmesh_core::split::stable_hash;
 
 /// What to do with `permessage-deflate` offers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -57,15 +57,21 @@ impl Default for FilterSection {
 /// The most slots a bucket family may have.
 pub const MAX_SLOTS: u32 = 65_536;
 
+impl Deflate {
+    /// Core's policy for it.
+    pub fn policy(self) -> DeflatePolicy {
+        match self {
+            Deflate::Strip => DeflatePolicy::Strip,
+            Deflate::Keep => DeflatePolicy::Keep,
+        }
+    }
+}
+
 /// A validated plugin configuration, compiled.
 #[derive(Debug)]
 pub struct Settings {
-    /// The validated routes and turn section.
-    pub config: Config,
-    /// The compiled route table.
-    pub table: RouteTable,
-    /// Each route's split, in route order.
-    pub splitters: Vec<Splitter>,
+    /// The routes and turn section, compiled by core for the filter (route table, splitters).
+    pub compiled: Compiled,
     /// The `filter` section.
     pub filter: FilterSection,
     /// Seed of the key → slot hash.
@@ -89,31 +95,25 @@ pub fn parse(bytes: &[u8]) -> Result<Settings, Vec<String>> {
             filter.bucket_slots
         ));
     }
-    let mut splitters = Vec::with_capacity(config.routes.len());
-    for (i, r) in config.routes.iter().enumerate() {
-        if let Sticky::Message(_) = r.split.sticky {
-            errors.push(format!(
-                "routes[{i}].split.sticky: `message:` stickiness needs the first message before the \
-                 upstream is chosen, but Envoy chooses it from the request headers; use query:, \
-                 header: or cookie:"
-            ));
+    let compiled = match Compiled::new(
+        config,
+        Capabilities::filter(filter.permessage_deflate.policy()),
+    ) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            errors.extend(e.iter().map(ToString::to_string));
+            None
         }
-        match Splitter::from_upstreams(&r.upstreams) {
-            Ok(s) => splitters.push(s),
-            Err(e) => errors.push(format!("routes[{i}].upstreams: {e}")),
-        }
-    }
-    if !errors.is_empty() {
+    };
+    let Some(compiled) = compiled.filter(|_| errors.is_empty()) else {
         return Err(errors);
-    }
+    };
     let seed = match filter.bucket_seed {
         0 => stable_hash(text.as_bytes()),
         s => s,
     };
     Ok(Settings {
-        table: RouteTable::new(&config.routes),
-        config,
-        splitters,
+        compiled,
         filter,
         seed,
     })
@@ -170,12 +170,16 @@ mod tests {
     #[test]
     fn good_config_with_filter_section() {
         let s = parse(GOOD.as_bytes()).expect("valid");
-        assert_eq!(s.config.routes.len(), 1);
+        assert_eq!(s.compiled.routes.len(), 1);
         assert_eq!(s.filter.permessage_deflate, Deflate::Keep);
         assert_eq!(s.filter.bucket_slots, 64);
-        assert_eq!(s.splitters[0].len(), 2);
+        assert_eq!(s.compiled.routes[0].splitter.len(), 2);
         assert_eq!(
-            s.config.turn.as_ref().map(|t| t.credentials_path.as_str()),
+            s.compiled
+                .config
+                .turn
+                .as_ref()
+                .map(|t| t.credentials_path.as_str()),
             Some("/turn-credentials")
         );
     }

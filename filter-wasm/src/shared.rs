@@ -25,7 +25,9 @@
 use std::time::Duration;
 
 use sigmesh_core::bucket::{TokenBucket, Verdict};
+use sigmesh_core::compiled::Compiled;
 use sigmesh_core::config::Rate;
+use sigmesh_core::request::{Bucket, BucketStore};
 use sigmesh_core::split::stable_hash;
 
 /// CAS attempts before [`take`] gives up and allows.
@@ -137,6 +139,43 @@ pub fn take(store: &dyn Store, family: &Family, key: &str, rate: &Rate, now: Dur
         verdict: Verdict::Allow { remaining: 0 },
         retries,
         gave_up: true,
+    }
+}
+
+/// Core's [`BucketStore`] over a [`Store`]: each bucket set is a [`Family`] of slots.
+pub struct SharedBuckets<'a> {
+    /// The host's shared data.
+    pub store: &'a dyn Store,
+    /// The routes (their names key the families).
+    pub compiled: &'a Compiled,
+    /// `filter.bucket_slots`.
+    pub slots: u32,
+    /// Seed of the key → slot hash.
+    pub seed: u64,
+}
+
+impl SharedBuckets<'_> {
+    /// The family of `bucket`.
+    pub fn family(&self, bucket: Bucket) -> Family {
+        let name = |route: usize| {
+            self.compiled
+                .routes
+                .get(route)
+                .map_or("", |r| r.route.name.as_str())
+        };
+        match bucket {
+            Bucket::Connections { route } => {
+                Family::new("conn", name(route), self.slots, self.seed)
+            }
+            Bucket::Rooms { route } => Family::new("room", name(route), self.slots, self.seed),
+            Bucket::Credentials => Family::new("cred", "", self.slots, self.seed),
+        }
+    }
+}
+
+impl BucketStore for SharedBuckets<'_> {
+    fn take(&self, bucket: Bucket, key: &str, rate: &Rate, now: Duration) -> Verdict {
+        take(self.store, &self.family(bucket), key, rate, now).verdict
     }
 }
 

@@ -1,51 +1,40 @@
 //! One HTTP stream through the filter, host-independent: request headers in, a verdict out;
-//! body chunks in, the bytes to forward out. Every decision is core's; this file translates.
+//! body chunks in, the bytes to forward out. Every decision is core's
+//! ([`sigmesh_core::request::decide`], [`sigmesh_core::session::Session`]); this file
+//! translates them into proxy-wasm terms and records what they say in Envoy stats.
 //!
 //! ```text
-//! request headers ─► credentials path? ─► local 200/400/405/429
-//!                 ─► route (core RouteTable)? no ─► untouched
-//!                 ─► upgrade: origin (core) ─► 403
-//!                 ─► connection bucket (core TokenBucket in shared data, CAS) ─► 429 + headers
-//!                 ─► split (core Splitter, same hash as the proxy) ─► split header + route cache cleared
-//!                 ─► upgrade: strip permessage-deflate, start the frame readers
-//! request body   ─► core FrameReader (client → upstream) + core MessagePolicy ─► keep | cut | close
-//! response body  ─► core FrameReader (upstream → client) ─► counters
+//! request headers ─► core request phase ─► NoRoute: untouched (Envoy's own routes)
+//!                                       ─► Respond: local reply (403, 429, credentials, ...)
+//!                                       ─► Upgrade / Forward: split header + route cache cleared
+//! request body    ─► core session: client bytes   ─► keep | cut | close
+//! response body   ─► core session: upstream bytes ─► counters
 //! ```
 
 use std::time::Duration;
 
-use sigmesh_core::bucket::Verdict;
-use sigmesh_core::config::{Rate, Route};
-use sigmesh_core::frame::policy::{
-    Decision, MessagePolicy, RateLimited, Seen, connection_key, origin_allowed,
-};
-use sigmesh_core::frame::{
-    Action, FrameReader, Handler, MessageInfo, Pushed, close_code, strip_extension,
-};
-use sigmesh_core::route::{Headers, RequestHead};
-use sigmesh_core::signal::{query_param, sticky_key};
+use sigmesh_core::frame::Pushed;
+use sigmesh_core::label::{MessageDirection, Outcome, UpstreamErrorKind};
+use sigmesh_core::request::{self, Reply, RequestFacts, Verdict};
+use sigmesh_core::route::Headers;
+use sigmesh_core::session::{self, Event, Observer, SessionEnv, SessionOptions};
 
 use crate::metrics::{Metrics, Sink};
-use crate::settings::{Deflate, Settings};
-use crate::shared::{Family, Store, take};
+use crate::settings::Settings;
+use crate::shared::{SharedBuckets, Store};
 
-/// The default bucket of the credentials endpoint per client IP when no route lends one
-/// (the standalone proxy's default: 10 per second, burst 20).
-pub const CREDENTIALS_RATE: Rate = Rate {
-    rate: 10,
-    per: Duration::from_secs(1),
-    burst: 20,
-};
+pub use sigmesh_core::request::CREDENTIALS_RATE;
 
 /// Request headers as the host gives them (names lower-case, pseudo-headers included).
 pub struct HeaderList<'a>(pub &'a [(String, String)]);
 
 impl Headers for HeaderList<'_> {
     fn get(&self, name: &str) -> Option<&str> {
-        self.0
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        Headers::get(self.0, name)
+    }
+
+    fn any_value(&self, name: &str, each: &mut dyn FnMut(&str) -> bool) -> bool {
+        Headers::any_value(self.0, name, each)
     }
 }
 
@@ -82,12 +71,12 @@ pub enum HeadersVerdict {
         remove: Vec<String>,
         /// Whether a header that routing may look at changed (clear the route cache).
         reroute: bool,
-        /// The frame readers of a WebSocket upgrade.
+        /// The session of a WebSocket upgrade.
         session: Option<Box<Session>>,
     },
 }
 
-/// Decides on request headers (see the module docs).
+/// Decides on request headers: core's request phase, translated.
 pub fn on_request_headers(
     s: &Settings,
     store: &dyn Store,
@@ -101,203 +90,98 @@ pub fn on_request_headers(
         Some((p, q)) => (p, Some(q)),
         None => (full_path, None),
     };
-    let host = h.get(":authority").or_else(|| h.get("host"));
-    let head = RequestHead {
-        host,
+    let facts = RequestFacts {
+        method: h.get(":method").unwrap_or("GET"),
+        protocol: h.get(":protocol"),
+        host: h.get(":authority").or_else(|| h.get("host")),
         path,
+        query,
         headers: &h,
+        client_ip: cx.client_ip,
+        now: cx.now,
+        unix_secs: cx.now.as_secs(),
+        random: cx.random,
+        draining: false,
     };
+    let buckets = s.buckets(store);
+    let c = &s.compiled;
     let mut m = Metrics { sink };
-    let index = s.table.find(&head);
-    if let Some(turn) = &s.config.turn
-        && path == turn.credentials_path
-    {
-        return credentials(s, store, &mut m, &h, query, index, cx);
-    }
-    let Some(index) = index else {
-        return HeadersVerdict::Pass;
-    };
-    let (Some(route), Some(splitter)) = (s.config.routes.get(index), s.splitters.get(index)) else {
-        return HeadersVerdict::Pass;
-    };
-    let upgrade = route.websocket.is_some() && is_websocket_upgrade(&h);
-    if upgrade
-        && let Some(ws) = &route.websocket
-        && !origin_allowed(ws, h.get("origin"))
-    {
-        m.connection(&route.name, "", "forbidden");
-        return text(403, "origin not allowed");
-    }
-    if let Some(limited) = connection_limit(s, store, &mut m, route, &h, cx) {
-        return limited;
-    }
-    let sticky = sticky_key(&route.split.sticky, query, &h);
-    let split_header = route.override_header();
-    let pick = splitter.pick(
-        h.get(split_header),
-        sticky.as_deref().map(str::as_bytes),
-        cx.random,
-    );
-    let upstream = splitter.name(pick.index).unwrap_or_default().to_owned();
-    let mut set = vec![(split_header.to_owned(), upstream.clone())];
-    let mut remove = Vec::new();
-    let mut session = None;
-    if upgrade {
-        let offered = h
-            .get("sec-websocket-extensions")
-            .is_some_and(|v| strip_extension(v, "permessage-deflate").as_deref() != Some(v));
-        let deflate = match s.filter.permessage_deflate {
-            Deflate::Keep => offered,
-            Deflate::Strip => {
-                if offered && let Some(v) = h.get("sec-websocket-extensions") {
-                    match strip_extension(v, "permessage-deflate") {
-                        Some(rest) => set.push(("sec-websocket-extensions".into(), rest)),
-                        None => remove.push("sec-websocket-extensions".into()),
-                    }
-                }
-                false
+    match request::decide(c, &facts, &buckets, c) {
+        // Envoy's own routes take it.
+        Verdict::NoRoute => HeadersVerdict::Pass,
+        Verdict::Respond(reply) => respond(s, &mut m, reply),
+        // Refused at configuration (`Capabilities::filter`); never reached.
+        Verdict::AwaitFirstMessage(_) => HeadersVerdict::Pass,
+        Verdict::Forward(f) => HeadersVerdict::Proceed {
+            set: f.edits.set,
+            remove: f.edits.remove.into_iter().map(str::to_owned).collect(),
+            reroute: true,
+            session: None,
+        },
+        Verdict::Upgrade(u) => {
+            let route = &c.routes[u.route].route;
+            let session = Session {
+                route: u.route,
+                route_name: route.name.clone(),
+                upstream: route.upstreams[u.upstream].name.clone(),
+                core: session::Session::new(
+                    route,
+                    SessionOptions {
+                        sticky_room: u.room,
+                        deflate: u.deflate,
+                        mask_key: cx.random.to_le_bytes(),
+                        now: cx.now,
+                        read_dropped: false,
+                    },
+                ),
+                names: Names::default(),
+                open: false,
+                counted: false,
+            };
+            HeadersVerdict::Proceed {
+                set: u.edits.set,
+                remove: u.edits.remove.into_iter().map(str::to_owned).collect(),
+                reroute: true,
+                session: Some(Box::new(session)),
             }
-        };
-        session = Some(Box::new(Session::new(route, upstream, sticky, deflate, cx)));
-    }
-    HeadersVerdict::Proceed {
-        set,
-        remove,
-        reroute: true,
-        session,
+        }
     }
 }
 
-/// HTTP/1.1 `Upgrade: websocket`, or HTTP/2 extended CONNECT with `:protocol: websocket`.
-pub fn is_websocket_upgrade<H: Headers + ?Sized>(h: &H) -> bool {
-    let h1 = h.get("upgrade").is_some_and(|u| {
-        u.split(',')
-            .any(|t| t.trim().eq_ignore_ascii_case("websocket"))
-    });
-    let h2 = h.get(":method") == Some("CONNECT")
-        && h.get(":protocol")
-            .is_some_and(|p| p.eq_ignore_ascii_case("websocket"));
-    h1 || h2
-}
-
-fn text(status: u32, body: &str) -> HeadersVerdict {
-    HeadersVerdict::Respond {
-        status,
-        headers: vec![("content-type".into(), "text/plain; charset=utf-8".into())],
-        body: body.to_owned(),
+/// A local reply, counted (the one place the filter turns a refusal into metrics).
+fn respond(s: &Settings, m: &mut Metrics<'_>, reply: Reply) -> HeadersVerdict {
+    let route = reply
+        .route
+        .and_then(|i| s.compiled.routes.get(i))
+        .map_or("", |r| r.route.name.as_str());
+    if let Some(limit) = reply.limit() {
+        m.rate_limited(route, limit.as_str());
     }
-}
-
-fn too_many(rate: &Rate, retry_after: Duration) -> HeadersVerdict {
-    let mut headers: Vec<(String, String)> = RateLimited::new(rate, retry_after)
-        .headers()
+    if let Some(outcome) = reply.outcome() {
+        m.connection(route, "", outcome.as_str());
+    }
+    let mut headers: Vec<(String, String)> = reply
+        .headers
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
         .collect();
-    headers.push(("content-type".into(), "text/plain; charset=utf-8".into()));
+    headers.push(("content-type".into(), reply.content_type.into()));
     HeadersVerdict::Respond {
-        status: 429,
+        status: u32::from(reply.status),
         headers,
-        body: "rate limited".into(),
-    }
-}
-
-/// The route's connection bucket; `Some(429)` when it is empty.
-fn connection_limit(
-    s: &Settings,
-    store: &dyn Store,
-    m: &mut Metrics<'_>,
-    route: &Route,
-    h: &HeaderList<'_>,
-    cx: Context<'_>,
-) -> Option<HeadersVerdict> {
-    let limit = route.limits.connections.as_ref()?;
-    let key = connection_key(&limit.key, cx.client_ip, h);
-    let family = Family::new("conn", &route.name, s.filter.bucket_slots, s.seed);
-    match take(store, &family, &key, &limit.rate, cx.now).verdict {
-        Verdict::Allow { .. } => None,
-        Verdict::Limited { retry_after } => {
-            m.rate_limited(&route.name, "connections");
-            m.connection(&route.name, "", "rate_limited");
-            Some(too_many(&limit.rate, retry_after))
-        }
-    }
-}
-
-/// `GET {credentials_path}?user=ID`: a TURN REST credential (core), as the standalone proxy
-/// answers it, rate-limited by the matching route's connection bucket or the default one.
-fn credentials(
-    s: &Settings,
-    store: &dyn Store,
-    m: &mut Metrics<'_>,
-    h: &HeaderList<'_>,
-    query: Option<&str>,
-    index: Option<usize>,
-    cx: Context<'_>,
-) -> HeadersVerdict {
-    let Some(turn) = &s.config.turn else {
-        return HeadersVerdict::Pass;
-    };
-    let method = h.get(":method").unwrap_or("GET");
-    if method != "GET" && method != "HEAD" {
-        let mut r = text(405, "method not allowed");
-        if let HeadersVerdict::Respond { headers, .. } = &mut r {
-            headers.push(("allow".into(), "GET, HEAD".into()));
-        }
-        return r;
-    }
-    let route = index.and_then(|i| s.config.routes.get(i));
-    if let Some(route) = route
-        && route.limits.connections.is_some()
-    {
-        if let Some(limited) = connection_limit(s, store, m, route, h, cx) {
-            return limited;
-        }
-    } else {
-        let family = Family::new("cred", "", s.filter.bucket_slots, s.seed);
-        if let Verdict::Limited { retry_after } =
-            take(store, &family, cx.client_ip, &CREDENTIALS_RATE, cx.now).verdict
-        {
-            m.rate_limited(route.map_or("", |r| r.name.as_str()), "credentials");
-            return too_many(&CREDENTIALS_RATE, retry_after);
-        }
-    }
-    let user = query
-        .and_then(|q| query_param(q, "user"))
-        .unwrap_or_default();
-    let (status, body) = match sigmesh_core::credentials::credential(
-        &turn.secret,
-        &user,
-        cx.now.as_secs(),
-        turn.ttl,
-        &turn.uris,
-    ) {
-        Ok(c) => (200, serde_json::to_string(&c).unwrap_or_default()),
-        Err(e) => (
-            400,
-            serde_json::json!({ "error": format!("{e}: pass ?user=ID") }).to_string(),
-        ),
-    };
-    HeadersVerdict::Respond {
-        status,
-        headers: vec![
-            ("content-type".into(), "application/json".into()),
-            ("cache-control".into(), "no-store".into()),
-        ],
-        body,
+        body: reply.body,
     }
 }
 
 // === impl Session ===
 
-/// The frame readers and message policy of one upgraded stream.
+/// One upgraded stream: core's session, and the stat names it has resolved.
 #[derive(Debug)]
 pub struct Session {
-    route: String,
+    route: usize,
+    route_name: String,
     upstream: String,
-    policy: MessagePolicy,
-    client: FrameReader,
-    server: FrameReader,
+    core: session::Session,
     /// Stat names of this session's message counters, built once each.
     names: Names,
     /// The upgrade succeeded (101, or 200 to an extended CONNECT).
@@ -307,28 +191,6 @@ pub struct Session {
 }
 
 impl Session {
-    fn new(
-        route: &Route,
-        upstream: String,
-        sticky: Option<String>,
-        deflate: bool,
-        cx: Context<'_>,
-    ) -> Self {
-        let policy = MessagePolicy::new(route, sticky, cx.now);
-        let client = FrameReader::new(policy.client_reader(deflate, cx.random.to_le_bytes()));
-        let server = FrameReader::new(policy.upstream_reader(deflate));
-        Session {
-            route: route.name.clone(),
-            upstream,
-            policy,
-            client,
-            server,
-            names: Names::default(),
-            open: false,
-            counted: false,
-        }
-    }
-
     /// The upstream the split picked.
     pub fn upstream(&self) -> &str {
         &self.upstream
@@ -336,20 +198,21 @@ impl Session {
 
     /// The route's name.
     pub fn route(&self) -> &str {
-        &self.route
+        &self.route_name
     }
 
     /// The response headers arrived with `status`.
     pub fn on_response_headers(&mut self, status: Option<u32>, sink: &mut dyn Sink) {
         let mut m = Metrics { sink };
+        let (route, upstream) = (&self.route_name, &self.upstream);
         if matches!(status, Some(101) | Some(200)) {
             self.open = true;
             self.counted = true;
-            m.connection(&self.route, &self.upstream, "accepted");
-            m.active(&self.route, &self.upstream, 1);
+            m.connection(route, upstream, Outcome::Accepted.as_str());
+            m.active(route, upstream, 1);
         } else {
-            m.connection(&self.route, &self.upstream, "upstream_error");
-            m.upstream_error(&self.route, &self.upstream, "handshake");
+            m.connection(route, upstream, Outcome::UpstreamError.as_str());
+            m.upstream_error(route, upstream, UpstreamErrorKind::Handshake.as_str());
         }
     }
 
@@ -362,51 +225,51 @@ impl Session {
         chunk: &[u8],
         now: Duration,
     ) -> Pushed<'s> {
-        let mut h = ClientSide {
-            settings: s,
-            route: &self.route,
-            upstream: &self.upstream,
-            policy: &mut self.policy,
-            names: &mut self.names,
-            store,
-            m: Metrics { sink },
+        let buckets = s.buckets(store);
+        let env = SessionEnv {
+            route: &s.compiled.routes[self.route].route,
+            route_index: self.route,
+            buckets: &buckets,
             now,
         };
-        let p = self.client.push(chunk, &mut h);
-        if let Some(c) = p.close
-            && c.code == close_code::TOO_BIG
-        {
-            h.m.rate_limited(&self.route, "message_size");
-        }
-        p
+        let mut obs = Record {
+            m: Metrics { sink },
+            names: &mut self.names,
+            route: &self.route_name,
+            upstream: &self.upstream,
+        };
+        self.core.client_bytes(chunk, &env, &mut obs)
     }
 
     /// A chunk of upstream bytes; returns what to forward.
     pub fn on_response_body<'s>(
         &'s mut self,
+        s: &Settings,
+        store: &dyn Store,
         sink: &mut dyn Sink,
         chunk: &[u8],
         now: Duration,
     ) -> Pushed<'s> {
-        let mut h = ServerSide {
-            route: &self.route,
-            upstream: &self.upstream,
-            policy: &mut self.policy,
-            names: &mut self.names,
-            m: Metrics { sink },
+        let buckets = s.buckets(store);
+        let env = SessionEnv {
+            route: &s.compiled.routes[self.route].route,
+            route_index: self.route,
+            buckets: &buckets,
             now,
         };
-        let p = self.server.push(chunk, &mut h);
-        if p.close.is_some() {
-            h.m.upstream_error(&self.route, &self.upstream, "protocol");
-        }
-        p
+        let mut obs = Record {
+            m: Metrics { sink },
+            names: &mut self.names,
+            route: &self.route_name,
+            upstream: &self.upstream,
+        };
+        self.core.upstream_bytes(chunk, &env, &mut obs)
     }
 
     /// The stream is over.
     pub fn on_end(&mut self, sink: &mut dyn Sink) {
         if std::mem::take(&mut self.counted) {
-            Metrics { sink }.active(&self.route, &self.upstream, -1);
+            Metrics { sink }.active(&self.route_name, &self.upstream, -1);
         }
     }
 
@@ -416,18 +279,28 @@ impl Session {
     }
 }
 
-/// Counts a message; its ICE candidates only on the way in (each candidate leaves one client
-/// once; the signaling server relays it back out to the other peers).
+impl Settings {
+    /// The bucket store over the host's shared data.
+    pub fn buckets<'a>(&'a self, store: &'a dyn Store) -> SharedBuckets<'a> {
+        SharedBuckets {
+            store,
+            compiled: &self.compiled,
+            slots: self.filter.bucket_slots,
+            seed: self.seed,
+        }
+    }
+}
+
 /// `sigmesh.messages_total` stat names by (direction, type), built on first use.
 #[derive(Debug, Default)]
-struct Names(Vec<(&'static str, &'static str, String)>);
+struct Names(Vec<(MessageDirection, &'static str, String)>);
 
 impl Names {
     fn message(
         &mut self,
         route: &str,
         upstream: &str,
-        dir: &'static str,
+        dir: MessageDirection,
         label: &'static str,
     ) -> &str {
         let i = match self.0.iter().position(|(d, l, _)| *d == dir && *l == label) {
@@ -438,7 +311,7 @@ impl Names {
                     &[
                         ("route", route),
                         ("upstream", upstream),
-                        ("direction", dir),
+                        ("direction", dir.as_str()),
                         ("type", label),
                     ],
                 );
@@ -450,92 +323,44 @@ impl Names {
     }
 }
 
-fn count_seen(
-    m: &mut Metrics<'_>,
-    names: &mut Names,
-    (route, upstream): (&str, &str),
-    dir: &'static str,
-    seen: Seen,
-) {
-    m.sink
-        .counter(names.message(route, upstream, dir, seen.label), 1);
-    if dir == "in" {
-        for (kind, protocol) in seen.candidates {
-            m.ice(route, kind, protocol, 1);
-        }
-    }
-    if let Some(d) = seen.setup {
-        m.call_setup(
-            route,
-            upstream,
-            u64::try_from(d.as_millis()).unwrap_or(u64::MAX),
-        );
-    }
-}
-
-struct ClientSide<'a> {
-    settings: &'a Settings,
+/// A session's events as Envoy stats (the one place the filter records them).
+struct Record<'a> {
+    m: Metrics<'a>,
+    names: &'a mut Names,
     route: &'a str,
     upstream: &'a str,
-    policy: &'a mut MessagePolicy,
-    names: &'a mut Names,
-    store: &'a dyn Store,
-    m: Metrics<'a>,
-    now: Duration,
 }
 
-impl Handler for ClientSide<'_> {
-    fn decide(&mut self, _: &MessageInfo, text: Option<&str>) -> Action {
-        let (settings, store, now, route) = (self.settings, self.store, self.now, self.route);
-        let mut take_room = |room: &str, rate: &Rate| {
-            let family = Family::new("room", route, settings.filter.bucket_slots, settings.seed);
-            take(store, &family, room, rate, now).verdict
-        };
-        let d = self.policy.decide(text, now, &mut take_room);
-        match d {
-            Decision::Forward => {}
-            Decision::Drop(l) | Decision::Close(l) => self.m.rate_limited(self.route, l.label()),
+impl Observer for Record<'_> {
+    fn event(&mut self, e: Event<'_>) {
+        let (route, upstream) = (self.route, self.upstream);
+        match e {
+            Event::Message {
+                direction,
+                kind,
+                forwarded: true,
+                ..
+            } => {
+                let name = self
+                    .names
+                    .message(route, upstream, direction, kind.as_str());
+                self.m.sink.counter(name, 1);
+            }
+            Event::Candidates {
+                direction: MessageDirection::In,
+                kind,
+                protocol,
+                count,
+            } => self.m.ice(route, kind.as_str(), protocol.as_str(), count),
+            Event::CallSetup { took, .. } => self.m.call_setup(
+                route,
+                upstream,
+                u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
+            ),
+            Event::Limited(limit) => self.m.rate_limited(route, limit.as_str()),
+            Event::UpstreamError(kind) => self.m.upstream_error(route, upstream, kind.as_str()),
+            _ => {}
         }
-        d.action()
-    }
-
-    fn done(&mut self, msg: &MessageInfo, text: Option<&str>, forwarded: bool) {
-        let seen = self.policy.client_message(msg, text, self.now);
-        if forwarded {
-            count_seen(
-                &mut self.m,
-                self.names,
-                (self.route, self.upstream),
-                "in",
-                seen,
-            );
-        }
-    }
-}
-
-struct ServerSide<'a> {
-    route: &'a str,
-    upstream: &'a str,
-    policy: &'a mut MessagePolicy,
-    names: &'a mut Names,
-    m: Metrics<'a>,
-    now: Duration,
-}
-
-impl Handler for ServerSide<'_> {
-    fn decide(&mut self, _: &MessageInfo, _: Option<&str>) -> Action {
-        Action::Forward
-    }
-
-    fn done(&mut self, msg: &MessageInfo, text: Option<&str>, _: bool) {
-        let seen = self.policy.upstream_message(msg, text, self.now);
-        count_seen(
-            &mut self.m,
-            self.names,
-            (self.route, self.upstream),
-            "out",
-            seen,
-        );
     }
 }
 
@@ -585,6 +410,11 @@ mod tests {
         if upgrade {
             h.push(("upgrade".into(), "websocket".into()));
             h.push(("connection".into(), "upgrade".into()));
+            h.push((
+                "sec-websocket-key".into(),
+                "dGhlIHNhbXBsZSBub25jZQ==".into(),
+            ));
+            h.push(("sec-websocket-version".into(), "13".into()));
         }
         h.extend(more.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
         h

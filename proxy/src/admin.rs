@@ -11,7 +11,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
 use crate::http_util::{self, Body};
-use crate::state::Shared;
+use crate::state::{ReweightError, Shared};
 
 /// Largest admin request body.
 const MAX_BODY: usize = 64 * 1024;
@@ -49,7 +49,7 @@ pub async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
             }
         }
         (&Method::GET, "/metrics") => {
-            let mut r = Response::new(http_util::full(shared.metrics.encode()));
+            let mut r = Response::new(http_util::full(shared.metrics().encode()));
             r.headers_mut().insert(
                 http::header::CONTENT_TYPE,
                 http::HeaderValue::from_static(
@@ -60,13 +60,14 @@ pub async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
         }
         (&Method::GET, "/turn/allocations") => http_util::json(
             StatusCode::OK,
-            serde_json::to_string(&shared.turn.view(shared)).unwrap_or_else(|_| "[]".into()),
+            serde_json::to_string(&shared.turn().view(shared.sessions()))
+                .unwrap_or_else(|_| "[]".into()),
         ),
         (_, "/turn/allocations") => {
             http_util::text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
         }
         (&Method::GET, "/sessions") => {
-            let all = shared.sessions.all();
+            let all = shared.sessions().all();
             let views: Vec<_> = all.iter().map(|s| s.snapshot()).collect();
             http_util::json(
                 StatusCode::OK,
@@ -74,7 +75,7 @@ pub async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
             )
         }
         (&Method::GET, "/config") => {
-            let cfg = shared.runtime.load().effective_config();
+            let cfg = shared.runtime().effective_config();
             match serde_json::to_string_pretty(&cfg) {
                 Ok(s) => http_util::json(StatusCode::OK, s),
                 Err(e) => http_util::text(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
@@ -107,13 +108,6 @@ fn bad(reason: &str) -> Response<Body> {
 /// their weight. New sessions use the new weights; live ones keep their upstream. A reload of
 /// the config file resets the weights to the file's.
 fn set_weights(shared: &Shared, route: &str, body: &[u8]) -> Response<Body> {
-    let runtime = shared.runtime.load();
-    let Some(rt) = runtime.route(route) else {
-        return http_util::json(
-            StatusCode::NOT_FOUND,
-            serde_json::json!({ "error": format!("no route named `{route}`") }).to_string(),
-        );
-    };
     let requested: BTreeMap<String, u32> = match serde_json::from_slice(body) {
         Ok(m) => m,
         Err(e) => {
@@ -122,16 +116,19 @@ fn set_weights(shared: &Shared, route: &str, body: &[u8]) -> Response<Body> {
             ));
         }
     };
-    match rt.splitter.load().reweighted(&requested) {
-        Ok(next) => {
-            let weights: BTreeMap<String, u32> = next.weights().into_iter().collect();
-            rt.splitter.store(Arc::new(next));
+    match shared.runtime().reweight(route, &requested) {
+        Ok(weights) => {
+            let weights: BTreeMap<String, u32> = weights.into_iter().collect();
             tracing::info!(route, ?weights, "weights changed");
             http_util::json(
                 StatusCode::OK,
                 serde_json::to_string(&weights).unwrap_or_default(),
             )
         }
+        Err(e @ ReweightError::NoRoute(_)) => http_util::json(
+            StatusCode::NOT_FOUND,
+            serde_json::json!({ "error": e.to_string() }).to_string(),
+        ),
         Err(e) => bad(&format!("route `{route}`: {e}")),
     }
 }

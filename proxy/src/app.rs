@@ -4,21 +4,57 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use sigmesh_core::compiled::CompileError;
 use sigmesh_core::config::Config;
 use tokio::net::TcpListener;
 
 use crate::state::{Runtime, Shared, Tuning};
 
-/// Why the proxy could not run (exit code 2).
+/// Why the proxy could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
+    /// A listener could not bind (exit code 2).
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    /// The config is valid but this build cannot serve it (exit code 1).
+    #[error("{}", Lines(.0))]
+    Compile(Vec<CompileError>),
+    /// The config does not load (exit code 1).
     #[error("{0}")]
-    Config(String),
+    Config(#[from] sigmesh_core::config::ConfigErrors),
+}
+
+impl RunError {
+    /// The process exit code for it (the contract's: 1 bad config, 2 runtime failure).
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            RunError::Bind { .. } => 2,
+            RunError::Compile(_) | RunError::Config(_) => 1,
+        }
+    }
+}
+
+/// Compile errors, one per line.
+struct Lines<'a>(&'a [CompileError]);
+
+impl std::fmt::Display for Lines<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Whether this build can serve `config` (`sigmesh check` runs this after the schema check).
+pub fn check(config: &Config) -> Result<(), Vec<CompileError>> {
+    Runtime::new(config.clone(), None).map(|_| ())
 }
 
 /// A running proxy: its bound addresses and the handle to stop it.
@@ -41,6 +77,8 @@ impl Proxy {
         config_path: Option<PathBuf>,
         tuning: Tuning,
     ) -> Result<Proxy, RunError> {
+        let runtime = Runtime::new(config, None).map_err(RunError::Compile)?;
+        let config = runtime.config().clone();
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|source| RunError::Bind {
@@ -73,22 +111,22 @@ impl Proxy {
             )),
             None => None,
         };
-        let runtime = Runtime::new(config, None).map_err(RunError::Config)?;
         let shared = Shared::new(runtime, config_path, tuning);
         let listen = listener.local_addr().map_err(|source| RunError::Bind {
-            addr: shared.runtime.load().config.listen,
+            addr: config.listen,
             source,
         })?;
         let admin = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
         let mut tasks = tokio::task::JoinSet::new();
-        tasks.spawn(crate::server::serve(shared.clone(), listener));
+        tasks.spawn(crate::listener::serve(shared.clone(), listener));
         if let Some(l) = admin_listener {
             tasks.spawn(crate::admin::serve(shared.clone(), l));
         }
         tasks.spawn(crate::reload::watch(shared.clone()));
         if let Some((bound, relay, secret)) = turn_relay {
             tasks.spawn(crate::turn_relay::serve(
-                shared.clone(),
+                shared.turn().clone(),
+                shared.drain_token(),
                 bound,
                 relay,
                 Some(secret),
@@ -105,22 +143,20 @@ impl Proxy {
     /// Drains: readiness 503, listener closed, sessions closed with 1001; returns when no
     /// session is left or at `drain_timeout`. Then stops every task.
     pub async fn drain(mut self) {
-        let timeout = self.shared.runtime.load().config.shutdown.drain_timeout;
+        let timeout = self.shared.runtime().config().shutdown.drain_timeout;
         self.shared.start_drain();
-        tracing::info!(sessions = self.shared.sessions.len(), ?timeout, "draining");
-        if tokio::time::timeout(timeout, self.shared.sessions.wait_empty())
+        let sessions = self.shared.sessions();
+        tracing::info!(sessions = sessions.len(), ?timeout, "draining");
+        if tokio::time::timeout(timeout, sessions.wait_empty())
             .await
             .is_err()
         {
-            tracing::warn!(
-                left = self.shared.sessions.len(),
-                "drain timeout; closing the rest"
-            );
+            tracing::warn!(left = sessions.len(), "drain timeout; closing the rest");
         }
         self.tasks.abort_all();
         while self.tasks.join_next().await.is_some() {}
         // The sessions' spans have ended: export what is queued.
-        self.shared.telemetry.shutdown().await;
+        self.shared.telemetry().shutdown().await;
     }
 }
 

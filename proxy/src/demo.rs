@@ -74,8 +74,7 @@ impl Demo {
             .replace("{ADMIN}", &admin.to_string())
             .replace("{STABLE}", &stable.local_addr.to_string())
             .replace("{CANARY}", &canary.local_addr.to_string());
-        let config =
-            sigmesh_core::config::load(&text).map_err(|e| RunError::Config(e.to_string()))?;
+        let config = sigmesh_core::config::load(&text)?;
         let proxy = Proxy::start(config, None).await?;
         Ok(Demo {
             proxy,

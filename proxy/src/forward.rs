@@ -13,9 +13,11 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
+use sigmesh_core::label::UpstreamErrorKind;
+use sigmesh_core::request::Forward;
+
 use crate::http_util::{self, Body};
-use crate::state::{RouteRuntime, Shared};
-use crate::upstream::Target;
+use crate::state::{Runtime, Shared};
 
 /// Upstream TCP connect must finish within this.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -49,21 +51,22 @@ impl Forwarder {
     pub async fn forward(
         &self,
         shared: &Shared,
-        route: &RouteRuntime,
+        runtime: &Runtime,
+        fwd: Forward,
         req: Request<Incoming>,
         client: SocketAddr,
     ) -> Response<Body> {
         let trace = shared
-            .telemetry
+            .telemetry()
             .http_request(&crate::telemetry::RequestInfo {
-                route: &route.route.name,
+                route: &runtime.route(fwd.route).route.name,
                 method: req.method().as_str(),
                 path: req.uri().path(),
                 headers: req.headers(),
                 client,
             });
         let resp = self
-            .forward_traced(shared, route, req, client, trace.as_ref())
+            .forward_traced(shared, runtime, &fwd, req, client, trace.as_ref())
             .await;
         if let Some(t) = trace {
             t.finish(resp.status().as_u16());
@@ -74,57 +77,37 @@ impl Forwarder {
     async fn forward_traced(
         &self,
         shared: &Shared,
-        route: &RouteRuntime,
+        runtime: &Runtime,
+        fwd: &Forward,
         mut req: Request<Incoming>,
         client: SocketAddr,
         trace: Option<&crate::telemetry::RequestTrace>,
     ) -> Response<Body> {
-        let rname = route.route.name.as_str();
-        let override_name = req
-            .headers()
-            .get(route.route.override_header())
-            .and_then(|v| v.to_str().ok());
-        let sticky = sigmesh_core::signal::sticky_key(
-            &route.route.split.sticky,
-            req.uri().query(),
-            &http_util::HeaderView(req.headers()),
-        );
-        let pick = route.splitter.load().pick(
-            override_name,
-            sticky.as_deref().map(str::as_bytes),
-            rand::random(),
-        );
-        let up = &route.route.upstreams[pick.index];
-        let uname = up.name.as_str();
+        let compiled = runtime.route(fwd.route);
+        let route = &compiled.route;
+        let rname = route.name.as_str();
+        let uname = route.upstreams[fwd.upstream].name.as_str();
+        let metrics = shared.metrics();
         if let Some(t) = trace {
             t.picked(uname);
         }
-        let target = match up.url.as_deref().map(Target::parse) {
-            Some(Ok(t)) if !t.tls => t,
-            Some(Ok(_)) => {
-                if let Some(t) = trace {
-                    t.error("config");
-                }
-                shared.metrics.upstream_error(rname, uname, "config");
-                return http_util::text(
-                    StatusCode::BAD_GATEWAY,
-                    "https upstreams are not supported in this build",
-                );
+        let failed = |kind: UpstreamErrorKind| {
+            if let Some(t) = trace {
+                t.error(kind.as_str());
             }
-            _ => {
-                if let Some(t) = trace {
-                    t.error("config");
-                }
-                shared.metrics.upstream_error(rname, uname, "config");
-                return http_util::text(StatusCode::BAD_GATEWAY, "bad upstream url");
-            }
+            metrics.upstream_error(rname, uname, kind);
+        };
+        // `Compiled` parsed every URL and refused https:// for this build.
+        let Some(target) = compiled.targets[fwd.upstream].as_ref() else {
+            failed(UpstreamErrorKind::Config);
+            return http_util::text(StatusCode::BAD_GATEWAY, "bad upstream url");
         };
         let pq = req
             .uri()
             .path_and_query()
             .map(|p| p.as_str())
             .unwrap_or("/");
-        let uri = target.request_uri("http", route.route.matcher.path_prefix.as_deref(), pq);
+        let uri = target.request_uri("http", route.matcher.path_prefix.as_deref(), pq);
         let Ok(uri) = uri.parse::<Uri>() else {
             return http_util::text(StatusCode::BAD_REQUEST, "bad request path");
         };
@@ -132,6 +115,7 @@ impl Forwarder {
         *req.uri_mut() = uri;
         let h = req.headers_mut();
         http_util::strip_hop_by_hop(h);
+        http_util::apply_edits(h, &fwd.edits);
         h.remove(header::HOST);
         if let Some(host) = original_host {
             h.insert("x-forwarded-host", host);
@@ -151,8 +135,7 @@ impl Forwarder {
                     400..=499 => "4xx",
                     _ => "5xx",
                 };
-                shared
-                    .metrics
+                metrics
                     .http_requests
                     .get_or_create(&crate::metrics::ConnLabels {
                         route: rname.to_owned(),
@@ -164,21 +147,21 @@ impl Forwarder {
             }
             Ok(Err(e)) => {
                 tracing::warn!(route = rname, upstream = uname, error = %e, "upstream request failed");
-                let kind = if e.is_connect() { "connect" } else { "reset" };
-                if let Some(t) = trace {
-                    t.error(kind);
-                }
-                shared.metrics.upstream_error(rname, uname, kind);
+                let kind = if e.is_connect() {
+                    UpstreamErrorKind::Connect
+                } else {
+                    UpstreamErrorKind::Reset
+                };
+                failed(kind);
                 let mut r = http_util::text(StatusCode::BAD_GATEWAY, "upstream request failed");
-                r.headers_mut()
-                    .insert("x-sigmesh-upstream-error", HeaderValue::from_static(kind));
+                r.headers_mut().insert(
+                    "x-sigmesh-upstream-error",
+                    HeaderValue::from_static(kind.as_str()),
+                );
                 r
             }
             Err(_) => {
-                if let Some(t) = trace {
-                    t.error("timeout");
-                }
-                shared.metrics.upstream_error(rname, uname, "timeout");
+                failed(UpstreamErrorKind::Timeout);
                 http_util::text(StatusCode::GATEWAY_TIMEOUT, "upstream timed out")
             }
         }

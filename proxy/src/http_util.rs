@@ -54,12 +54,7 @@ pub const HOP_BY_HOP: [HeaderName; 8] = [
 
 /// Whether a comma-separated header (`Connection`, `Upgrade`, ...) lists `token`, in any case.
 pub fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
-    headers
-        .get_all(name)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
+    sigmesh_core::request::has_token(&HeaderView(headers), name.as_str(), token)
 }
 
 /// Removes hop-by-hop headers, including those named by `Connection`.
@@ -114,5 +109,28 @@ pub struct HeaderView<'a>(pub &'a HeaderMap);
 impl sigmesh_core::route::Headers for HeaderView<'_> {
     fn get(&self, name: &str) -> Option<&str> {
         self.0.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    fn any_value(&self, name: &str, each: &mut dyn FnMut(&str) -> bool) -> bool {
+        self.0
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(each)
+    }
+}
+
+/// Applies core's header changes to a request going upstream.
+pub fn apply_edits(headers: &mut HeaderMap, edits: &sigmesh_core::request::HeaderEdits) {
+    for name in &edits.remove {
+        headers.remove(*name);
+    }
+    for (name, value) in &edits.set {
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            headers.insert(n, v);
+        }
     }
 }

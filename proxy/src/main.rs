@@ -83,13 +83,22 @@ fn read_config(path: &PathBuf) -> Result<sigmesh_core::config::Config, ExitCode>
             return Err(ExitCode::from(1));
         }
     };
-    sigmesh_core::config::load(&text).map_err(|errors| {
+    let config = sigmesh_core::config::load(&text).map_err(|errors| {
         eprintln!("{}: {} error(s):", path.display(), errors.0.len());
         for e in &errors.0 {
             eprintln!("  {}: {e}", path.display());
         }
         ExitCode::from(1)
-    })
+    })?;
+    // Valid, but can this build serve it (a wss:// upstream without TLS, ...)?
+    sigmesh::app::check(&config).map_err(|errors| {
+        eprintln!("{}: {} error(s):", path.display(), errors.len());
+        for e in &errors {
+            eprintln!("  {}: {e}", path.display());
+        }
+        ExitCode::from(1)
+    })?;
+    Ok(config)
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
@@ -126,7 +135,7 @@ fn main() -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("error: {e}");
-                    ExitCode::from(2)
+                    ExitCode::from(e.exit_code())
                 }
             }
         }
@@ -136,9 +145,7 @@ fn main() -> ExitCode {
             ttl,
             uris,
         } => {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
+            let now = sigmesh::clock::unix_secs();
             match sigmesh_core::credentials::credential(&secret, &user, now, ttl, &uris) {
                 Ok(c) => {
                     println!("{}", serde_json::to_string(&c).unwrap_or_default());

@@ -12,6 +12,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+use sigmesh_core::label::{LimitKind, Outcome, UpstreamErrorKind};
 
 /// `route, upstream, outcome`
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -86,7 +87,7 @@ pub struct Metrics {
     /// `sigmesh_trace_*`: spans exported and dropped, message events over the cap.
     pub trace: crate::telemetry::TraceMetrics,
     /// `sigmesh_turn_*`: TURN relay allocations, relayed bytes, messages.
-    pub turn: crate::turn_relay::TurnMetrics,
+    pub turn: TurnMetrics,
     /// `sigmesh_ice_candidates_total`, `sigmesh_call_setup_seconds`.
     pub signal: SignalMetrics,
 }
@@ -137,7 +138,7 @@ impl Metrics {
             http_requests.clone(),
         );
         let trace = crate::telemetry::TraceMetrics::register(&mut registry);
-        let turn = crate::turn_relay::TurnMetrics::register(&mut registry);
+        let turn = TurnMetrics::register(&mut registry);
         let signal = SignalMetrics::register(&mut registry);
         Arc::new(Metrics {
             registry,
@@ -163,31 +164,31 @@ impl Metrics {
         out
     }
 
-    pub fn connection(&self, route: &str, upstream: &str, outcome: &'static str) {
+    pub fn connection(&self, route: &str, upstream: &str, outcome: Outcome) {
         self.connections
             .get_or_create(&ConnLabels {
                 route: route.to_owned(),
                 upstream: upstream.to_owned(),
-                outcome,
+                outcome: outcome.as_str(),
             })
             .inc();
     }
 
-    pub fn rate_limited(&self, route: &str, limit: &'static str) {
+    pub fn rate_limited(&self, route: &str, limit: LimitKind) {
         self.rate_limited
             .get_or_create(&LimitLabels {
                 route: route.to_owned(),
-                limit,
+                limit: limit.as_str(),
             })
             .inc();
     }
 
-    pub fn upstream_error(&self, route: &str, upstream: &str, kind: &'static str) {
+    pub fn upstream_error(&self, route: &str, upstream: &str, kind: UpstreamErrorKind) {
         self.upstream_errors
             .get_or_create(&UpstreamErrorLabels {
                 route: route.to_owned(),
                 upstream: upstream.to_owned(),
-                kind,
+                kind: kind.as_str(),
             })
             .inc();
     }
@@ -261,5 +262,52 @@ impl SignalMetrics {
             ice_candidates,
             call_setup,
         }
+    }
+}
+
+// === the TURN relay ===
+
+/// `direction`: `in` is client to peers (Send indications, ChannelData from the client), `out`
+/// is peers to client (Data indications, ChannelData from the server).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DirectionLabel {
+    pub direction: &'static str,
+}
+
+/// `type, action`
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TurnMessageLabels {
+    #[prometheus(flatten)]
+    pub kind: KindLabel,
+    pub action: &'static str,
+}
+
+/// The TURN relay's metrics.
+#[derive(Clone, Default)]
+pub struct TurnMetrics {
+    pub allocations_active: Gauge,
+    pub relayed_bytes: Family<DirectionLabel, Counter>,
+    pub messages: Family<TurnMessageLabels, Counter>,
+}
+
+impl TurnMetrics {
+    pub fn register(registry: &mut Registry) -> TurnMetrics {
+        let m = TurnMetrics::default();
+        registry.register(
+            "sigmesh_turn_allocations_active",
+            "TURN allocations live on the relay",
+            m.allocations_active.clone(),
+        );
+        registry.register(
+            "sigmesh_turn_relayed_bytes",
+            "Application bytes relayed through TURN allocations (direction in: client to peers, out: peers to client)",
+            m.relayed_bytes.clone(),
+        );
+        registry.register(
+            "sigmesh_turn_messages",
+            "STUN/TURN messages seen by the relay, by type (unknown: not understood, passed through) and action (forwarded, refused, dropped)",
+            m.messages.clone(),
+        );
+        m
     }
 }

@@ -16,7 +16,7 @@ pub const POLL: Duration = Duration::from_secs(1);
 
 /// Watches `shared.config_path` until the drain starts.
 pub async fn watch(shared: Arc<Shared>) {
-    let Some(path) = shared.config_path.clone() else {
+    let Some(path) = shared.config_path().map(Path::to_path_buf) else {
         return;
     };
     let mut last = std::fs::read(&path).ok();
@@ -37,7 +37,7 @@ pub async fn watch(shared: Arc<Shared>) {
         let forced = tokio::select! {
             _ = tick.tick() => false,
             _ = hup_recv => true,
-            _ = shared.drain.cancelled() => return,
+            _ = shared.drained() => return,
         };
         let current = tokio::fs::read(&path).await.ok();
         if !forced && current == last {
@@ -45,7 +45,7 @@ pub async fn watch(shared: Arc<Shared>) {
         }
         if current.is_none() {
             tracing::warn!(path = %path.display(), "config file unreadable; keeping the config in force");
-            shared.metrics.reload(false);
+            shared.metrics().reload(false);
             last = current;
             continue;
         }
@@ -59,29 +59,30 @@ pub async fn watch(shared: Arc<Shared>) {
 pub fn apply(shared: &Shared, path: &Path, text: &str) -> bool {
     match sigmesh_core::config::load(text) {
         Ok(config) => {
-            let old = shared.runtime.load_full();
-            if config.listen != old.config.listen || config.admin != old.config.admin {
+            let old = shared.runtime();
+            if config.listen != old.config().listen || config.admin != old.config().admin {
                 tracing::warn!("listen and admin addresses change only on restart");
             }
-            if config.tracing != old.config.tracing {
+            if config.tracing != old.config().tracing {
                 tracing::warn!("`tracing:` changes apply only on restart");
             }
             match Runtime::new(config, Some(&old)) {
                 Ok(rt) => {
-                    shared.runtime.store(Arc::new(rt));
-                    shared.metrics.reload(true);
+                    shared.replace_runtime(rt);
+                    shared.metrics().reload(true);
                     tracing::info!(path = %path.display(), "config reloaded");
                     true
                 }
-                Err(e) => {
-                    shared.metrics.reload(false);
-                    tracing::error!(path = %path.display(), error = %e, "config refused; keeping the config in force");
+                Err(errors) => {
+                    shared.metrics().reload(false);
+                    let errors: Vec<String> = errors.iter().map(ToString::to_string).collect();
+                    tracing::error!(path = %path.display(), errors = ?errors, "config refused; keeping the config in force");
                     false
                 }
             }
         }
         Err(errors) => {
-            shared.metrics.reload(false);
+            shared.metrics().reload(false);
             tracing::error!(path = %path.display(), "config refused; keeping the config in force:\n{errors}");
             false
         }

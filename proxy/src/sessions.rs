@@ -39,8 +39,6 @@ pub struct SessionInfo {
     pub ice: IceCounts,
     /// Offer to answer, in milliseconds; `u64::MAX` while unknown.
     pub setup_ms: AtomicU64,
-    /// Offer → answer timing, fed by both relay directions (locked on offers and answers only).
-    pub call: Mutex<sigmesh_core::signal::CallSetup>,
 }
 
 impl SessionInfo {
@@ -60,7 +58,6 @@ impl SessionInfo {
             dropped: AtomicU64::new(0),
             ice: IceCounts::default(),
             setup_ms: AtomicU64::new(u64::MAX),
-            call: Mutex::new(sigmesh_core::signal::CallSetup::new()),
         }
     }
 

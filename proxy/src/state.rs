@@ -1,103 +1,113 @@
-//! Shared state: the config generation in force, its compiled policy, and process-wide parts
-//! (metrics, session table, drain signal).
+//! Shared state: the config generation in force ([`Runtime`]), and the process-wide parts
+//! (metrics, session table, drain signal, telemetry, the TURN relay's table) behind [`Shared`].
 //!
-//! A config generation ([`Runtime`]) is immutable but for the live weights; a reload builds a
-//! new one and swaps it in atomically. Sessions hold the `Arc<RouteRuntime>` they started with,
-//! so live sessions keep their upstream across reloads.
+//! A config generation is core's [`Compiled`] config plus what lives beside it at run time: the
+//! live weights (`PUT /routes/NAME/weights`) and the token buckets, in memory. The generation is
+//! the proxy's [`BucketStore`] and [`Weights`] for core's request and session phases. A reload
+//! builds a new one and swaps it in atomically; sessions hold the generation they started with,
+//! so live sessions keep their upstream and buckets across reloads.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use sigmesh_core::bucket::{KeyedBuckets, Verdict};
-use sigmesh_core::config::{Config, LimitKey, Rate, Route};
-use sigmesh_core::route::RouteTable;
+use sigmesh_core::compiled::{Capabilities, CompileError, Compiled, CompiledRoute};
+use sigmesh_core::config::{Config, Rate};
+use sigmesh_core::request::{Bucket, BucketStore, CREDENTIALS_RATE, Weights};
 use sigmesh_core::split::Splitter;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
 use crate::sessions::Sessions;
+use crate::telemetry::Telemetry;
+use crate::turn_relay::TurnState;
 
 /// Most buckets one keyed set holds (client IPs, header values or rooms) before idle ones are
 /// evicted. 100k buckets are a few MiB.
 pub const MAX_KEYS: usize = 100_000;
 
-/// Monotonic time since the process started: the `now` every core call gets.
-pub fn now() -> Duration {
-    static START: OnceLock<Instant> = OnceLock::new();
-    START.get_or_init(Instant::now).elapsed()
-}
-
 /// A keyed bucket set shared by the sessions of a route.
-pub type SharedBuckets = Arc<Mutex<KeyedBuckets<String>>>;
+type SharedBuckets = Arc<Mutex<KeyedBuckets<String>>>;
 
-/// One route of a config generation, compiled.
-pub struct RouteRuntime {
-    pub route: Route,
+/// What lives beside one compiled route at run time.
+struct LiveRoute {
     /// Live weights: `PUT /routes/NAME/weights` swaps this.
-    pub splitter: ArcSwap<Splitter>,
-    pub connections: Option<(SharedBuckets, LimitKey)>,
-    pub rooms: Option<SharedBuckets>,
+    splitter: ArcSwap<Splitter>,
+    connections: Option<SharedBuckets>,
+    rooms: Option<SharedBuckets>,
 }
 
-/// A config generation.
+/// A config generation: compiled once, with its live weights and buckets.
 pub struct Runtime {
-    pub config: Config,
-    pub table: RouteTable,
-    pub routes: Vec<Arc<RouteRuntime>>,
+    compiled: Compiled,
+    live: Vec<LiveRoute>,
+    credentials: SharedBuckets,
 }
 
 impl Runtime {
-    /// Compiles `config`. Buckets of a route with the same name and the same rate in `previous`
-    /// are carried over, so a reload does not hand every client a fresh burst.
-    pub fn new(config: Config, previous: Option<&Runtime>) -> Result<Runtime, String> {
-        let table = RouteTable::new(&config.routes);
-        let mut routes = Vec::with_capacity(config.routes.len());
-        for route in &config.routes {
-            let old = previous.and_then(|p| p.route(&route.name));
-            let splitter =
-                Splitter::new(route.upstreams.iter().map(|u| (u.name.as_str(), u.weight)))
-                    .map_err(|e| format!("route {}: {e}", route.name))?;
-            let connections = route.limits.connections.as_ref().map(|c| {
-                let reuse = old.and_then(|o| match (&o.connections, &o.route.limits.connections) {
-                    (Some((b, _)), Some(oc)) if oc == c => Some(b.clone()),
-                    _ => None,
-                });
-                (reuse.unwrap_or_else(|| new_buckets(c.rate)), c.key.clone())
-            });
-            let rooms = route.limits.rooms.map(|r| {
-                old.and_then(|o| match (&o.rooms, o.route.limits.rooms) {
-                    (Some(b), Some(or)) if or == r => Some(b.clone()),
-                    _ => None,
-                })
-                .unwrap_or_else(|| new_buckets(r))
-            });
-            routes.push(Arc::new(RouteRuntime {
-                route: route.clone(),
-                splitter: ArcSwap::from_pointee(splitter),
-                connections,
-                rooms,
-            }));
-        }
+    /// Compiles `config` for this build of the proxy. Buckets of a route with the same name and
+    /// the same rate in `previous` are carried over, so a reload does not hand every client a
+    /// fresh burst.
+    pub fn new(config: Config, previous: Option<&Runtime>) -> Result<Runtime, Vec<CompileError>> {
+        let compiled = Compiled::new(config, Capabilities::PROXY)?;
+        let live = compiled
+            .routes
+            .iter()
+            .map(|r| LiveRoute::new(r, previous))
+            .collect();
         Ok(Runtime {
-            config,
-            table,
-            routes,
+            compiled,
+            live,
+            credentials: previous
+                .map_or_else(|| new_buckets(CREDENTIALS_RATE), |p| p.credentials.clone()),
         })
     }
 
-    pub fn route(&self, name: &str) -> Option<&Arc<RouteRuntime>> {
-        self.routes.iter().find(|r| r.route.name == name)
+    /// The compiled config.
+    pub fn compiled(&self) -> &Compiled {
+        &self.compiled
+    }
+
+    /// The config in force.
+    pub fn config(&self) -> &Config {
+        &self.compiled.config
+    }
+
+    /// Route `index`, compiled.
+    pub fn route(&self, index: usize) -> &CompiledRoute {
+        &self.compiled.routes[index]
+    }
+
+    /// Sets new weights on route `name` (upstreams not named keep theirs); the weights now in
+    /// force by upstream name.
+    pub fn reweight(
+        &self,
+        name: &str,
+        requested: &std::collections::BTreeMap<String, u32>,
+    ) -> Result<Vec<(String, u32)>, ReweightError> {
+        let (i, _) = self
+            .compiled
+            .route(name)
+            .ok_or_else(|| ReweightError::NoRoute(name.to_owned()))?;
+        let live = &self.live[i].splitter;
+        let next = live.load().reweighted(requested)?;
+        let weights = next.weights();
+        live.store(Arc::new(next));
+        Ok(weights)
     }
 
     /// The config in force, with live weights and secrets redacted (for `/config`).
     pub fn effective_config(&self) -> Config {
-        let mut c = self.config.redacted();
-        for (route, rt) in c.routes.iter_mut().zip(&self.routes) {
-            let live = rt.splitter.load();
-            for (u, (_, w)) in route.upstreams.iter_mut().zip(live.weights()) {
+        let mut c = self.compiled.config.redacted();
+        for (route, live) in c.routes.iter_mut().zip(&self.live) {
+            for (u, (_, w)) in route
+                .upstreams
+                .iter_mut()
+                .zip(live.splitter.load().weights())
+            {
                 u.weight = w;
             }
         }
@@ -105,17 +115,77 @@ impl Runtime {
     }
 }
 
+/// Why new weights were refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ReweightError {
+    /// No route has that name.
+    #[error("no route named `{0}`")]
+    NoRoute(String),
+    /// Core refused the weights.
+    #[error(transparent)]
+    Weights(#[from] sigmesh_core::split::ReweightError),
+}
+
+impl LiveRoute {
+    fn new(r: &CompiledRoute, previous: Option<&Runtime>) -> LiveRoute {
+        let old = previous.and_then(|p| {
+            let (i, old) = p.compiled.route(&r.route.name)?;
+            Some((&p.live[i], &old.route))
+        });
+        let limits = &r.route.limits;
+        let connections = limits.connections.as_ref().map(|c| {
+            old.and_then(
+                |(live, route)| match (&live.connections, &route.limits.connections) {
+                    (Some(b), Some(oc)) if oc == c => Some(b.clone()),
+                    _ => None,
+                },
+            )
+            .unwrap_or_else(|| new_buckets(c.rate))
+        });
+        let rooms = limits.rooms.map(|rate| {
+            old.and_then(|(live, route)| match (&live.rooms, route.limits.rooms) {
+                (Some(b), Some(or)) if or == rate => Some(b.clone()),
+                _ => None,
+            })
+            .unwrap_or_else(|| new_buckets(rate))
+        });
+        LiveRoute {
+            splitter: ArcSwap::from_pointee(r.splitter.clone()),
+            connections,
+            rooms,
+        }
+    }
+}
+
 fn new_buckets(rate: Rate) -> SharedBuckets {
     Arc::new(Mutex::new(KeyedBuckets::new(rate, MAX_KEYS)))
 }
 
-/// Takes a token from `key`'s bucket in a shared set.
-pub fn take(buckets: &SharedBuckets, key: &str) -> Verdict {
-    match buckets.lock() {
-        Ok(mut b) => b.try_take(key, now()),
+impl BucketStore for Runtime {
+    fn take(&self, bucket: Bucket, key: &str, _rate: &Rate, now: Duration) -> Verdict {
+        let set = match bucket {
+            Bucket::Connections { route } => {
+                self.live.get(route).and_then(|l| l.connections.as_ref())
+            }
+            Bucket::Rooms { route } => self.live.get(route).and_then(|l| l.rooms.as_ref()),
+            Bucket::Credentials => Some(&self.credentials),
+        };
+        let Some(set) = set else {
+            // Core asks only for buckets the config has.
+            return Verdict::Allow { remaining: 0 };
+        };
         // A panic while holding the lock cannot leave a bucket set inconsistent in a way that
         // matters more than refusing service would: keep going with the data as it is.
-        Err(poisoned) => poisoned.into_inner().try_take(key, now()),
+        let mut set = set.lock().unwrap_or_else(|p| p.into_inner());
+        set.try_take(key, now)
+    }
+}
+
+impl Weights for Runtime {
+    fn with_splitter(&self, route: usize, f: &mut dyn FnMut(&Splitter)) {
+        if let Some(live) = self.live.get(route) {
+            f(&live.splitter.load());
+        }
     }
 }
 
@@ -145,26 +215,26 @@ impl Default for Tuning {
 
 /// Process-wide state shared by listeners, sessions and the admin API.
 pub struct Shared {
-    pub tuning: Tuning,
-    pub runtime: ArcSwap<Runtime>,
-    pub metrics: Arc<Metrics>,
-    pub sessions: Arc<Sessions>,
+    tuning: Tuning,
+    runtime: ArcSwap<Runtime>,
+    metrics: Arc<Metrics>,
+    sessions: Arc<Sessions>,
     /// Cancelled on SIGTERM/SIGINT: listeners stop accepting, sessions close with 1001.
-    pub drain: CancellationToken,
-    pub draining: AtomicBool,
+    drain: CancellationToken,
+    draining: AtomicBool,
     /// The file the config came from, for reloads (none for `demo`).
-    pub config_path: Option<PathBuf>,
+    config_path: Option<PathBuf>,
     /// Spans and their export (off without `tracing:`); built once at start.
-    pub telemetry: crate::telemetry::Telemetry,
+    telemetry: Telemetry,
     /// The TURN relay's tracker and allocation table (empty while `turn.relay` is off).
-    pub turn: Arc<crate::turn_relay::TurnState>,
+    turn: Arc<TurnState>,
 }
 
 impl Shared {
     pub fn new(runtime: Runtime, config_path: Option<PathBuf>, tuning: Tuning) -> Arc<Shared> {
         let metrics = Metrics::new();
-        let telemetry =
-            crate::telemetry::Telemetry::start(runtime.config.tracing.as_ref(), &metrics.trace);
+        let telemetry = Telemetry::start(runtime.config().tracing.as_ref(), &metrics.trace);
+        let turn = Arc::new(TurnState::new(metrics.turn.clone()));
         Arc::new(Shared {
             tuning,
             runtime: ArcSwap::from_pointee(runtime),
@@ -174,8 +244,52 @@ impl Shared {
             draining: AtomicBool::new(false),
             config_path,
             telemetry,
-            turn: Arc::default(),
+            turn,
         })
+    }
+
+    /// The config generation in force.
+    pub fn runtime(&self) -> Arc<Runtime> {
+        self.runtime.load_full()
+    }
+
+    /// Puts a new config generation in force (new connections use it).
+    pub fn replace_runtime(&self, runtime: Runtime) {
+        self.runtime.store(Arc::new(runtime));
+    }
+
+    pub fn tuning(&self) -> &Tuning {
+        &self.tuning
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    pub fn sessions(&self) -> &Arc<Sessions> {
+        &self.sessions
+    }
+
+    pub fn telemetry(&self) -> &Telemetry {
+        &self.telemetry
+    }
+
+    pub fn turn(&self) -> &Arc<TurnState> {
+        &self.turn
+    }
+
+    pub fn config_path(&self) -> Option<&Path> {
+        self.config_path.as_deref()
+    }
+
+    /// A token cancelled when the drain starts.
+    pub fn drain_token(&self) -> CancellationToken {
+        self.drain.clone()
+    }
+
+    /// Resolves when the drain starts.
+    pub async fn drained(&self) {
+        self.drain.cancelled().await
     }
 
     pub fn is_draining(&self) -> bool {

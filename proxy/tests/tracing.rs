@@ -446,7 +446,7 @@ tracing:
     assert_eq!(events.len(), 128, "capped");
     // 100 in + 100 out relayed, 3 dropped: 203 message events, 128 kept.
     assert_eq!(i(session.attr("sigmesh.events.dropped")), 203 - 128);
-    let text = shared.metrics.encode();
+    let text = shared.metrics().encode();
     assert_eq!(
         metric(&text, "sigmesh_trace_events_dropped_total"),
         Some(75.0),
@@ -528,7 +528,7 @@ async fn dead_or_hanging_collector_costs_only_spans() {
         assert_eq!(recv_json(&mut c).await["type"], "echo");
     }
     let shared = drain(p).await;
-    let text = shared.metrics.encode();
+    let text = shared.metrics().encode();
     let dropped = metric(
         &text,
         r#"sigmesh_trace_spans_dropped_total{reason="export_failed"}"#,

@@ -349,7 +349,7 @@ async fn relay_proxy(coturn: &Coturn, deny: Option<&str>) -> (sigmesh::app::Prox
         coturn.addr
     );
     let p = proxy(&yaml, &[sig.local_addr]).await;
-    let addr = *p.shared.turn.addr.get().expect("relay bound");
+    let addr = *p.shared.turn().addr.get().expect("relay bound");
     drop(sig); // the server keeps running for the rest of the test
     (p, addr)
 }

@@ -113,7 +113,7 @@ fn manifests_validate_against_kubernetes_and_istio_schemas() {
         if let Some(cfg) = d.get("pluginConfig") {
             let s = sigmesh_filter::settings::parse(cfg.to_string().as_bytes())
                 .unwrap_or_else(|e| panic!("{}: {e:?}", d["file"]));
-            assert!(!s.config.routes.is_empty());
+            assert!(!s.compiled.config.routes.is_empty());
             checked += 1;
         }
         if let Some(cfg) = d.get("filterConfig").and_then(Value::as_str) {

@@ -39,7 +39,7 @@ mod session;
 
 pub use propagation::inject;
 pub use request::RequestTrace;
-pub use session::{Direction, HandshakeTrace, SessionTrace};
+pub use session::{HandshakeTrace, SessionTrace};
 
 /// The instrumentation scope name of every span.
 pub const SCOPE: &str = "sigmesh";

@@ -9,26 +9,10 @@ use http::HeaderMap;
 use opentelemetry::trace::{SpanKind, Status, TraceContextExt};
 use opentelemetry::{Context, KeyValue};
 
+use sigmesh_core::label::{LimitKind, MessageDirection, MessageType, Party, UpstreamErrorKind};
+
 use super::{Pipeline, RequestInfo, propagation, request_attributes};
 use crate::sessions::SessionInfo;
-
-/// Which way a message went.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Direction {
-    /// Client to upstream.
-    In,
-    /// Upstream to client.
-    Out,
-}
-
-impl Direction {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Direction::In => "in",
-            Direction::Out => "out",
-        }
-    }
-}
 
 /// The first close of a session: who closed, with which code and reason.
 struct Close {
@@ -154,15 +138,15 @@ impl SessionTrace {
     /// the next relayed answer; adds a `ws.message` event while under the cap.
     pub fn message(
         &self,
-        dir: Direction,
-        kind: &'static str,
+        dir: MessageDirection,
+        kind: MessageType,
         size: usize,
-        dropped_by: Option<&'static str>,
+        dropped_by: Option<LimitKind>,
     ) {
         if !self.recording {
             return;
         }
-        if dropped_by.is_none() && (kind == "offer" || kind == "answer") {
+        if dropped_by.is_none() && matches!(kind, MessageType::Offer | MessageType::Answer) {
             self.setup_step(dir, kind);
         }
         if self.events.fetch_add(1, Ordering::Relaxed) >= self.pipeline.max_events {
@@ -172,22 +156,22 @@ impl SessionTrace {
         }
         let mut attrs = Vec::with_capacity(5);
         attrs.push(KeyValue::new("sigmesh.message.direction", dir.as_str()));
-        attrs.push(KeyValue::new("sigmesh.message.type", kind));
+        attrs.push(KeyValue::new("sigmesh.message.type", kind.as_str()));
         attrs.push(KeyValue::new("sigmesh.message.size", size as i64));
         attrs.push(KeyValue::new(
             "sigmesh.message.dropped",
             dropped_by.is_some(),
         ));
         if let Some(limit) = dropped_by {
-            attrs.push(KeyValue::new("sigmesh.limit", limit));
+            attrs.push(KeyValue::new("sigmesh.limit", limit.as_str()));
         }
         self.cx.span().add_event("ws.message", attrs);
     }
 
-    fn setup_step(&self, dir: Direction, kind: &'static str) {
+    fn setup_step(&self, dir: MessageDirection, kind: MessageType) {
         let mut setup = self.setup.lock().unwrap_or_else(|p| p.into_inner());
         match (&*setup, kind) {
-            (Setup::Idle, "offer") => {
+            (Setup::Idle, MessageType::Offer) => {
                 let cx = self.pipeline.span(
                     "signaling.setup",
                     SpanKind::Internal,
@@ -199,7 +183,7 @@ impl SessionTrace {
                     at: Instant::now(),
                 };
             }
-            (Setup::Open { cx, at }, "answer") => {
+            (Setup::Open { cx, at }, MessageType::Answer) => {
                 let ms = at.elapsed().as_millis() as i64;
                 let span = cx.span();
                 span.set_attributes([
@@ -215,12 +199,12 @@ impl SessionTrace {
 
     /// Records the session's first close: `by` is `client`, `upstream` or `proxy`; `code` is
     /// `None` when that side sent a close frame without a code. Later closes are ignored.
-    pub fn closed(&self, by: &'static str, code: Option<u16>, reason: &str) {
+    pub fn closed(&self, by: Party, code: Option<u16>, reason: &str) {
         if !self.recording || self.close.get().is_some() {
             return;
         }
         let _ = self.close.set(Close {
-            by,
+            by: by.as_str(),
             code,
             reason: reason.to_owned(),
         });
@@ -319,12 +303,12 @@ impl HandshakeTrace {
 
     /// The handshake failed: `kind` as in `sigmesh_upstream_errors_total`, `status` when the
     /// upstream answered with something other than 101.
-    pub fn failed(self, kind: &'static str, status: Option<u16>, message: &str) {
+    pub fn failed(self, kind: UpstreamErrorKind, status: Option<u16>, message: &str) {
         let span = self.cx.span();
         if let Some(s) = status {
             span.set_attribute(KeyValue::new("http.response.status_code", i64::from(s)));
         }
-        span.set_attribute(KeyValue::new("error.type", kind));
+        span.set_attribute(KeyValue::new("error.type", kind.as_str()));
         span.set_status(Status::error(message.to_owned()));
         span.end();
     }

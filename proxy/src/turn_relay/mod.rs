@@ -18,17 +18,15 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::registry::Registry;
 use serde::Serialize;
 use sigmesh_core::config::TurnRelay;
 use sigmesh_core::turn::{Action, FiveTuple, Limits, Outcome, PeerPolicy, Tracker};
 use tokio::net::{TcpListener, UdpSocket};
+use tokio_util::sync::CancellationToken;
 
-use crate::state::{Shared, now};
+use crate::clock::now;
+use crate::metrics::{DirectionLabel, KindLabel, TurnMessageLabels, TurnMetrics};
+use crate::sessions::Sessions;
 
 /// A flow (UDP 5-tuple or TCP connection) with no traffic for this long and no live allocation
 /// is closed.
@@ -44,59 +42,12 @@ pub const EXPIRY_TICK: Duration = Duration::from_secs(1);
 /// Connecting to the TURN server over TCP must finish within this.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-// === metrics ===
-
-/// `direction`: `in` is client to peers (Send indications, ChannelData from the client), `out`
-/// is peers to client (Data indications, ChannelData from the server).
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct DirectionLabel {
-    pub direction: &'static str,
-}
-
-/// `type, action`
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct TurnMessageLabels {
-    #[prometheus(flatten)]
-    pub kind: crate::metrics::KindLabel,
-    pub action: &'static str,
-}
-
-/// The TURN relay's metrics.
-#[derive(Clone, Default)]
-pub struct TurnMetrics {
-    pub allocations_active: Gauge,
-    pub relayed_bytes: Family<DirectionLabel, Counter>,
-    pub messages: Family<TurnMessageLabels, Counter>,
-}
-
-impl TurnMetrics {
-    pub fn register(registry: &mut Registry) -> TurnMetrics {
-        let m = TurnMetrics::default();
-        registry.register(
-            "sigmesh_turn_allocations_active",
-            "TURN allocations live on the relay",
-            m.allocations_active.clone(),
-        );
-        registry.register(
-            "sigmesh_turn_relayed_bytes",
-            "Application bytes relayed through TURN allocations (direction in: client to peers, out: peers to client)",
-            m.relayed_bytes.clone(),
-        );
-        registry.register(
-            "sigmesh_turn_messages",
-            "STUN/TURN messages seen by the relay, by type (unknown: not understood, passed through) and action (forwarded, refused, dropped)",
-            m.messages.clone(),
-        );
-        m
-    }
-}
-
 // === shared state ===
 
 /// The relay's state, shared with the admin API (`GET /turn/allocations`).
-#[derive(Default)]
 pub struct TurnState {
     tracker: Mutex<Option<Tracker>>,
+    metrics: TurnMetrics,
     /// The bound address (UDP and TCP share the port).
     pub addr: OnceLock<SocketAddr>,
 }
@@ -111,6 +62,15 @@ pub enum Dir {
 }
 
 impl TurnState {
+    /// The relay's state, recording into `metrics`; no tracker until [`serve`] installs one.
+    pub fn new(metrics: TurnMetrics) -> TurnState {
+        TurnState {
+            tracker: Mutex::new(None),
+            metrics,
+            addr: OnceLock::new(),
+        }
+    }
+
     /// Runs `f` on the tracker (none while the relay is off).
     pub fn with<R>(&self, f: impl FnOnce(&mut Tracker) -> R) -> Option<R> {
         let mut g = self.tracker.lock().unwrap_or_else(|p| p.into_inner());
@@ -123,7 +83,7 @@ impl TurnState {
     }
 
     /// Passes one message through the tracker and records it in the metrics.
-    pub fn handle(&self, shared: &Shared, dir: Dir, ft: FiveTuple, bytes: &[u8]) -> Outcome {
+    pub fn handle(&self, dir: Dir, ft: FiveTuple, bytes: &[u8]) -> Outcome {
         let t = now();
         let out = self
             .with(|tr| {
@@ -131,11 +91,7 @@ impl TurnState {
                     Dir::FromClient => tr.from_client(ft, bytes, t),
                     Dir::FromServer => tr.from_server(ft, bytes, t),
                 };
-                shared
-                    .metrics
-                    .turn
-                    .allocations_active
-                    .set(tr.table().len() as i64);
+                self.metrics.allocations_active.set(tr.table().len() as i64);
                 out
             })
             .unwrap_or(Outcome {
@@ -146,7 +102,7 @@ impl TurnState {
                 denied: None,
                 raw_after: false,
             });
-        let m = &shared.metrics.turn;
+        let m = &self.metrics;
         if out.relayed > 0 {
             let direction = match dir {
                 Dir::FromClient => "in",
@@ -163,7 +119,7 @@ impl TurnState {
         };
         m.messages
             .get_or_create(&TurnMessageLabels {
-                kind: crate::metrics::KindLabel(out.kind.as_str()),
+                kind: KindLabel(out.kind.as_str()),
                 action,
             })
             .inc();
@@ -180,26 +136,22 @@ impl TurnState {
     }
 
     /// A TCP connection ended: its allocation ends too.
-    pub fn closed(&self, shared: &Shared, ft: &FiveTuple) {
+    pub fn closed(&self, ft: &FiveTuple) {
         self.with(|tr| {
             tr.closed(ft);
-            shared
-                .metrics
-                .turn
-                .allocations_active
-                .set(tr.table().len() as i64);
+            self.metrics.allocations_active.set(tr.table().len() as i64);
         });
     }
 
     /// `GET /turn/allocations`.
-    pub fn view(&self, shared: &Shared) -> Vec<AllocationView> {
+    pub fn view(&self, sessions: &Sessions) -> Vec<AllocationView> {
         let t = now();
         let wall = SystemTime::now();
         let at = |d: Duration| {
             let ago = t.saturating_sub(d);
             humantime::format_rfc3339_millis(wall.checked_sub(ago).unwrap_or(wall)).to_string()
         };
-        let sessions = shared.sessions.all();
+        let sessions = sessions.all();
         self.with(|tr| {
             tr.table()
                 .all()
@@ -298,47 +250,39 @@ pub async fn bind(listen: SocketAddr) -> std::io::Result<Bound> {
 /// Installs the tracker (so `/turn/allocations` and the bound address are there at once) and
 /// returns the relay's future, which runs until the proxy drains (or the task is aborted).
 pub fn serve(
-    shared: Arc<Shared>,
+    turn: Arc<TurnState>,
+    drain: CancellationToken,
     bound: Bound,
     relay: TurnRelay,
     secret: Option<String>,
 ) -> impl std::future::Future<Output = ()> + Send + 'static {
     let policy = PeerPolicy::new(relay.deny_peers.as_deref());
     {
-        let mut g = shared
-            .turn
-            .tracker
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut g = turn.tracker.lock().unwrap_or_else(|p| p.into_inner());
         *g = Some(Tracker::new(policy, secret, Limits::default()));
     }
-    let _ = shared.turn.addr.set(bound.addr);
+    let _ = turn.addr.set(bound.addr);
     tracing::info!(listen = %bound.addr, upstream = %relay.upstream, "TURN relay running");
     async move {
-        let drain = shared.drain.clone();
         tokio::select! {
             _ = drain.cancelled() => {}
-            _ = udp::serve(shared.clone(), bound.udp, bound.addr, relay.upstream) => {}
-            _ = tcp::serve(shared.clone(), bound.tcp, bound.addr, relay.upstream) => {}
-            _ = expire(shared.clone()) => {}
+            _ = udp::serve(turn.clone(), bound.udp, bound.addr, relay.upstream) => {}
+            _ = tcp::serve(turn.clone(), bound.tcp, bound.addr, relay.upstream) => {}
+            _ = expire(turn.clone()) => {}
         }
     }
 }
 
-async fn expire(shared: Arc<Shared>) {
+async fn expire(turn: Arc<TurnState>) {
     let mut tick = tokio::time::interval(EXPIRY_TICK);
     loop {
         tick.tick().await;
         let t = now();
-        shared.turn.with(|tr| {
+        turn.with(|tr| {
             for a in tr.expire(t) {
                 tracing::debug!(client = %a.five_tuple.client, "TURN allocation expired");
             }
-            shared
-                .metrics
-                .turn
-                .allocations_active
-                .set(tr.table().len() as i64);
+            turn.metrics.allocations_active.set(tr.table().len() as i64);
         });
     }
 }

@@ -10,15 +10,15 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 
+use super::TurnState;
 use super::{CONNECT_TIMEOUT, Dir, FLOW_IDLE, MAX_CONNECTIONS};
-use crate::state::Shared;
 
 /// Bytes read at a time from each side.
 const READ_CHUNK: usize = 16 * 1024;
 
 /// Accepts TCP clients until dropped; dropping it closes every connection.
 pub async fn serve(
-    shared: Arc<Shared>,
+    turn: Arc<TurnState>,
     listener: TcpListener,
     local: SocketAddr,
     upstream: SocketAddr,
@@ -33,14 +33,14 @@ pub async fn serve(
                     continue;
                 }
                 let ft = FiveTuple { transport: Transport::Tcp, client: addr, server: local };
-                conns.spawn(connection(shared.clone(), client, ft, upstream));
+                conns.spawn(connection(turn.clone(), client, ft, upstream));
             }
             Some(_) = conns.join_next() => {}
         }
     }
 }
 
-async fn connection(shared: Arc<Shared>, client: TcpStream, ft: FiveTuple, upstream: SocketAddr) {
+async fn connection(turn: Arc<TurnState>, client: TcpStream, ft: FiveTuple, upstream: SocketAddr) {
     let up = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(upstream)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
@@ -54,11 +54,11 @@ async fn connection(shared: Arc<Shared>, client: TcpStream, ft: FiveTuple, upstr
     };
     let _ = client.set_nodelay(true);
     let _ = up.set_nodelay(true);
-    relay(&shared, client, up, ft).await;
-    shared.turn.closed(&shared, &ft);
+    relay(&turn, client, up, ft).await;
+    turn.closed(&ft);
 }
 
-async fn relay(shared: &Shared, client: TcpStream, up: TcpStream, ft: FiveTuple) {
+async fn relay(turn: &TurnState, client: TcpStream, up: TcpStream, ft: FiveTuple) {
     let (mut cr, mut cw) = client.into_split();
     let (mut ur, mut uw) = up.into_split();
     let (mut cf, mut uf) = (Framer::new(), Framer::new());
@@ -75,7 +75,7 @@ async fn relay(shared: &Shared, client: TcpStream, up: TcpStream, ft: FiveTuple)
                 while let Some(frame) = cf.next_frame() {
                     let action = match &frame {
                         Frame::Opaque(_) => Action::Forward,
-                        f => shared.turn.handle(shared, Dir::FromClient, ft, f.bytes()).action,
+                        f => turn.handle(Dir::FromClient, ft, f.bytes()).action,
                     };
                     let ok = match action {
                         Action::Forward => uw.write_all(frame.bytes()).await.is_ok(),
@@ -91,7 +91,7 @@ async fn relay(shared: &Shared, client: TcpStream, up: TcpStream, ft: FiveTuple)
                 uf.push(&ubuf[..n]);
                 while let Some(frame) = uf.next_frame() {
                     if !matches!(frame, Frame::Opaque(_)) {
-                        let out = shared.turn.handle(shared, Dir::FromServer, ft, frame.bytes());
+                        let out = turn.handle(Dir::FromServer, ft, frame.bytes());
                         if out.raw_after {
                             // RFC 6062 data connection: from here on, raw peer bytes.
                             cf.set_opaque();
@@ -102,7 +102,7 @@ async fn relay(shared: &Shared, client: TcpStream, up: TcpStream, ft: FiveTuple)
                 }
             }
             _ = sweep.tick() => {
-                if last.elapsed() >= FLOW_IDLE && !shared.turn.has_allocation(&ft) {
+                if last.elapsed() >= FLOW_IDLE && !turn.has_allocation(&ft) {
                     return;
                 }
             }

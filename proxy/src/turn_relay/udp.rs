@@ -10,8 +10,9 @@ use sigmesh_core::turn::{Action, FiveTuple, Transport};
 use tokio::net::UdpSocket;
 use tokio::task::{AbortHandle, JoinSet};
 
+use super::TurnState;
 use super::{Dir, FLOW_IDLE, MAX_DATAGRAM, MAX_FLOWS};
-use crate::state::{Shared, now};
+use crate::clock::now;
 
 struct Flow {
     up: Arc<UdpSocket>,
@@ -25,7 +26,7 @@ fn ms(d: Duration) -> u64 {
 }
 
 /// Serves UDP clients until dropped; dropping it ends every flow.
-pub async fn serve(shared: Arc<Shared>, sock: UdpSocket, local: SocketAddr, upstream: SocketAddr) {
+pub async fn serve(turn: Arc<TurnState>, sock: UdpSocket, local: SocketAddr, upstream: SocketAddr) {
     let sock = Arc::new(sock);
     let mut flows: HashMap<SocketAddr, Flow> = HashMap::new();
     let mut tasks: JoinSet<SocketAddr> = JoinSet::new();
@@ -37,7 +38,7 @@ pub async fn serve(shared: Arc<Shared>, sock: UdpSocket, local: SocketAddr, upst
                 let Ok((n, client)) = r else { continue };
                 let bytes = &buf[..n];
                 let ft = FiveTuple { transport: Transport::Udp, client, server: local };
-                let out = shared.turn.handle(&shared, Dir::FromClient, ft, bytes);
+                let out = turn.handle(Dir::FromClient, ft, bytes);
                 match out.action {
                     Action::Forward => {}
                     Action::Reply(resp) => {
@@ -51,7 +52,7 @@ pub async fn serve(shared: Arc<Shared>, sock: UdpSocket, local: SocketAddr, upst
                         tracing::warn!(%client, "TURN relay: too many UDP flows; packet dropped");
                         continue;
                     }
-                    match open(&shared, &sock, &mut tasks, ft, upstream).await {
+                    match open(&turn, &sock, &mut tasks, ft, upstream).await {
                         Ok(f) => { flows.insert(client, f); }
                         Err(e) => {
                             tracing::warn!(%client, error = %e, "TURN relay: cannot open an upstream socket");
@@ -75,7 +76,7 @@ pub async fn serve(shared: Arc<Shared>, sock: UdpSocket, local: SocketAddr, upst
                 flows.retain(|client, f| {
                     let ft = FiveTuple { transport: Transport::Udp, client: *client, server: local };
                     let keep = t.saturating_sub(f.last.load(Ordering::Relaxed)) < idle
-                        || shared.turn.has_allocation(&ft);
+                        || turn.has_allocation(&ft);
                     if !keep {
                         f.task.abort();
                     }
@@ -88,7 +89,7 @@ pub async fn serve(shared: Arc<Shared>, sock: UdpSocket, local: SocketAddr, upst
 
 /// Opens the upstream socket of a new client and starts reading the server's answers.
 async fn open(
-    shared: &Arc<Shared>,
+    turn: &Arc<TurnState>,
     sock: &Arc<UdpSocket>,
     tasks: &mut JoinSet<SocketAddr>,
     ft: FiveTuple,
@@ -102,7 +103,7 @@ async fn open(
     up.connect(upstream).await?;
     let last = Arc::new(AtomicU64::new(ms(now())));
     let task = tasks.spawn(from_server(
-        shared.clone(),
+        turn.clone(),
         sock.clone(),
         up.clone(),
         last.clone(),
@@ -114,7 +115,7 @@ async fn open(
 /// Server to client for one flow. Ends when the upstream socket fails; the sweep aborts it
 /// when the flow goes idle.
 async fn from_server(
-    shared: Arc<Shared>,
+    turn: Arc<TurnState>,
     sock: Arc<UdpSocket>,
     up: Arc<UdpSocket>,
     last: Arc<AtomicU64>,
@@ -129,7 +130,7 @@ async fn from_server(
                 last.store(ms(now()), Ordering::Relaxed);
                 let bytes = &buf[..n];
                 // Server messages are always forwarded; the tracker only reads them.
-                let _ = shared.turn.handle(&shared, Dir::FromServer, ft, bytes);
+                let _ = turn.handle(Dir::FromServer, ft, bytes);
                 let _ = sock.send_to(bytes, ft.client).await;
             }
             // ICMP errors surface as ECONNREFUSED on a connected UDP socket: the server is

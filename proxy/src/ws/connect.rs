@@ -12,7 +12,8 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tungstenite::handshake::{client::generate_key, derive_accept_key};
 
-use crate::upstream;
+use sigmesh_core::compiled::Target;
+use sigmesh_core::label::UpstreamErrorKind;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
@@ -38,13 +39,13 @@ impl UpstreamError {
     }
 
     /// The `kind` label of `sigmesh_upstream_errors_total`.
-    pub fn kind(&self) -> &'static str {
+    pub fn kind(&self) -> UpstreamErrorKind {
         match self {
-            UpstreamError::Url(_) => "config",
-            UpstreamError::Connect(_) => "connect",
-            UpstreamError::Timeout(_) => "timeout",
-            UpstreamError::Refused(_) => "refused",
-            UpstreamError::Handshake(_) => "handshake",
+            UpstreamError::Url(_) => UpstreamErrorKind::Config,
+            UpstreamError::Connect(_) => UpstreamErrorKind::Connect,
+            UpstreamError::Timeout(_) => UpstreamErrorKind::Timeout,
+            UpstreamError::Refused(_) => UpstreamErrorKind::Refused,
+            UpstreamError::Handshake(_) => UpstreamErrorKind::Handshake,
         }
     }
 }
@@ -66,18 +67,14 @@ fn handshake_error(e: impl std::fmt::Display) -> UpstreamError {
 /// `timeout` ([`crate::state::Tuning::upstream_handshake_timeout`]). `headers` are the
 /// end-to-end headers to send (the WebSocket ones are set here).
 pub(super) async fn connect_upstream(
-    url: &str,
+    target: &Target,
     route_prefix: Option<&str>,
     client_path: &str,
     headers: HeaderMap,
     timeout: Duration,
 ) -> Result<UpstreamConn, UpstreamError> {
-    let target = upstream::Target::parse(url).map_err(UpstreamError::Url)?;
-    if target.tls {
-        return Err(UpstreamError::Url(format!(
-            "{url}: wss:// upstreams are not supported in this build"
-        )));
-    }
+    // `Compiled` refused wss:// upstreams for this build already.
+    let url = &target.authority;
     let uri = target.request_uri("http", route_prefix, client_path);
     // Origin-form on the wire: hyper's connection-level client sends the target as given.
     let uri: http::Uri = uri

@@ -1,209 +1,323 @@
-//! WebSocket routes: the handshake (origin, connection bucket, split, upstream first), and the
-//! session that relays frame by frame between the two legs.
+//! WebSocket upgrades that core's request phase let through: the upstream handshake first
+//! (502 if it fails, else 101 to the client), then the session that relays frame by frame
+//! between the two legs.
 //!
 //! ```text
-//! client ──upgrade──► check origin ─► connection bucket ─► split ─► upstream handshake ─► 101 to client
-//!                                                                                        │
-//!   session (one task): client → upstream  core FrameReader: limits, buckets, signaling  ◄┘
-//!                       upstream → client  core FrameReader: signaling, counters
-//!                       idle timer, drain, close grace
+//! Verdict::Upgrade ─► upstream handshake ─► 502 | 101 to the client ─► session (one task):
+//!                                                 client → upstream   core Session: limits, reading
+//!                                                 upstream → client   core Session: reading, counters
+//!                                                 idle timer, drain, close grace
+//! Verdict::AwaitFirstMessage ─► 101 ─► core FirstMessage ─► pick ─► upstream handshake ─► session
 //! ```
-//! With `sticky: message:/pointer` the client is upgraded first, its first message read, and
-//! the upstream picked from that message before the upstream handshake.
 //!
-//! The proxy terminates each leg's TCP connection and HTTP handshake, and reads every frame
-//! (sizes, limits, the text of signaling messages), but passes frames on as they are: no
-//! re-framing, no re-masking, and no buffer per session beyond what a slow peer has not taken
-//! yet ([`relay`]).
+//! The proxy terminates each leg's TCP connection and HTTP handshake; core reads every frame
+//! (sizes, limits, the text of signaling messages), and frames pass as they are: no re-framing,
+//! no re-masking, and no buffer per session beyond what a slow peer has not taken yet
+//! ([`relay`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use sigmesh_core::config::Sticky;
-use sigmesh_core::frame::{Action, FrameReader, Handler, MessageInfo, close_code, close_frame};
+use sigmesh_core::frame::{close_code, close_frame};
+use sigmesh_core::label::{LimitKind, Outcome, Party};
+use sigmesh_core::request::{AwaitFirst, HeaderEdits, Upgrade};
+use sigmesh_core::session::{First, FirstMessage, SessionOptions};
+use sigmesh_core::split::Reason;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tungstenite::handshake::derive_accept_key;
 
 use crate::http_util::{self, Body};
 use crate::sessions::SessionInfo;
-use crate::state::{RouteRuntime, Shared};
+use crate::state::{Runtime, Shared};
 use crate::telemetry::SessionTrace;
 
 mod connect;
-mod reading;
+mod record;
 pub mod relay;
 mod session;
 
 pub use connect::UpstreamError;
 use connect::{UpstreamConn, connect_upstream};
-use session::{Leg, run_session};
+use session::Leg;
 
-/// Is this request a WebSocket upgrade?
-pub fn is_upgrade(req: &Request<Incoming>) -> bool {
-    upgrades_to_websocket(req.headers())
-}
-
-/// `Upgrade: websocket` with `Connection: upgrade` (a request asking, or a 101 answering).
+/// `Upgrade: websocket` with `Connection: upgrade` (the upstream's 101).
 fn upgrades_to_websocket(h: &HeaderMap) -> bool {
     http_util::has_token(h, header::UPGRADE, "websocket")
         && http_util::has_token(h, header::CONNECTION, "upgrade")
 }
 
-/// Handles an upgrade request on a `websocket:` route. With tracing on, the `ws.session`
-/// span starts here and a refused handshake ends it with its status.
-pub async fn handle(
+/// What a session is started with, whichever way its upstream was picked.
+struct Start {
     shared: Arc<Shared>,
-    route: Arc<RouteRuntime>,
-    req: Request<Incoming>,
+    runtime: Arc<Runtime>,
+    route: usize,
     client: SocketAddr,
-) -> Response<Body> {
-    let trace = shared.telemetry.ws_session(&crate::telemetry::RequestInfo {
-        route: &route.route.name,
-        method: req.method().as_str(),
-        path: req.uri().path(),
-        headers: req.headers(),
-        client,
-    });
-    let resp = handshake(shared, route, req, client, trace.clone()).await;
-    if let Some(t) = trace
-        && resp.status() != StatusCode::SWITCHING_PROTOCOLS
-    {
-        t.refused(resp.status().as_u16());
-    }
-    resp
+    trace: Option<Arc<SessionTrace>>,
 }
 
-async fn handshake(
+/// An upgrade to the upstream core picked: its handshake first, then 101 and the session.
+pub async fn upgrade(
     shared: Arc<Shared>,
-    route: Arc<RouteRuntime>,
+    runtime: Arc<Runtime>,
+    up: Upgrade,
     mut req: Request<Incoming>,
     client: SocketAddr,
     trace: Option<Arc<SessionTrace>>,
 ) -> Response<Body> {
-    let rname = route.route.name.as_str();
-    let Some(ws) = route.route.websocket.as_ref() else {
-        return http_util::text(StatusCode::INTERNAL_SERVER_ERROR, "not a websocket route");
-    };
-    // RFC 6455 §4.2.1: a GET with a key and version 13.
     let Some(key) = req.headers().get(header::SEC_WEBSOCKET_KEY).cloned() else {
         return http_util::text(StatusCode::BAD_REQUEST, "missing sec-websocket-key");
     };
-    if req
-        .headers()
-        .get(header::SEC_WEBSOCKET_VERSION)
-        .map(|v| v.as_bytes())
-        != Some(b"13")
-    {
-        let mut r = http_util::text(
-            StatusCode::UPGRADE_REQUIRED,
-            "unsupported websocket version",
-        );
-        r.headers_mut().insert(
-            header::SEC_WEBSOCKET_VERSION,
-            HeaderValue::from_static("13"),
-        );
-        return r;
-    }
-    if req.method() != http::Method::GET {
-        return http_util::text(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "websocket upgrade needs GET",
-        );
-    }
-    // Origin.
-    let origin = req
-        .headers()
-        .get(header::ORIGIN)
-        .and_then(|v| v.to_str().ok());
-    if !sigmesh_core::frame::policy::origin_allowed(ws, origin) {
-        shared.metrics.connection(rname, "", "forbidden");
-        return http_util::text(StatusCode::FORBIDDEN, "origin not allowed");
-    }
-    // Connection bucket.
-    if let Some(resp) =
-        crate::server::check_connection_limit(&shared, &route, req.headers(), client)
-    {
-        return resp;
-    }
     let on_upgrade = hyper::upgrade::on(&mut req);
-    let headers = upstream_headers(req.headers(), client);
-    let path_and_query = req
-        .uri()
-        .path_and_query()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "/".into());
-    let sticky_room = crate::server::sticky_room(&route, &req);
-
-    if let Sticky::Message(pointer) = &route.route.split.sticky {
-        // Upgrade the client first; the upstream is picked from its first message.
-        let pointer = pointer.clone();
-        if let Some(t) = &trace {
-            t.accepted();
+    let headers = upstream_headers(req.headers(), client, &up.edits);
+    let start = Start {
+        shared,
+        runtime,
+        route: up.route,
+        client,
+        trace,
+    };
+    let conn = start
+        .connect(
+            up.upstream,
+            headers,
+            path_and_query(&req),
+            up.room.is_some(),
+        )
+        .await;
+    let Ok(conn) = conn else {
+        if let Some(t) = &start.trace {
+            t.refused(StatusCode::BAD_GATEWAY.as_u16());
         }
-        tokio::spawn(async move {
-            let Some(client_leg) = upgraded_leg(on_upgrade).await else {
-                return;
-            };
-            message_sticky_session(
-                shared,
-                route,
-                client_leg,
-                client,
-                headers,
-                path_and_query,
-                pointer,
-                trace,
-            )
-            .await;
-        });
-        return switching_protocols(&key, None, &HeaderMap::new());
-    }
-
-    let sticky_key = sticky_room.as_deref().map(str::as_bytes);
-    let picked = pick_and_connect(
-        &shared,
-        &route,
-        headers,
-        &path_and_query,
-        sticky_key,
-        trace.as_ref(),
-    )
-    .await;
-    let Ok((index, up)) = picked else {
         return http_util::text(StatusCode::BAD_GATEWAY, "upstream handshake failed");
     };
-    let uname = route.route.upstreams[index].name.as_str();
-    let protocol = up.headers.get(header::SEC_WEBSOCKET_PROTOCOL).cloned();
-    let resp = switching_protocols(&key, protocol, &up.headers);
-    let info = Arc::new(SessionInfo::new(
-        shared.sessions.next_id(),
-        rname,
-        uname,
-        client,
-    ));
-    if let Some(room) = sticky_room {
-        let _ = info.room.set(room);
+    let protocol = conn.headers.get(header::SEC_WEBSOCKET_PROTOCOL).cloned();
+    let resp = switching_protocols(&key, protocol, &conn.headers);
+    if let Some(t) = &start.trace {
+        t.accepted();
     }
+    let upstream = up.upstream;
+    tokio::spawn(async move {
+        let Some(client_leg) = upgraded_leg(on_upgrade).await else {
+            return;
+        };
+        start.run(upstream, up.room, client_leg, conn).await;
+    });
+    resp
+}
+
+/// `sticky: message:/pointer`: 101 to the client at once; its first message picks the
+/// upstream (the first message's frames, as read, are the first bytes the session relays).
+pub fn await_first(
+    shared: Arc<Shared>,
+    runtime: Arc<Runtime>,
+    wait: AwaitFirst,
+    mut req: Request<Incoming>,
+    client: SocketAddr,
+    trace: Option<Arc<SessionTrace>>,
+) -> Response<Body> {
+    let Some(key) = req.headers().get(header::SEC_WEBSOCKET_KEY).cloned() else {
+        return http_util::text(StatusCode::BAD_REQUEST, "missing sec-websocket-key");
+    };
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let headers = upstream_headers(req.headers(), client, &wait.edits);
+    let pq = path_and_query(&req);
     if let Some(t) = &trace {
         t.accepted();
     }
-    let upstream_leg = Leg {
-        io: up.io,
-        pre: up.read_ahead,
+    let start = Start {
+        shared,
+        runtime,
+        route: wait.route,
+        client,
+        trace,
     };
     tokio::spawn(async move {
         let Some(client_leg) = upgraded_leg(on_upgrade).await else {
             return;
         };
-        run_session(shared, route, info, client_leg, upstream_leg, trace).await;
+        start.first_message(wait, client_leg, headers, pq).await;
     });
-    resp
+    switching_protocols(&key, None, &HeaderMap::new())
+}
+
+impl Start {
+    /// Connects to upstream `index` of the route and completes its handshake; a failure is
+    /// traced, logged and counted here (the one place), then returned.
+    async fn connect(
+        &self,
+        index: usize,
+        mut headers: HeaderMap,
+        path_and_query: String,
+        sticky: bool,
+    ) -> Result<UpstreamConn, UpstreamError> {
+        let compiled = self.runtime.route(self.route);
+        let route = &compiled.route;
+        let uname = route.upstreams[index].name.as_str();
+        let url = route.upstreams[index].url.as_deref().unwrap_or_default();
+        let hs = self.trace.as_ref().map(|t| {
+            t.picked(uname, sticky);
+            t.upstream_handshake(uname, url, &mut headers)
+        });
+        let result = match compiled.targets[index].as_ref() {
+            Some(target) => {
+                connect_upstream(
+                    target,
+                    route.matcher.path_prefix.as_deref(),
+                    &path_and_query,
+                    headers,
+                    self.shared.tuning().upstream_handshake_timeout,
+                )
+                .await
+            }
+            None => Err(UpstreamError::Url(format!("{url}: no usable url"))),
+        };
+        match (&result, hs) {
+            (Ok(_), Some(h)) => h.done(),
+            (Err(e), Some(h)) => h.failed(e.kind(), e.status(), &e.to_string()),
+            _ => {}
+        }
+        if let Err(e) = &result {
+            tracing::warn!(route = %route.name, upstream = uname, error = %e, "upstream handshake failed");
+            let m = self.shared.metrics();
+            m.upstream_error(&route.name, uname, e.kind());
+            m.connection(&route.name, uname, Outcome::UpstreamError);
+        }
+        result
+    }
+
+    /// Runs the session between the two upgraded legs.
+    async fn run(self, upstream: usize, room: Option<String>, client_leg: Leg, conn: UpstreamConn) {
+        let route = &self.runtime.route(self.route).route;
+        let info = Arc::new(SessionInfo::new(
+            self.shared.sessions().next_id(),
+            &route.name,
+            &route.upstreams[upstream].name,
+            self.client,
+        ));
+        if let Some(room) = &room {
+            let _ = info.room.set(room.clone());
+        }
+        let opts = SessionOptions {
+            sticky_room: room,
+            deflate: false,
+            mask_key: rand::random(),
+            now: crate::clock::now(),
+            read_dropped: self.trace.as_ref().is_some_and(|t| t.is_recording()),
+        };
+        let upstream_leg = Leg {
+            io: conn.io,
+            pre: conn.read_ahead,
+        };
+        session::run(
+            self.shared,
+            self.runtime,
+            self.route,
+            info,
+            (client_leg, upstream_leg),
+            self.trace,
+            opts,
+        )
+        .await;
+    }
+
+    /// Waits for the client's first message (bounded in time and size), picks, connects, runs.
+    async fn first_message(
+        self,
+        wait: AwaitFirst,
+        mut client_leg: Leg,
+        headers: HeaderMap,
+        pq: String,
+    ) {
+        let route = &self.runtime.route(self.route).route;
+        let timeout = self.shared.tuning().first_message_timeout;
+        let reading = read_first(&mut client_leg, FirstMessage::new(route));
+        let first = tokio::select! {
+            m = tokio::time::timeout(timeout, reading) => {
+                m.unwrap_or(First::Refused(close_code::POLICY, "no first message"))
+            }
+            _ = self.shared.drained() => First::Refused(close_code::AWAY, "server shutting down"),
+        };
+        let text = match first {
+            First::Message(text) => text,
+            First::Refused(code, reason) => {
+                if code == close_code::TOO_BIG {
+                    self.shared
+                        .metrics()
+                        .rate_limited(&route.name, LimitKind::MessageSize);
+                }
+                return refuse_first(&mut client_leg.io, code, reason).await;
+            }
+            First::Gone | First::More => return,
+        };
+        let up = wait.pick(
+            self.runtime.compiled(),
+            &*self.runtime,
+            text.as_deref(),
+            rand::random(),
+        );
+        let mut headers = headers;
+        http_util::apply_edits(&mut headers, &up.edits);
+        let sticky = up.reason == Reason::Sticky;
+        match self.connect(up.upstream, headers, pq, sticky).await {
+            Ok(conn) => self.run(up.upstream, None, client_leg, conn).await,
+            Err(_) => {
+                if let Some(t) = &self.trace {
+                    t.closed(
+                        Party::Proxy,
+                        Some(close_code::SERVER_ERROR),
+                        "upstream unavailable",
+                    );
+                    t.finish(None);
+                }
+                refuse_first(
+                    &mut client_leg.io,
+                    close_code::SERVER_ERROR,
+                    "upstream unavailable",
+                )
+                .await;
+            }
+        }
+    }
+}
+
+/// Reads the client's bytes until core says its first data message is complete. Everything
+/// read stays in `leg.pre` for the session to relay (pings and all), so nothing is lost.
+async fn read_first(leg: &mut Leg, mut first: FirstMessage) -> First {
+    let mut acc = BytesMut::from(&leg.pre[..]);
+    let mut seen = 0;
+    loop {
+        let progress = first.push(&acc[seen..]);
+        seen = acc.len();
+        match progress {
+            First::More => {}
+            First::Message(text) => {
+                leg.pre = acc.freeze();
+                return First::Message(text);
+            }
+            done => return done,
+        }
+        acc.reserve(4096);
+        match leg.io.read_buf(&mut acc).await {
+            Ok(0) | Err(_) => return First::Gone,
+            Ok(_) => {}
+        }
+    }
+}
+
+/// Sends the client a close frame and ends its connection.
+async fn refuse_first(io: &mut TcpStream, code: u16, reason: &str) {
+    let frame = close_frame(code, reason, None);
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
+        let _ = io.write_all(&frame).await;
+        let _ = io.shutdown().await;
+    })
+    .await;
 }
 
 /// The client's socket once hyper has written the 101, with what it read past the request.
@@ -233,7 +347,7 @@ fn switching_protocols(
     protocol: Option<HeaderValue>,
     upstream: &HeaderMap,
 ) -> Response<Body> {
-    let mut r = Response::new(http_util::full(bytes::Bytes::new()));
+    let mut r = Response::new(http_util::full(Bytes::new()));
     *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let h = r.headers_mut();
     for (name, value) in upstream {
@@ -253,11 +367,13 @@ fn switching_protocols(
 }
 
 /// The client's handshake headers to send upstream: end-to-end headers (cookies,
-/// authorization, subprotocols, origin, ...) without hop-by-hop and per-connection WebSocket
-/// headers, plus `x-forwarded-*` and `traceparent`.
-fn upstream_headers(client: &HeaderMap, addr: SocketAddr) -> HeaderMap {
+/// authorization, subprotocols, origin, ...) with core's edits (the split header), without
+/// hop-by-hop and per-connection WebSocket headers (this build negotiates no extension), plus
+/// `x-forwarded-*` and `traceparent`.
+fn upstream_headers(client: &HeaderMap, addr: SocketAddr, edits: &HeaderEdits) -> HeaderMap {
     let mut h = client.clone();
     http_util::strip_hop_by_hop(&mut h);
+    http_util::apply_edits(&mut h, edits);
     for n in [
         header::HOST,
         header::SEC_WEBSOCKET_KEY,
@@ -273,207 +389,8 @@ fn upstream_headers(client: &HeaderMap, addr: SocketAddr) -> HeaderMap {
     h
 }
 
-/// `sticky: message:/pointer`: read the first message, pick, connect, relay (the first
-/// message's frames, as read, are the first bytes the session relays).
-#[allow(clippy::too_many_arguments)] // the parts of one upgrade request, moved into its task
-async fn message_sticky_session(
-    shared: Arc<Shared>,
-    route: Arc<RouteRuntime>,
-    mut client_leg: Leg,
-    client: SocketAddr,
-    headers: HeaderMap,
-    path_and_query: String,
-    pointer: String,
-    trace: Option<Arc<SessionTrace>>,
-) {
-    let rname = route.route.name.clone();
-    let first = tokio::select! {
-        m = tokio::time::timeout(shared.tuning.first_message_timeout, first_message(&mut client_leg, &route)) => m,
-        _ = shared.drain.cancelled() => Ok(First::Refused(close_code::AWAY, "server shutting down")),
-    };
-    let text = match first {
-        Ok(First::Message(text)) => text,
-        Ok(First::Refused(code, reason)) => {
-            if code == close_code::TOO_BIG {
-                shared.metrics.rate_limited(&rname, "message_size");
-            }
-            return refuse_first(&mut client_leg.io, code, reason).await;
-        }
-        Ok(First::Gone) => return,
-        Err(_) => {
-            return refuse_first(&mut client_leg.io, close_code::POLICY, "no first message").await;
-        }
-    };
-    let key = text
-        .as_deref()
-        .and_then(|t| sigmesh_core::signal::pointer_value(t, &pointer));
-    let picked = pick_and_connect(
-        &shared,
-        &route,
-        headers,
-        &path_and_query,
-        key.as_deref().map(str::as_bytes),
-        trace.as_ref(),
-    )
-    .await;
-    match picked {
-        Ok((index, up)) => {
-            let uname = &route.route.upstreams[index].name;
-            let info = Arc::new(SessionInfo::new(
-                shared.sessions.next_id(),
-                &rname,
-                uname,
-                client,
-            ));
-            let upstream_leg = Leg {
-                io: up.io,
-                pre: up.read_ahead,
-            };
-            run_session(shared, route, info, client_leg, upstream_leg, trace).await;
-        }
-        Err(()) => {
-            if let Some(t) = &trace {
-                t.closed("proxy", Some(1011), "upstream unavailable");
-                t.finish(None);
-            }
-            refuse_first(
-                &mut client_leg.io,
-                close_code::SERVER_ERROR,
-                "upstream unavailable",
-            )
-            .await;
-        }
-    }
-}
-
-/// How the wait for a client's first message ended.
-enum First {
-    /// Its first data message (`Some` text for a text message in UTF-8).
-    Message(Option<String>),
-    /// Close the client with this code.
-    Refused(u16, &'static str),
-    /// The client closed or vanished.
-    Gone,
-}
-
-/// Reads the client's bytes until its first data message is complete. Everything read stays
-/// in `leg.pre` for the session to relay (pings and all), so nothing is lost or re-framed.
-async fn first_message(leg: &mut Leg, route: &RouteRuntime) -> First {
-    struct Catch {
-        text: Option<Option<String>>,
-        closed: bool,
-    }
-    impl Handler for Catch {
-        fn decide(&mut self, _: &MessageInfo, _: Option<&str>) -> Action {
-            Action::Forward
-        }
-        fn done(&mut self, _: &MessageInfo, text: Option<&str>, _: bool) {
-            if self.text.is_none() {
-                self.text = Some(text.map(str::to_owned));
-            }
-        }
-        fn close(&mut self, _: Option<u16>, _: &str) {
-            self.closed = true;
-        }
-    }
-    let mut reader = FrameReader::new(session::client_reader(&route.route, [0; 4]));
-    let mut catch = Catch {
-        text: None,
-        closed: false,
-    };
-    let limit = route
-        .route
-        .websocket
-        .as_ref()
-        .map_or(sigmesh_core::frame::DEFAULT_TEXT_LIMIT, |w| {
-            w.max_message_bytes
-        })
-        .saturating_add(sigmesh_core::frame::HOLD_SLACK);
-    let mut acc = BytesMut::from(&leg.pre[..]);
-    let mut seen = 0;
-    loop {
-        let p = reader.push(&acc[seen..], &mut catch);
-        if let Some(c) = p.close {
-            return First::Refused(c.code, c.reason);
-        }
-        seen = acc.len();
-        if let Some(text) = catch.text.take() {
-            leg.pre = acc.freeze();
-            return First::Message(text);
-        }
-        if catch.closed {
-            return First::Gone;
-        }
-        // Control frames before the first message count too: what is held stays bounded.
-        if acc.len() > limit {
-            return First::Refused(close_code::TOO_BIG, "message too big");
-        }
-        acc.reserve(4096);
-        match leg.io.read_buf(&mut acc).await {
-            Ok(0) | Err(_) => return First::Gone,
-            Ok(_) => {}
-        }
-    }
-}
-
-/// Sends the client a close frame and ends its connection.
-async fn refuse_first(io: &mut TcpStream, code: u16, reason: &str) {
-    let frame = close_frame(code, reason, None);
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
-        let _ = io.write_all(&frame).await;
-        let _ = io.shutdown().await;
-    })
-    .await;
-}
-
-/// Picks the upstream (override header, else the sticky key's bucket, else at random), then
-/// connects to it and completes its handshake. Returns the upstream's index; a failure has been
-/// traced, logged and counted when `Err` comes back.
-async fn pick_and_connect(
-    shared: &Shared,
-    route: &RouteRuntime,
-    mut headers: HeaderMap,
-    path_and_query: &str,
-    sticky_key: Option<&[u8]>,
-    trace: Option<&Arc<SessionTrace>>,
-) -> Result<(usize, UpstreamConn), ()> {
-    let override_name = headers
-        .get(route.route.override_header())
-        .and_then(|v| v.to_str().ok());
-    let index = route
-        .splitter
-        .load()
-        .pick(override_name, sticky_key, rand::random())
-        .index;
-    let up = &route.route.upstreams[index];
-    let (rname, uname) = (route.route.name.as_str(), up.name.as_str());
-    let url = up.url.as_deref().unwrap_or_default();
-    let hs = trace.map(|t| {
-        t.picked(uname, sticky_key.is_some());
-        t.upstream_handshake(uname, url, &mut headers)
-    });
-    let connect = connect_upstream(
-        url,
-        route.route.matcher.path_prefix.as_deref(),
-        path_and_query,
-        headers,
-        shared.tuning.upstream_handshake_timeout,
-    );
-    match connect.await {
-        Ok(conn) => {
-            if let Some(h) = hs {
-                h.done();
-            }
-            Ok((index, conn))
-        }
-        Err(e) => {
-            if let Some(h) = hs {
-                h.failed(e.kind(), e.status(), &e.to_string());
-            }
-            tracing::warn!(route = rname, upstream = uname, error = %e, "upstream handshake failed");
-            shared.metrics.upstream_error(rname, uname, e.kind());
-            shared.metrics.connection(rname, uname, "upstream_error");
-            Err(())
-        }
-    }
+fn path_and_query(req: &Request<Incoming>) -> String {
+    req.uri()
+        .path_and_query()
+        .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned())
 }

@@ -1,5 +1,5 @@
-//! One way through a session: bytes read from one leg's socket go through core's
-//! [`FrameReader`] (frame boundaries, limits, the text of signaling messages) and on to the other
+//! One way through a session: bytes read from one leg's socket go through core's session
+//! ([`Push`]: frame boundaries, limits, the text of signaling messages) and on to the other
 //! leg's socket, untouched except for whole messages cut and close frames added.
 //!
 //! Nothing per session is allocated for reading: every read lands in a buffer owned by the worker
@@ -14,7 +14,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
-use sigmesh_core::frame::{Closed, FrameReader, Handler};
+use sigmesh_core::frame::{Closed, Pushed};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
@@ -39,9 +39,16 @@ pub(super) enum Event {
     DstFailed(io::Error),
 }
 
+/// One direction of core's session: where a way's bytes go to be read.
+pub(super) trait Push {
+    /// The next chunk from the source; what to write to the destination in its place.
+    fn push(&mut self, chunk: &[u8]) -> Pushed<'_>;
+    /// Frees reader buffers that outgrew `keep` bytes.
+    fn trim(&mut self, keep: usize);
+}
+
 /// One direction of a session.
 pub(super) struct Way {
-    pub reader: FrameReader,
     /// Bytes the source sent before the relay started (read with the handshake), read first.
     pre: Bytes,
     /// Bytes for the destination that it did not take yet; allocated only then.
@@ -58,9 +65,8 @@ pub(super) struct Way {
 }
 
 impl Way {
-    pub fn new(reader: FrameReader, pre: Bytes) -> Way {
+    pub fn new(pre: Bytes) -> Way {
         Way {
-            reader,
             // An empty read-ahead can still own the handshake's whole read buffer (8 KiB from
             // hyper): never keep it.
             pre: if pre.is_empty() { Bytes::new() } else { pre },
@@ -79,12 +85,12 @@ impl Way {
         self.src_done && (self.dst_failed || (self.shut && self.pending_at == self.pending.len()))
     }
 
-    /// Sends a close frame of the proxy's own on this way (unless the reader has closed it or a
-    /// frame is half through: see [`FrameReader::close`]) and shuts the destination's write side
-    /// after it.
-    pub fn close(&mut self, code: u16, reason: &str) {
-        if let Some(frame) = self.reader.close(code, reason) {
-            self.queue(&frame);
+    /// Sends a close frame of the proxy's own on this way (core gives none when the way is
+    /// closed already or a frame is half through) and shuts the destination's write side after
+    /// it.
+    pub fn close(&mut self, frame: Option<&[u8]>) {
+        if let Some(frame) = frame {
+            self.queue(frame);
         }
         self.shut_after_flush = true;
     }
@@ -103,12 +109,12 @@ impl Way {
     /// Moves bytes from `src` to `dst` until one of them would block, and reports the first
     /// [`Event`]. `Pending` means there is nothing to do until a socket is ready (the wakers
     /// are registered).
-    pub fn poll<H: Handler>(
+    pub fn poll<P: Push>(
         &mut self,
         cx: &mut Context<'_>,
         src: &mut TcpStream,
         dst: &mut TcpStream,
-        handler: &mut H,
+        reader: &mut P,
     ) -> Poll<Event> {
         loop {
             if let Err(e) = ready!(self.poll_flush(cx, dst)) {
@@ -119,7 +125,7 @@ impl Way {
             }
             if !self.pre.is_empty() {
                 let pre = std::mem::take(&mut self.pre);
-                if let Some(ev) = self.relay(cx, &pre, dst, handler) {
+                if let Some(ev) = self.relay(cx, &pre, dst, reader) {
                     return Poll::Ready(ev);
                 }
                 continue;
@@ -133,7 +139,7 @@ impl Way {
                     Poll::Ready(Ok(())) if buf.filled().is_empty() => {
                         Poll::Ready(Some(Event::SrcEnded(None)))
                     }
-                    Poll::Ready(Ok(())) => Poll::Ready(self.relay(cx, buf.filled(), dst, handler)),
+                    Poll::Ready(Ok(())) => Poll::Ready(self.relay(cx, buf.filled(), dst, reader)),
                 }
             });
             match read {
@@ -152,14 +158,14 @@ impl Way {
 
     /// One chunk from the source: through the reader, then written to `dst` as far as it takes
     /// it now; the rest waits in `pending`.
-    fn relay<H: Handler>(
+    fn relay<P: Push>(
         &mut self,
         cx: &mut Context<'_>,
         chunk: &[u8],
         dst: &mut TcpStream,
-        handler: &mut H,
+        reader: &mut P,
     ) -> Option<Event> {
-        let pushed = self.reader.push(chunk, handler);
+        let pushed = reader.push(chunk);
         let out = pushed.forward.bytes(chunk);
         let closed = pushed.close;
         let mut failed = None;
@@ -169,7 +175,7 @@ impl Way {
                 Err(e) => failed = Some(e),
             }
         }
-        self.reader.trim(TRIM_AT);
+        reader.trim(TRIM_AT);
         if let Some(e) = failed {
             return Some(self.dst_failed(e));
         }

@@ -1,0 +1,230 @@
+//! The label values of the contract's metrics, as enums both front ends print.
+//!
+//! The standalone proxy turns them into Prometheus labels, the Envoy filter into Envoy stat
+//! names; neither spells a label value of its own, so the two cannot drift apart. Every value set
+//! here is fixed: nothing from the network becomes a label.
+
+use crate::ice::{CandidateType, Transport};
+
+macro_rules! label_enum {
+    ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident => $text:literal,)+ }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum $name {
+            $($(#[$vdoc])* $variant,)+
+        }
+
+        impl $name {
+            /// Every value, in declaration order.
+            pub const ALL: &'static [$name] = &[$($name::$variant,)+];
+
+            /// The label value.
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text,)+
+                }
+            }
+        }
+
+        impl core::fmt::Display for $name {
+            fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+label_enum! {
+    /// `outcome` of `sigmesh_connections_total`.
+    Outcome {
+        /// The session opened.
+        Accepted => "accepted",
+        /// The origin was not allowed (403).
+        Forbidden => "forbidden",
+        /// The connection bucket was empty (429).
+        RateLimited => "rate_limited",
+        /// No route matched (404).
+        NoRoute => "no_route",
+        /// The upstream handshake failed (502).
+        UpstreamError => "upstream_error",
+    }
+}
+
+label_enum! {
+    /// `limit` of `sigmesh_rate_limited_total`.
+    LimitKind {
+        /// The route's connection bucket.
+        Connections => "connections",
+        /// A connection's message bucket.
+        Messages => "messages",
+        /// A room's bucket.
+        Rooms => "rooms",
+        /// `max_message_bytes` (close 1009).
+        MessageSize => "message_size",
+        /// The TURN credentials endpoint's own bucket.
+        Credentials => "credentials",
+    }
+}
+
+label_enum! {
+    /// `direction` of `sigmesh_messages_total` (and of trace events).
+    MessageDirection {
+        /// Client to upstream.
+        In => "in",
+        /// Upstream to client.
+        Out => "out",
+    }
+}
+
+label_enum! {
+    /// `kind` of `sigmesh_upstream_errors_total`.
+    UpstreamErrorKind {
+        /// The upstream's URL cannot be used.
+        Config => "config",
+        /// TCP connect failed.
+        Connect => "connect",
+        /// The handshake (or a plain HTTP response) did not come in time.
+        Timeout => "timeout",
+        /// The upstream answered the handshake with another status than 101.
+        Refused => "refused",
+        /// The handshake broke (bad accept key, bad headers, ...).
+        Handshake => "handshake",
+        /// The connection was reset or ended mid-session.
+        Reset => "reset",
+        /// The upstream's frames broke RFC 6455.
+        Protocol => "protocol",
+    }
+}
+
+label_enum! {
+    /// `type` of `sigmesh_messages_total`: a known signaling type, `other`, or what a message
+    /// is when its text is not read.
+    MessageType {
+        /// An SDP offer.
+        Offer => "offer",
+        /// An SDP answer.
+        Answer => "answer",
+        /// A trickled ICE candidate.
+        Candidate => "candidate",
+        /// Joining a room.
+        Join => "join",
+        /// Leaving a room.
+        Leave => "leave",
+        /// Hanging up.
+        Bye => "bye",
+        /// A server's welcome.
+        Welcome => "welcome",
+        /// Another peer joined.
+        PeerJoined => "peer-joined",
+        /// Another peer left.
+        PeerLeft => "peer-left",
+        /// An application ping.
+        Ping => "ping",
+        /// An application pong.
+        Pong => "pong",
+        /// An application error.
+        Error => "error",
+        /// A text message of no known type.
+        Other => "other",
+        /// A binary message.
+        Binary => "binary",
+        /// A text message whose text was not read.
+        Text => "text",
+        /// A `permessage-deflate` message (not read).
+        Compressed => "compressed",
+    }
+}
+
+impl MessageType {
+    /// The type of a label the signaling reader produced ([`crate::signal::Reading::label`]);
+    /// anything else is [`MessageType::Other`].
+    pub fn from_label(label: &str) -> MessageType {
+        MessageType::ALL
+            .iter()
+            .copied()
+            .find(|t| t.as_str() == label)
+            .unwrap_or(MessageType::Other)
+    }
+}
+
+label_enum! {
+    /// `type` of `sigmesh_ice_candidates_total`.
+    CandidateKind {
+        /// `typ host`.
+        Host => "host",
+        /// `typ srflx`.
+        Srflx => "srflx",
+        /// `typ prflx`.
+        Prflx => "prflx",
+        /// `typ relay`.
+        Relay => "relay",
+        /// Another type token.
+        Other => "other",
+    }
+}
+
+impl From<&CandidateType<'_>> for CandidateKind {
+    fn from(t: &CandidateType<'_>) -> Self {
+        match t {
+            CandidateType::Host => CandidateKind::Host,
+            CandidateType::Srflx => CandidateKind::Srflx,
+            CandidateType::Prflx => CandidateKind::Prflx,
+            CandidateType::Relay => CandidateKind::Relay,
+            CandidateType::Other(_) => CandidateKind::Other,
+        }
+    }
+}
+
+label_enum! {
+    /// `protocol` of `sigmesh_ice_candidates_total`.
+    CandidateProtocol {
+        /// UDP.
+        Udp => "udp",
+        /// TCP.
+        Tcp => "tcp",
+        /// Another transport.
+        Other => "other",
+    }
+}
+
+impl From<&Transport<'_>> for CandidateProtocol {
+    fn from(t: &Transport<'_>) -> Self {
+        match t {
+            Transport::Udp => CandidateProtocol::Udp,
+            Transport::Tcp => CandidateProtocol::Tcp,
+            Transport::Other(_) => CandidateProtocol::Other,
+        }
+    }
+}
+
+label_enum! {
+    /// Who closed a session, in traces and logs.
+    Party {
+        /// The client.
+        Client => "client",
+        /// The upstream.
+        Upstream => "upstream",
+        /// sigmesh itself (a limit, a timeout, the drain, a leg gone).
+        Proxy => "proxy",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_types_round_trip_and_fold_the_rest() {
+        for t in MessageType::ALL {
+            assert_eq!(MessageType::from_label(t.as_str()), *t);
+        }
+        assert_eq!(MessageType::from_label("nope"), MessageType::Other);
+        for known in crate::signal::KNOWN_TYPES {
+            assert_ne!(
+                MessageType::from_label(known),
+                MessageType::Other,
+                "{known}"
+            );
+        }
+    }
+}

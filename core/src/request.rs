@@ -1,0 +1,628 @@
+//! The request phase: what a front end knows about a request in ([`RequestFacts`]), one
+//! [`Verdict`] out. Both front ends call [`decide`] and only translate its verdict: the
+//! standalone proxy into a hyper response, an upgrade or a forwarded request; the Envoy filter
+//! into a local reply or header changes.
+//!
+//! ## The order of checks (each can answer on its own)
+//! 1. **draining** (the proxy after SIGTERM) — 503 with `connection: close`;
+//! 2. **TURN credentials path** (`turn.credentials_path`, routed or not) — 405 for a method
+//!    other than GET/HEAD; then the matching route's connection bucket when it has one, else a
+//!    bucket per client IP ([`CREDENTIALS_RATE`]) — 429; then 200 with the credential as JSON,
+//!    or 400 for a bad user;
+//! 3. **route** (first match) — [`Verdict::NoRoute`]: the proxy answers 404, the filter leaves
+//!    the request to Envoy's own routes;
+//! 4. on a `websocket:` route, a **WebSocket upgrade** (HTTP/1.1 `Upgrade: websocket` with
+//!    `Connection: upgrade`, or HTTP/2 extended CONNECT with `:protocol: websocket`):
+//!    the HTTP/1.1 handshake's form (GET 405, `Sec-WebSocket-Key` 400, version 13 426), then
+//!    the **origin** — 403;
+//! 5. the route's **connection bucket** (`limits.connections`, upgrades and plain requests
+//!    alike) — 429 with `retry-after` and `x-ratelimit-*`;
+//! 6. the **split**: the override header naming an upstream, else the sticky key's bucket,
+//!    else a random bucket ([`crate::split`]);
+//! 7. the verdict: [`Verdict::Upgrade`], [`Verdict::AwaitFirstMessage`] (`sticky: message:`: the
+//!    upstream is picked from the first message, [`AwaitFirst::pick`]), or [`Verdict::Forward`]
+//!    for a plain request, split the same way.
+//!
+//! Buckets are reached through [`BucketStore`] (the proxy: in memory; the filter: proxy-wasm
+//! shared data), live weights through [`Weights`] (the proxy's `PUT /routes/NAME/weights`).
+
+use std::time::Duration;
+
+use crate::bucket::Verdict as Taken;
+use crate::compiled::{Compiled, DeflatePolicy};
+use crate::config::{LimitKey, Rate, Sticky, Turn, WebSocket};
+use crate::frame::strip_extension;
+use crate::label::{LimitKind, Outcome};
+use crate::route::{Headers, RequestHead};
+use crate::signal::{pointer_value, query_param, sticky_key};
+use crate::split::{Pick, Reason, Splitter};
+
+/// The default bucket of the credentials endpoint per client IP, when no route lends one.
+pub const CREDENTIALS_RATE: Rate = Rate {
+    rate: 10,
+    per: Duration::from_secs(1),
+    burst: 20,
+};
+
+/// A bucket set the request and session phases take tokens from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Bucket {
+    /// `limits.connections` of route `route` (an index into [`Compiled::routes`]).
+    Connections {
+        /// Route index.
+        route: usize,
+    },
+    /// `limits.rooms` of route `route`.
+    Rooms {
+        /// Route index.
+        route: usize,
+    },
+    /// The credentials endpoint's own per-IP buckets ([`CREDENTIALS_RATE`]).
+    Credentials,
+}
+
+/// Where buckets live: the front end's store (in memory, shared data, later Redis).
+pub trait BucketStore {
+    /// Takes one token from `key`'s bucket in `bucket`, refilled at `rate`, at `now`.
+    fn take(&self, bucket: Bucket, key: &str, rate: &Rate, now: Duration) -> Taken;
+}
+
+/// The weights in force per route (the config's, or live ones set through the admin API).
+pub trait Weights {
+    /// Calls `f` with the splitter of route `route`.
+    fn with_splitter(&self, route: usize, f: &mut dyn FnMut(&Splitter));
+}
+
+impl Weights for Compiled {
+    fn with_splitter(&self, route: usize, f: &mut dyn FnMut(&Splitter)) {
+        if let Some(r) = self.routes.get(route) {
+            f(&r.splitter);
+        }
+    }
+}
+
+/// What a front end knows about a request.
+pub struct RequestFacts<'a, H: Headers + ?Sized> {
+    /// `GET`, `CONNECT`, ...
+    pub method: &'a str,
+    /// HTTP/2 extended CONNECT's `:protocol`.
+    pub protocol: Option<&'a str>,
+    /// `Host` or `:authority`.
+    pub host: Option<&'a str>,
+    /// The path, without the query.
+    pub path: &'a str,
+    /// The raw query, without `?`.
+    pub query: Option<&'a str>,
+    /// The request headers.
+    pub headers: &'a H,
+    /// The client's IP address, as text.
+    pub client_ip: &'a str,
+    /// The buckets' clock (any fixed origin, monotonic).
+    pub now: Duration,
+    /// Seconds since the Unix epoch (credential expiry).
+    pub unix_secs: u64,
+    /// A random number (a split without a key).
+    pub random: u32,
+    /// The front end is draining.
+    pub draining: bool,
+}
+
+/// Why a request was answered locally, for the metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Draining (503).
+    Draining,
+    /// A malformed WebSocket handshake (400, 405, 426).
+    Handshake,
+    /// `allowed_origins` (403).
+    Forbidden,
+    /// A bucket was empty (429).
+    Limited(LimitKind),
+    /// A bad credentials request (400, 405).
+    BadCredentialsRequest,
+}
+
+/// A local answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    /// HTTP status.
+    pub status: u16,
+    /// `content-type` of the body.
+    pub content_type: &'static str,
+    /// Other headers, names lower-case.
+    pub headers: Vec<(&'static str, String)>,
+    /// The body.
+    pub body: String,
+    /// The route it was answered on, if one matched (for the metrics' `route` label).
+    pub route: Option<usize>,
+    /// Why, when it refuses.
+    pub refusal: Option<Refusal>,
+    /// It answers a WebSocket upgrade on a `websocket:` route (the proxy traces it as a
+    /// refused session).
+    pub upgrade: bool,
+}
+
+const TEXT: &str = "text/plain; charset=utf-8";
+const JSON: &str = "application/json";
+
+impl Reply {
+    fn text(status: u16, body: &str) -> Reply {
+        Reply {
+            status,
+            content_type: TEXT,
+            headers: Vec::new(),
+            body: body.to_owned(),
+            route: None,
+            refusal: None,
+            upgrade: false,
+        }
+    }
+
+    fn refusing(mut self, refusal: Refusal, route: Option<usize>) -> Reply {
+        self.refusal = Some(refusal);
+        self.route = route;
+        self
+    }
+
+    fn header(mut self, name: &'static str, value: impl Into<String>) -> Reply {
+        self.headers.push((name, value.into()));
+        self
+    }
+
+    /// The proxy's answer when no route matches: 404.
+    pub fn no_route() -> Reply {
+        Reply::text(404, "no route")
+    }
+
+    /// 429 with `retry-after` and the `x-ratelimit-*` headers.
+    pub fn too_many_requests(rate: &Rate, retry_after: Duration) -> Reply {
+        let mut r = Reply::text(429, "rate limited");
+        r.headers
+            .extend(RateLimited::new(rate, retry_after).headers());
+        r
+    }
+
+    /// The `outcome` to count in `sigmesh_connections_total` for this answer, if any.
+    pub fn outcome(&self) -> Option<Outcome> {
+        match self.refusal? {
+            Refusal::Forbidden => Some(Outcome::Forbidden),
+            Refusal::Limited(LimitKind::Connections) => Some(Outcome::RateLimited),
+            _ => None,
+        }
+    }
+
+    /// The `limit` to count in `sigmesh_rate_limited_total` for this answer, if any.
+    pub fn limit(&self) -> Option<LimitKind> {
+        match self.refusal? {
+            Refusal::Limited(l) => Some(l),
+            _ => None,
+        }
+    }
+}
+
+/// Header changes for the request that goes upstream.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HeaderEdits {
+    /// Set (replacing any value).
+    pub set: Vec<(String, String)>,
+    /// Remove.
+    pub remove: Vec<&'static str>,
+}
+
+/// A WebSocket upgrade to relay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upgrade {
+    /// Route index.
+    pub route: usize,
+    /// Upstream index in the route.
+    pub upstream: usize,
+    /// Why that upstream.
+    pub reason: Reason,
+    /// The sticky key (`query:`, `header:`, `cookie:`): the session's room until a message
+    /// names one.
+    pub room: Option<String>,
+    /// What to change in the upstream request: the split header set to the upstream's name
+    /// (Envoy routes on it), a compression offer taken out.
+    pub edits: HeaderEdits,
+    /// `permessage-deflate` may be negotiated end to end (the readers must know).
+    pub deflate: bool,
+}
+
+/// A WebSocket upgrade whose upstream is picked from the client's first message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AwaitFirst {
+    /// Route index.
+    pub route: usize,
+    /// The override header's value, if any (it still wins over the message's key).
+    pub override_name: Option<String>,
+    /// As [`Upgrade::edits`], but for the split header.
+    pub edits: HeaderEdits,
+    /// As [`Upgrade::deflate`].
+    pub deflate: bool,
+}
+
+/// A plain HTTP request to forward.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Forward {
+    /// Route index.
+    pub route: usize,
+    /// Upstream index in the route.
+    pub upstream: usize,
+    /// Why that upstream.
+    pub reason: Reason,
+    /// The split header set to the upstream's name.
+    pub edits: HeaderEdits,
+}
+
+/// The verdict on a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// No route matched.
+    NoRoute,
+    /// Answer locally.
+    Respond(Reply),
+    /// Upgrade, to this upstream.
+    Upgrade(Upgrade),
+    /// Upgrade the client, then pick from its first message.
+    AwaitFirstMessage(AwaitFirst),
+    /// Forward as plain HTTP.
+    Forward(Forward),
+}
+
+/// Decides on a request (see the module docs for the order).
+pub fn decide<H: Headers + ?Sized>(
+    c: &Compiled,
+    req: &RequestFacts<'_, H>,
+    buckets: &dyn BucketStore,
+    weights: &dyn Weights,
+) -> Verdict {
+    if req.draining {
+        return Verdict::Respond(
+            Reply::text(503, "draining")
+                .header("connection", "close")
+                .refusing(Refusal::Draining, None),
+        );
+    }
+    let head = RequestHead {
+        host: req.host,
+        path: req.path,
+        headers: req.headers,
+    };
+    let index = c.table.find(&head);
+    if let Some(turn) = &c.config.turn
+        && req.path == turn.credentials_path
+    {
+        return Verdict::Respond(credentials(c, turn, req, index, buckets));
+    }
+    let Some((index, compiled)) = index.and_then(|i| Some((i, c.routes.get(i)?))) else {
+        return Verdict::NoRoute;
+    };
+    let route = &compiled.route;
+    let upgrade = route
+        .websocket
+        .as_ref()
+        .filter(|_| is_websocket_upgrade(req));
+    if let Some(ws) = upgrade
+        && let Some(reply) = check_handshake(ws, req)
+    {
+        return Verdict::Respond(reply.route_of(index).of_upgrade(true));
+    }
+    if let Some(reply) = connection_limit(c, index, req, buckets) {
+        return Verdict::Respond(reply.of_upgrade(upgrade.is_some()));
+    }
+    let override_name = req.headers.get(route.override_header());
+    let mut edits = HeaderEdits::default();
+    let deflate = upgrade.is_some() && extension_edits(c.caps.deflate, req.headers, &mut edits);
+    if upgrade.is_some()
+        && let Sticky::Message(_) = route.split.sticky
+    {
+        return Verdict::AwaitFirstMessage(AwaitFirst {
+            route: index,
+            override_name: override_name.map(str::to_owned),
+            edits,
+            deflate,
+        });
+    }
+    let room = sticky_key(&route.split.sticky, req.query, req.headers);
+    let pick = pick(
+        weights,
+        index,
+        override_name,
+        room.as_deref().map(str::as_bytes),
+        req.random,
+    );
+    edits.set.push((
+        route.override_header().to_owned(),
+        route.upstreams[pick.index].name.clone(),
+    ));
+    match upgrade {
+        Some(_) => Verdict::Upgrade(Upgrade {
+            route: index,
+            upstream: pick.index,
+            reason: pick.reason,
+            room,
+            edits,
+            deflate,
+        }),
+        None => Verdict::Forward(Forward {
+            route: index,
+            upstream: pick.index,
+            reason: pick.reason,
+            edits,
+        }),
+    }
+}
+
+impl Reply {
+    fn route_of(mut self, route: usize) -> Reply {
+        self.route = Some(route);
+        self
+    }
+
+    fn of_upgrade(mut self, upgrade: bool) -> Reply {
+        self.upgrade = upgrade;
+        self
+    }
+}
+
+impl AwaitFirst {
+    /// Picks the upstream once the client's first message has come: `text` is its text (when
+    /// it is a text message in UTF-8). The override header still wins; a message without the
+    /// key is split at random.
+    pub fn pick(
+        &self,
+        c: &Compiled,
+        weights: &dyn Weights,
+        text: Option<&str>,
+        random: u32,
+    ) -> Upgrade {
+        let route = &c.routes[self.route].route;
+        let key = match (&route.split.sticky, text) {
+            (Sticky::Message(pointer), Some(t)) => {
+                pointer_value(t, pointer).filter(|v| !v.is_empty())
+            }
+            _ => None,
+        };
+        let pick = pick(
+            weights,
+            self.route,
+            self.override_name.as_deref(),
+            key.as_deref().map(str::as_bytes),
+            random,
+        );
+        let mut edits = self.edits.clone();
+        edits.set.push((
+            route.override_header().to_owned(),
+            route.upstreams[pick.index].name.clone(),
+        ));
+        Upgrade {
+            route: self.route,
+            upstream: pick.index,
+            reason: pick.reason,
+            room: None,
+            edits,
+            deflate: self.deflate,
+        }
+    }
+}
+
+fn pick(
+    weights: &dyn Weights,
+    route: usize,
+    override_name: Option<&str>,
+    key: Option<&[u8]>,
+    random: u32,
+) -> Pick {
+    let mut picked = Pick {
+        index: 0,
+        reason: Reason::Random,
+    };
+    weights.with_splitter(route, &mut |s| picked = s.pick(override_name, key, random));
+    picked
+}
+
+/// HTTP/1.1 `Upgrade: websocket` with `Connection: upgrade`, or HTTP/2 extended CONNECT with
+/// `:protocol: websocket`.
+pub fn is_websocket_upgrade<H: Headers + ?Sized>(req: &RequestFacts<'_, H>) -> bool {
+    let h1 = has_token(req.headers, "upgrade", "websocket")
+        && has_token(req.headers, "connection", "upgrade");
+    let h2 = req.method.eq_ignore_ascii_case("CONNECT")
+        && req
+            .protocol
+            .or_else(|| req.headers.get(":protocol"))
+            .is_some_and(|p| p.eq_ignore_ascii_case("websocket"));
+    h1 || h2
+}
+
+/// Whether a comma-separated header (any of its values) carries `token`, case-insensitively.
+pub fn has_token<H: Headers + ?Sized>(headers: &H, name: &str, token: &str) -> bool {
+    headers.any_value(name, &mut |v| {
+        v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token))
+    })
+}
+
+/// The form of an HTTP/1.1 handshake (RFC 6455 §4.2.1), then the origin.
+fn check_handshake<H: Headers + ?Sized>(
+    ws: &WebSocket,
+    req: &RequestFacts<'_, H>,
+) -> Option<Reply> {
+    let extended_connect = req.method.eq_ignore_ascii_case("CONNECT");
+    if !extended_connect {
+        if req.headers.get("sec-websocket-key").is_none() {
+            return Some(
+                Reply::text(400, "missing sec-websocket-key").refusing(Refusal::Handshake, None),
+            );
+        }
+        if req.headers.get("sec-websocket-version") != Some("13") {
+            return Some(
+                Reply::text(426, "unsupported websocket version")
+                    .header("sec-websocket-version", "13")
+                    .refusing(Refusal::Handshake, None),
+            );
+        }
+        if req.method != "GET" {
+            return Some(
+                Reply::text(405, "websocket upgrade needs GET").refusing(Refusal::Handshake, None),
+            );
+        }
+    }
+    if !origin_allowed(ws, req.headers.get("origin")) {
+        return Some(Reply::text(403, "origin not allowed").refusing(Refusal::Forbidden, None));
+    }
+    None
+}
+
+/// Whether a handshake's `Origin` passes `allowed_origins` (empty: any origin; else an exact,
+/// case-insensitive match, and a request without an `Origin` fails).
+pub fn origin_allowed(ws: &WebSocket, origin: Option<&str>) -> bool {
+    ws.allowed_origins.is_empty()
+        || origin.is_some_and(|o| ws.allowed_origins.iter().any(|a| a.eq_ignore_ascii_case(o)))
+}
+
+/// Applies `policy` to the client's `permessage-deflate` offer; returns whether it stays.
+fn extension_edits<H: Headers + ?Sized>(
+    policy: DeflatePolicy,
+    headers: &H,
+    edits: &mut HeaderEdits,
+) -> bool {
+    let Some(offer) = headers.get("sec-websocket-extensions") else {
+        return false;
+    };
+    let rest = strip_extension(offer, "permessage-deflate");
+    if rest.as_deref() == Some(offer) {
+        return false; // not offered
+    }
+    match policy {
+        DeflatePolicy::Keep => true,
+        DeflatePolicy::Strip => {
+            match rest {
+                Some(rest) => edits.set.push(("sec-websocket-extensions".into(), rest)),
+                None => edits.remove.push("sec-websocket-extensions"),
+            }
+            false
+        }
+    }
+}
+
+/// The route's connection bucket; `Some(429)` when it is empty.
+fn connection_limit<H: Headers + ?Sized>(
+    c: &Compiled,
+    route: usize,
+    req: &RequestFacts<'_, H>,
+    buckets: &dyn BucketStore,
+) -> Option<Reply> {
+    let limit = c.routes.get(route)?.route.limits.connections.as_ref()?;
+    let key = connection_key(&limit.key, req.client_ip, req.headers);
+    match buckets.take(Bucket::Connections { route }, &key, &limit.rate, req.now) {
+        Taken::Allow { .. } => None,
+        Taken::Limited { retry_after } => Some(
+            Reply::too_many_requests(&limit.rate, retry_after)
+                .refusing(Refusal::Limited(LimitKind::Connections), Some(route)),
+        ),
+    }
+}
+
+/// `GET {credentials_path}?user=ID`: a TURN REST credential ([`crate::credentials`]) with
+/// `cache-control: no-store`.
+fn credentials<H: Headers + ?Sized>(
+    c: &Compiled,
+    turn: &Turn,
+    req: &RequestFacts<'_, H>,
+    route: Option<usize>,
+    buckets: &dyn BucketStore,
+) -> Reply {
+    if req.method != "GET" && req.method != "HEAD" {
+        return Reply::text(405, "method not allowed")
+            .header("allow", "GET, HEAD")
+            .refusing(Refusal::BadCredentialsRequest, route);
+    }
+    let lends_bucket = route
+        .and_then(|i| c.routes.get(i))
+        .is_some_and(|r| r.route.limits.connections.is_some());
+    match route {
+        Some(i) if lends_bucket => {
+            if let Some(limited) = connection_limit(c, i, req, buckets) {
+                return limited;
+            }
+        }
+        _ => {
+            let taken = buckets.take(
+                Bucket::Credentials,
+                req.client_ip,
+                &CREDENTIALS_RATE,
+                req.now,
+            );
+            if let Taken::Limited { retry_after } = taken {
+                return Reply::too_many_requests(&CREDENTIALS_RATE, retry_after)
+                    .refusing(Refusal::Limited(LimitKind::Credentials), route);
+            }
+        }
+    }
+    let user = req
+        .query
+        .and_then(|q| query_param(q, "user"))
+        .unwrap_or_default();
+    let credential =
+        crate::credentials::credential(&turn.secret, &user, req.unix_secs, turn.ttl, &turn.uris);
+    let (status, body, refusal) = match credential {
+        Ok(cred) => (200, serde_json::to_string(&cred).unwrap_or_default(), None),
+        Err(e) => (
+            400,
+            serde_json::json!({ "error": format!("{e}: pass ?user=ID") }).to_string(),
+            Some(Refusal::BadCredentialsRequest),
+        ),
+    };
+    Reply {
+        status,
+        content_type: JSON,
+        headers: vec![("cache-control", "no-store".into())],
+        body,
+        route,
+        refusal,
+        upgrade: false,
+    }
+}
+
+/// The values of a 429 answer: `retry-after`, `x-ratelimit-limit`, `x-ratelimit-remaining`,
+/// `x-ratelimit-reset` (whole seconds, rounded up, at least 1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimited {
+    /// `retry-after` and `x-ratelimit-reset`, in seconds.
+    pub retry_after_secs: u64,
+    /// `x-ratelimit-limit`: the bucket's burst.
+    pub limit: u32,
+    /// `x-ratelimit-remaining`: 0.
+    pub remaining: u32,
+}
+
+impl RateLimited {
+    /// From the bucket's rate and its verdict's `retry_after`.
+    pub fn new(rate: &Rate, retry_after: Duration) -> Self {
+        let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+        RateLimited {
+            retry_after_secs: secs.max(1),
+            limit: rate.burst,
+            remaining: 0,
+        }
+    }
+
+    /// The four headers, names lower-case.
+    pub fn headers(&self) -> [(&'static str, String); 4] {
+        [
+            ("retry-after", self.retry_after_secs.to_string()),
+            ("x-ratelimit-limit", self.limit.to_string()),
+            ("x-ratelimit-remaining", self.remaining.to_string()),
+            ("x-ratelimit-reset", self.retry_after_secs.to_string()),
+        ]
+    }
+}
+
+/// The key of a connection bucket (`limits.connections.key`): the client's IP, one key for the
+/// route, or a header's value (requests without the header share the empty key).
+pub fn connection_key<H: Headers + ?Sized>(key: &LimitKey, client_ip: &str, headers: &H) -> String {
+    match key {
+        LimitKey::ClientIp => client_ip.to_owned(),
+        LimitKey::Route => String::new(),
+        LimitKey::Header(name) => headers.get(name).unwrap_or_default().to_owned(),
+    }
+}
