@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use sigmesh_core::frame::{
-    Action, Direction, ForwardAll, FrameReader, Handler, MessageInfo, ReaderConfig, frame,
+    Direction, ForwardAll, FrameReader, Handler, MessageAction, MessageInfo, ReaderConfig, frame,
 };
 
 const MIB: usize = 1 << 20;
@@ -37,12 +37,12 @@ fn stream(size: usize) -> Vec<u8> {
 struct CutTenth(u64);
 
 impl Handler for CutTenth {
-    fn decide(&mut self, _: &MessageInfo, _: Option<&str>) -> Action {
+    fn decide(&mut self, _: &MessageInfo, _: Option<&str>) -> MessageAction {
         self.0 += 1;
         if self.0.is_multiple_of(10) {
-            Action::Cut
+            MessageAction::Cut
         } else {
-            Action::Forward
+            MessageAction::Forward
         }
     }
 }

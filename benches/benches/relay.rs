@@ -32,9 +32,9 @@ use std::time::Duration;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use sigmesh_core::config::Signaling;
 use sigmesh_core::frame::{
-    Action, Direction, FrameReader, Handler, MessageInfo, ReaderConfig, frame,
+    Direction, FrameReader, Handler, MessageAction, MessageInfo, ReaderConfig, frame,
 };
-use sigmesh_core::signal::{Kind, read_message};
+use sigmesh_core::signal::{SignalKind, read_message};
 use tungstenite::protocol::{Message, Role, WebSocket, WebSocketConfig};
 
 const MIB: usize = 1 << 20;
@@ -106,8 +106,8 @@ struct Relay<'s> {
 }
 
 impl Handler for Relay<'_> {
-    fn decide(&mut self, _: &MessageInfo, _: Option<&str>) -> Action {
-        Action::Forward
+    fn decide(&mut self, _: &MessageInfo, _: Option<&str>) -> MessageAction {
+        MessageAction::Forward
     }
 
     fn done(&mut self, _: &MessageInfo, text: Option<&str>, _: bool) {
@@ -270,8 +270,8 @@ struct Collect {
 }
 
 impl Handler for Collect {
-    fn decide(&mut self, _: &MessageInfo, _: Option<&str>) -> Action {
-        Action::Forward
+    fn decide(&mut self, _: &MessageInfo, _: Option<&str>) -> MessageAction {
+        MessageAction::Forward
     }
 
     fn done(&mut self, _: &MessageInfo, text: Option<&str>, _: bool) {
@@ -313,7 +313,7 @@ fn verify(input: &Input, signaling: &Signaling) {
     assert_eq!(expected.messages, input.messages);
     let first = expected.texts.lines().next().expect("a message");
     let r = read_message(first, signaling);
-    assert_eq!(r.kind, Kind::Candidate);
+    assert_eq!(r.kind, SignalKind::Candidate);
     assert_eq!(r.room.as_deref(), Some("r0"));
     assert_eq!(r.peer.as_deref(), Some("p0"));
 

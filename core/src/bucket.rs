@@ -5,7 +5,7 @@
 //! `1 / per_ns` token, where `per_ns` is the refill period in nanoseconds: one token is
 //! `per_ns` units, and every elapsed nanosecond adds `rate` units. Refill is therefore exact (no
 //! floating point, no rounding drift however often the bucket is looked at; a division only
-//! when at least a whole token has accrued), and [`Verdict::Limited::retry_after`] is the exact
+//! when at least a whole token has accrued), and [`BucketVerdict::Limited::retry_after`] is the exact
 //! time, rounded up to the nanosecond, until the next whole token. Intermediate values are
 //! `u128`, so huge gaps (`now` jumping by centuries) cannot overflow; `now` saturates at
 //! 2^64 ns (584 years).
@@ -41,7 +41,7 @@ use crate::config::Rate;
 
 /// A bucket's verdict.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
+pub enum BucketVerdict {
     /// A token was taken.
     Allow {
         /// Whole tokens left.
@@ -54,10 +54,10 @@ pub enum Verdict {
     },
 }
 
-impl Verdict {
-    /// `true` for [`Verdict::Allow`].
+impl BucketVerdict {
+    /// `true` for [`BucketVerdict::Allow`].
     pub fn is_allowed(&self) -> bool {
-        matches!(self, Verdict::Allow { .. })
+        matches!(self, BucketVerdict::Allow { .. })
     }
 }
 
@@ -151,21 +151,21 @@ impl TokenBucket {
     }
 
     /// Takes one token if there is one. No allocation.
-    pub fn try_take(&mut self, rate: &Rate, now: Duration) -> Verdict {
+    pub fn try_take(&mut self, rate: &Rate, now: Duration) -> BucketVerdict {
         let s = Shape::of(rate);
         self.refill(&s, now);
         if self.whole > 0 {
             self.whole -= 1;
-            Verdict::Allow {
+            BucketVerdict::Allow {
                 remaining: self.whole,
             }
         } else if s.burst == 0 {
             // There will never be a token.
-            Verdict::Limited {
+            BucketVerdict::Limited {
                 retry_after: Duration::MAX,
             }
         } else {
-            Verdict::Limited {
+            BucketVerdict::Limited {
                 retry_after: s.time_for(s.per - self.frac),
             }
         }
@@ -347,7 +347,7 @@ impl<K: std::hash::Hash + Eq + Clone> KeyedBuckets<K> {
     ///
     /// No allocation for a key already held, except the owned key when it moves generation;
     /// a new key is converted with `ToOwned`.
-    pub fn try_take<Q>(&mut self, key: &Q, now: Duration) -> Verdict
+    pub fn try_take<Q>(&mut self, key: &Q, now: Duration) -> BucketVerdict
     where
         K: std::borrow::Borrow<Q>,
         Q: std::hash::Hash + Eq + ToOwned<Owned = K> + ?Sized,
@@ -446,7 +446,7 @@ mod tests {
     const S: Duration = Duration::from_secs(1);
     const MS: Duration = Duration::from_millis(1);
 
-    fn allowed(v: Verdict) -> bool {
+    fn allowed(v: BucketVerdict) -> bool {
         v.is_allowed()
     }
 
@@ -456,29 +456,32 @@ mod tests {
         let mut b = TokenBucket::new(&r, Duration::ZERO);
         assert_eq!(
             b.try_take(&r, Duration::ZERO),
-            Verdict::Allow { remaining: 2 }
+            BucketVerdict::Allow { remaining: 2 }
         );
         assert_eq!(
             b.try_take(&r, Duration::ZERO),
-            Verdict::Allow { remaining: 1 }
+            BucketVerdict::Allow { remaining: 1 }
         );
         assert_eq!(
             b.try_take(&r, Duration::ZERO),
-            Verdict::Allow { remaining: 0 }
+            BucketVerdict::Allow { remaining: 0 }
         );
         assert_eq!(
             b.try_take(&r, Duration::ZERO),
-            Verdict::Limited {
+            BucketVerdict::Limited {
                 retry_after: 100 * MS
             }
         );
         assert_eq!(
             b.try_take(&r, 30 * MS),
-            Verdict::Limited {
+            BucketVerdict::Limited {
                 retry_after: 70 * MS
             }
         );
-        assert_eq!(b.try_take(&r, 100 * MS), Verdict::Allow { remaining: 0 });
+        assert_eq!(
+            b.try_take(&r, 100 * MS),
+            BucketVerdict::Allow { remaining: 0 }
+        );
         assert_eq!(b.time_to_full(&r, 100 * MS), 300 * MS);
         assert_eq!(b.time_to_full(&r, 400 * MS), Duration::ZERO);
         assert_eq!(b.remaining(&r, 250 * MS), 1);
@@ -492,7 +495,7 @@ mod tests {
         assert!(allowed(b.try_take(&r, Duration::ZERO)));
         assert_eq!(
             b.try_take(&r, Duration::ZERO),
-            Verdict::Limited {
+            BucketVerdict::Limited {
                 retry_after: Duration::from_nanos(333_333_334)
             }
         );
@@ -563,7 +566,7 @@ mod tests {
         assert!(allowed(b.try_take(&r, Duration::ZERO)));
         assert_eq!(
             b.try_take(&r, S),
-            Verdict::Limited {
+            BucketVerdict::Limited {
                 retry_after: Duration::MAX
             }
         );
@@ -571,7 +574,7 @@ mod tests {
         let mut b = TokenBucket::new(&r, Duration::ZERO);
         assert_eq!(
             b.try_take(&r, S),
-            Verdict::Limited {
+            BucketVerdict::Limited {
                 retry_after: Duration::MAX
             }
         );

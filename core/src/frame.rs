@@ -9,7 +9,7 @@
 //!   control frame rules, fragmentation order, masking by direction);
 //! - bytes pass through **untouched**: the only changes are whole frames removed and, on a
 //!   close, a close frame appended at a frame boundary, so the stream stays valid;
-//! - once per data message it asks a [`Handler`] for an [`Action`] (forward, cut, close), and
+//! - once per data message it asks a [`Handler`] for an [`MessageAction`] (forward, cut, close), and
 //!   tells it when the message has ended;
 //! - it unmasks only what it has to read: the payload of uncompressed text messages, and only
 //!   with [`ReaderConfig::read_text`], into a buffer bounded by the message size limit.
@@ -30,7 +30,7 @@
 //!
 //! ## Closing
 //! A message over [`ReaderConfig::max_message_bytes`] (counted from the frame headers, before
-//! any of the offending frame is forwarded), broken framing, or an [`Action::Close`] ends the
+//! any of the offending frame is forwarded), broken framing, or an [`MessageAction::Close`] ends the
 //! direction: the reader forwards what came before the offending frame, appends a close frame
 //! with the code (masked with [`ReaderConfig::mask_key`] when the direction is masked), and drops
 //! every byte after it. [`Pushed::close`] says so once, so the front end can count it.
@@ -124,7 +124,7 @@ pub struct MessageInfo {
 
 /// What to do with a data message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Action {
+pub enum MessageAction {
     /// Pass it on.
     Forward,
     /// Remove every frame of it.
@@ -142,7 +142,7 @@ pub enum Action {
 pub trait Handler {
     /// The verdict on a data message, asked once: at its start with `text: None`, or (deferred
     /// text messages) once complete with its text (`None` if it is not UTF-8).
-    fn decide(&mut self, msg: &MessageInfo, text: Option<&str>) -> Action;
+    fn decide(&mut self, msg: &MessageInfo, text: Option<&str>) -> MessageAction;
 
     /// A data message has ended; `forwarded` says whether it went on. `text` is its text where
     /// it was read (`read_text`, uncompressed, within the limit, valid UTF-8).
@@ -162,8 +162,8 @@ pub trait Handler {
 pub struct ForwardAll;
 
 impl Handler for ForwardAll {
-    fn decide(&mut self, _: &MessageInfo, _: Option<&str>) -> Action {
-        Action::Forward
+    fn decide(&mut self, _: &MessageInfo, _: Option<&str>) -> MessageAction {
+        MessageAction::Forward
     }
 }
 
@@ -488,9 +488,11 @@ impl FrameReader {
                 Fate::Hold
             } else {
                 match handler.decide(&m.info, None) {
-                    Action::Forward => Fate::Forward,
-                    Action::Cut => Fate::Cut,
-                    Action::Close { code, reason } => return self.close_now(e, code, reason),
+                    MessageAction::Forward => Fate::Forward,
+                    MessageAction::Cut => Fate::Cut,
+                    MessageAction::Close { code, reason } => {
+                        return self.close_now(e, code, reason);
+                    }
                 }
             };
         }
@@ -653,19 +655,19 @@ impl FrameReader {
             Fate::Hold => {
                 let action = handler.decide(&m.info, text);
                 match action {
-                    Action::Forward => {
+                    MessageAction::Forward => {
                         e.extra(&self.held);
                         self.held.clear();
                         self.held_ctrl.clear();
                         true
                     }
-                    Action::Cut => {
+                    MessageAction::Cut => {
                         e.extra(&self.held_ctrl);
                         self.held.clear();
                         self.held_ctrl.clear();
                         false
                     }
-                    Action::Close { code, reason } => {
+                    MessageAction::Close { code, reason } => {
                         self.close_now(e, code, reason);
                         return;
                     }
@@ -912,11 +914,11 @@ mod tests {
     }
 
     impl Handler for Log {
-        fn decide(&mut self, m: &MessageInfo, t: Option<&str>) -> Action {
+        fn decide(&mut self, m: &MessageInfo, t: Option<&str>) -> MessageAction {
             self.decided.push((*m, t.map(str::to_owned)));
             match self.cut_every {
-                Some(n) if self.decided.len().is_multiple_of(n) => Action::Cut,
-                _ => Action::Forward,
+                Some(n) if self.decided.len().is_multiple_of(n) => MessageAction::Cut,
+                _ => MessageAction::Forward,
             }
         }
         fn done(&mut self, m: &MessageInfo, t: Option<&str>, fwd: bool) {

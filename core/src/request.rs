@@ -28,7 +28,7 @@
 
 use std::time::Duration;
 
-use crate::bucket::Verdict as Taken;
+use crate::bucket::BucketVerdict as Taken;
 use crate::compiled::{Compiled, DeflatePolicy};
 use crate::config::{LimitKey, Rate, Sticky, Turn, WebSocket};
 use crate::frame::strip_extension;

@@ -5,7 +5,8 @@
 
 use proptest::prelude::*;
 use sigmesh_core::frame::{
-    Action, Closed, Direction, FrameReader, Handler, MessageInfo, ReaderConfig, close_frame, frame,
+    Closed, Direction, FrameReader, Handler, MessageAction, MessageInfo, ReaderConfig, close_frame,
+    frame,
 };
 
 const KEY: [u8; 4] = [0xa1, 0x5e, 0x07, 0xff];
@@ -79,14 +80,14 @@ struct Rec {
 }
 
 impl Handler for Rec {
-    fn decide(&mut self, _: &MessageInfo, text: Option<&str>) -> Action {
+    fn decide(&mut self, _: &MessageInfo, text: Option<&str>) -> MessageAction {
         let i = self.decided;
         self.decided += 1;
         self.texts_at_decide.push(text.map(str::to_owned));
         if self.cut.contains(&i) {
-            Action::Cut
+            MessageAction::Cut
         } else {
-            Action::Forward
+            MessageAction::Forward
         }
     }
     fn done(&mut self, m: &MessageInfo, t: Option<&str>, fwd: bool) {
@@ -304,15 +305,15 @@ fn deferred_message_over_the_limit_is_never_forwarded() {
 fn close_verdict_appends_a_close_frame_and_drops_the_rest() {
     struct CloseSecond(usize);
     impl Handler for CloseSecond {
-        fn decide(&mut self, _: &MessageInfo, _: Option<&str>) -> Action {
+        fn decide(&mut self, _: &MessageInfo, _: Option<&str>) -> MessageAction {
             self.0 += 1;
             if self.0 == 2 {
-                Action::Close {
+                MessageAction::Close {
                     code: 1008,
                     reason: "message rate limit",
                 }
             } else {
-                Action::Forward
+                MessageAction::Forward
             }
         }
     }

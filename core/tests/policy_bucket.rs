@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use proptest::prelude::*;
-use sigmesh_core::bucket::{KeyedBuckets, TokenBucket, Verdict};
+use sigmesh_core::bucket::{BucketVerdict, KeyedBuckets, TokenBucket};
 use sigmesh_core::config::Rate;
 
 fn rate_strategy() -> impl Strategy<Value = Rate> {
@@ -74,7 +74,7 @@ proptest! {
         for _ in 0..extra {
             let _ = b.try_take(&r, now);
         }
-        let Verdict::Limited { retry_after } = b.try_take(&r, now) else {
+        let BucketVerdict::Limited { retry_after } = b.try_take(&r, now) else {
             return Err(TestCaseError::fail("bucket should be empty"));
         };
         prop_assert!(retry_after > Duration::ZERO && retry_after <= r.per);
@@ -137,7 +137,7 @@ proptest! {
                     let _ = k.try_take(n.as_str(), now);
                 }
             }
-            prop_assert_eq!(k.try_take("hot", now), Verdict::Allow { remaining: expected - 1 });
+            prop_assert_eq!(k.try_take("hot", now), BucketVerdict::Allow { remaining: expected - 1 });
             expected -= 1;
             prop_assert!(k.len() <= max_keys);
         }

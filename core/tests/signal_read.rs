@@ -6,7 +6,7 @@ use proptest::prelude::*;
 use serde_json::json;
 use sigmesh_core::config::Signaling;
 use sigmesh_core::signal::{
-    Dialect, IceTally, Kind, pointer_value, read_message, read_message_with,
+    Dialect, IceTally, SignalKind, pointer_value, read_message, read_message_with,
 };
 
 const HOST: &str = "candidate:842163049 1 udp 2122260223 192.168.1.5 53622 typ host generation 0";
@@ -37,7 +37,7 @@ fn sdp(cands: &[&str]) -> String {
 }
 
 /// (kind, dialect, wrapped, label)
-fn shape(text: &str, cfg: &Signaling) -> (Kind, Dialect, bool, &'static str) {
+fn shape(text: &str, cfg: &Signaling) -> (SignalKind, Dialect, bool, &'static str) {
     let r = read_message(text, cfg);
     (r.kind, r.dialect, r.wrapped, r.label)
 }
@@ -48,7 +48,7 @@ fn plain_browser_json() {
     let r = read_message(&offer, &none());
     assert_eq!(
         (r.kind, r.dialect, r.label),
-        (Kind::Offer, Dialect::Plain, "offer")
+        (SignalKind::Offer, Dialect::Plain, "offer")
     );
     assert_eq!(
         r.ice,
@@ -62,7 +62,7 @@ fn plain_browser_json() {
     let answer = json!({ "type": "answer", "sdp": sdp(&[]) }).to_string();
     assert_eq!(
         shape(&answer, &none()),
-        (Kind::Answer, Dialect::Plain, false, "answer")
+        (SignalKind::Answer, Dialect::Plain, false, "answer")
     );
     let cand =
         json!({ "candidate": { "candidate": SRFLX_TCP, "sdpMid": "0", "sdpMLineIndex": 0 } })
@@ -70,7 +70,7 @@ fn plain_browser_json() {
     let r = read_message(&cand, &none());
     assert_eq!(
         (r.kind, r.dialect, r.label),
-        (Kind::Candidate, Dialect::Plain, "candidate")
+        (SignalKind::Candidate, Dialect::Plain, "candidate")
     );
     assert_eq!(
         r.ice,
@@ -85,7 +85,7 @@ fn plain_browser_json() {
     let r = read_message(&end, &none());
     assert_eq!(
         (r.kind, r.ice.total(), r.ice.invalid),
-        (Kind::Candidate, 0, 0)
+        (SignalKind::Candidate, 0, 0)
     );
 }
 
@@ -98,7 +98,7 @@ fn the_demo_page() {
     let r = read_message(&m, &cfg);
     assert_eq!(
         (r.kind, r.dialect, r.label),
-        (Kind::Candidate, Dialect::Configured, "candidate")
+        (SignalKind::Candidate, Dialect::Configured, "candidate")
     );
     assert_eq!(
         (r.room.as_deref(), r.peer.as_deref()),
@@ -115,23 +115,23 @@ fn the_demo_page() {
     let join = r#"{"type":"join","room":"r1","from":"alice"}"#;
     assert_eq!(
         shape(join, &cfg),
-        (Kind::Join, Dialect::Configured, false, "join")
+        (SignalKind::Join, Dialect::Configured, false, "join")
     );
     assert_eq!(
         shape(join, &none()),
-        (Kind::Join, Dialect::Typed, false, "join")
+        (SignalKind::Join, Dialect::Typed, false, "join")
     );
     let welcome = r#"{"type":"welcome","room":"r1","server":"stable","peers":[]}"#;
     assert_eq!(
         shape(welcome, &cfg),
-        (Kind::Other, Dialect::Typed, false, "welcome")
+        (SignalKind::Other, Dialect::Typed, false, "welcome")
     );
     assert_eq!(
         shape(welcome, &none()),
-        (Kind::Other, Dialect::Typed, false, "welcome")
+        (SignalKind::Other, Dialect::Typed, false, "welcome")
     );
     let leave = r#"{"type":"leave","room":"r1","from":"alice"}"#;
-    assert_eq!(shape(leave, &none()).0, Kind::Leave);
+    assert_eq!(shape(leave, &none()).0, SignalKind::Leave);
     // Borrowed, not copied, when there is nothing to unescape.
     let r = read_message(join, &cfg);
     assert!(matches!(r.room, Some(std::borrow::Cow::Borrowed("r1"))));
@@ -150,13 +150,13 @@ fn peerjs() {
     let r = read_message(&offer, &none());
     assert_eq!(
         (r.kind, r.dialect, r.label),
-        (Kind::Offer, Dialect::PeerJs, "offer")
+        (SignalKind::Offer, Dialect::PeerJs, "offer")
     );
     assert_eq!(r.ice.host, 1);
     let answer = json!({ "type": "ANSWER", "src": "peer-b", "payload": { "sdp": { "type": "answer", "sdp": "v=0" }, "type": "data" } }).to_string();
     assert_eq!(
         shape(&answer, &none()),
-        (Kind::Answer, Dialect::PeerJs, false, "answer")
+        (SignalKind::Answer, Dialect::PeerJs, false, "answer")
     );
     let cand = json!({ "type": "CANDIDATE", "dst": "peer-b",
         "payload": { "candidate": { "candidate": RELAY, "sdpMLineIndex": 0, "sdpMid": "0" }, "type": "data", "connectionId": "dc_y" } })
@@ -164,15 +164,15 @@ fn peerjs() {
     let r = read_message(&cand, &none());
     assert_eq!(
         (r.kind, r.dialect, r.ice.relay),
-        (Kind::Candidate, Dialect::PeerJs, 1)
+        (SignalKind::Candidate, Dialect::PeerJs, 1)
     );
     assert_eq!(
         shape(r#"{"type":"LEAVE","src":"peer-b"}"#, &none()).0,
-        Kind::Leave
+        SignalKind::Leave
     );
     assert_eq!(
         shape(r#"{"type":"HEARTBEAT"}"#, &none()),
-        (Kind::Other, Dialect::Typed, false, "other")
+        (SignalKind::Other, Dialect::Typed, false, "other")
     );
 }
 
@@ -184,44 +184,47 @@ fn simple_peer_wrapped_in_app_messages() {
             .to_string();
     assert_eq!(
         shape(&offer, &none()),
-        (Kind::Offer, Dialect::Plain, true, "offer")
+        (SignalKind::Offer, Dialect::Plain, true, "offer")
     );
     let cand = json!({ "signal": { "type": "candidate", "candidate": { "candidate": HOST, "sdpMLineIndex": 0, "sdpMid": "0" } } }).to_string();
     let r = read_message(&cand, &none());
-    assert_eq!((r.kind, r.wrapped, r.ice.host), (Kind::Candidate, true, 1));
+    assert_eq!(
+        (r.kind, r.wrapped, r.ice.host),
+        (SignalKind::Candidate, true, 1)
+    );
     let old_style =
         json!({ "room": "r", "data": { "candidate": { "candidate": HOST } } }).to_string();
-    assert_eq!(shape(&old_style, &none()).0, Kind::Candidate);
+    assert_eq!(shape(&old_style, &none()).0, SignalKind::Candidate);
     let reneg = json!({ "type": "signal", "data": { "renegotiate": true } }).to_string();
     assert_eq!(
         shape(&reneg, &none()),
-        (Kind::Other, Dialect::SimplePeer, true, "other")
+        (SignalKind::Other, Dialect::SimplePeer, true, "other")
     );
     let tr = json!({ "type": "transceiverRequest", "transceiverRequest": { "kind": "video", "init": {} } }).to_string();
     assert_eq!(
         shape(&tr, &none()),
-        (Kind::Other, Dialect::SimplePeer, false, "other")
+        (SignalKind::Other, Dialect::SimplePeer, false, "other")
     );
     // MDN's perfect negotiation and its older "video-offer" sample.
     let pn = json!({ "description": { "type": "answer", "sdp": "v=0" } }).to_string();
     assert_eq!(
         shape(&pn, &none()),
-        (Kind::Answer, Dialect::Plain, true, "answer")
+        (SignalKind::Answer, Dialect::Plain, true, "answer")
     );
     let mdn = json!({ "type": "video-offer", "name": "a", "target": "b", "sdp": { "type": "offer", "sdp": "v=0" } }).to_string();
     assert_eq!(
         shape(&mdn, &none()),
-        (Kind::Offer, Dialect::Plain, false, "offer")
+        (SignalKind::Offer, Dialect::Plain, false, "offer")
     );
     let mdn =
         json!({ "type": "new-ice-candidate", "target": "b", "candidate": { "candidate": HOST } })
             .to_string();
     assert_eq!(
         shape(&mdn, &none()),
-        (Kind::Candidate, Dialect::Plain, false, "candidate")
+        (SignalKind::Candidate, Dialect::Plain, false, "candidate")
     );
     // With a configured type that names an envelope, the shape still decides.
-    assert_eq!(shape(&offer, &demo()).0, Kind::Offer);
+    assert_eq!(shape(&offer, &demo()).0, SignalKind::Offer);
 }
 
 #[test]
@@ -233,7 +236,7 @@ fn socket_io() {
     let r = read_message(&offer, &demo());
     assert_eq!(
         (r.kind, r.dialect, r.label),
-        (Kind::Offer, Dialect::SocketIo, "offer")
+        (SignalKind::Offer, Dialect::SocketIo, "offer")
     );
     assert_eq!(
         (r.room.as_deref(), r.peer.as_deref()),
@@ -257,12 +260,12 @@ fn socket_io() {
     let r = read_message(&ns, &none());
     assert_eq!(
         (r.kind, r.dialect, r.ice.relay),
-        (Kind::Candidate, Dialect::SocketIo, 1)
+        (SignalKind::Candidate, Dialect::SocketIo, 1)
     );
     let ack = r#"4217["join-room",{"room":"r1"}]"#;
     assert_eq!(
         shape(ack, &none()),
-        (Kind::Join, Dialect::SocketIo, false, "join")
+        (SignalKind::Join, Dialect::SocketIo, false, "join")
     );
     let generic = format!(
         r#"42/ns,5["message",{}]"#,
@@ -270,26 +273,26 @@ fn socket_io() {
     );
     assert_eq!(
         shape(&generic, &none()),
-        (Kind::Answer, Dialect::SocketIo, true, "answer")
+        (SignalKind::Answer, Dialect::SocketIo, true, "answer")
     );
     assert_eq!(
         shape(r#"43/ns,5[{"ok":true}]"#, &none()),
-        (Kind::Other, Dialect::SocketIo, false, "other")
+        (SignalKind::Other, Dialect::SocketIo, false, "other")
     );
     assert_eq!(
         shape(r#"451-["offer",{"_placeholder":true,"num":0}]"#, &none()).0,
-        Kind::Offer
+        SignalKind::Offer
     );
     assert_eq!(
         shape("40", &none()),
-        (Kind::Other, Dialect::SocketIo, false, "other")
+        (SignalKind::Other, Dialect::SocketIo, false, "other")
     );
     assert_eq!(
         shape("2", &none()),
-        (Kind::Other, Dialect::Unknown, false, "other"),
+        (SignalKind::Other, Dialect::Unknown, false, "other"),
         "an Engine.IO ping"
     );
-    assert_eq!(shape(r#"42["leave"]"#, &none()).0, Kind::Leave);
+    assert_eq!(shape(r#"42["leave"]"#, &none()).0, SignalKind::Leave);
 }
 
 #[test]
@@ -306,22 +309,25 @@ fn unknown_and_malformed_pass_as_other() {
         r#"{"a":1}"#,
         "[[[[[[]]]]]]",
     ] {
-        assert_eq!(shape(t, &none()).0, Kind::Other, "{t}");
-        assert_eq!(shape(t, &demo()).0, Kind::Other, "{t}");
+        assert_eq!(shape(t, &none()).0, SignalKind::Other, "{t}");
+        assert_eq!(shape(t, &demo()).0, SignalKind::Other, "{t}");
     }
     let deep = "[".repeat(10_000);
     assert_eq!(
         shape(&deep, &demo()),
-        (Kind::Other, Dialect::Unknown, false, "other")
+        (SignalKind::Other, Dialect::Unknown, false, "other")
     );
     // Malformed JSON reads no pointer, but its candidates still count.
     let broken = format!(r#"{{"type":"candidate","room":"r","candidate":"{HOST}""#);
     let r = read_message(&broken, &demo());
-    assert_eq!((r.kind, r.room, r.ice.host), (Kind::Other, None, 1));
+    assert_eq!((r.kind, r.room, r.ice.host), (SignalKind::Other, None, 1));
     // Raw SDP, not JSON.
     let raw = sdp(&[HOST, RELAY, MDNS]);
     let r = read_message(&raw, &none());
-    assert_eq!((r.kind, r.ice.total(), r.ice.host), (Kind::Other, 3, 2));
+    assert_eq!(
+        (r.kind, r.ice.total(), r.ice.host),
+        (SignalKind::Other, 3, 2)
+    );
     // `candidate:` followed by junk is invalid, not a candidate.
     let r = read_message(r#"{"note":"candidate: none yet"}"#, &none());
     assert_eq!((r.ice.total(), r.ice.invalid), (0, 1));

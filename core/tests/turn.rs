@@ -9,7 +9,7 @@ use sigmesh_core::config::Cidr;
 use sigmesh_core::turn::stun::{self, Builder, Class, Message, attr, encode_xor_address, method};
 use sigmesh_core::turn::tracker::rest_password;
 use sigmesh_core::turn::{
-    Action, FiveTuple, Frame, Framer, Limits, PeerPolicy, Tracker, Transport,
+    FiveTuple, Frame, Framer, Limits, PeerPolicy, Tracker, Transport, TurnAction,
 };
 
 const SECRET: &str = "s3cret";
@@ -86,7 +86,7 @@ fn open(tr: &mut Tracker) {
         &[],
         &[(attr::REQUESTED_TRANSPORT, vec![17, 0, 0, 0])],
     );
-    assert_eq!(tr.from_client(ft(), &a, t(0)).action, Action::Forward);
+    assert_eq!(tr.from_client(ft(), &a, t(0)).action, TurnAction::Forward);
     tr.from_server(ft(), &allocate_success(1, 600), t(0));
 }
 
@@ -108,7 +108,7 @@ fn allocation_lifecycle_and_bytes() {
 
     // Permission, channel bind, data both ways.
     let cp = request(method::CREATE_PERMISSION, 2, &["8.8.8.8:1"], &[]);
-    assert_eq!(tr.from_client(ft(), &cp, t(1)).action, Action::Forward);
+    assert_eq!(tr.from_client(ft(), &cp, t(1)).action, TurnAction::Forward);
     tr.from_server(ft(), &success(method::CREATE_PERMISSION, 2, &[]), t(1));
     let cb = request(
         method::CHANNEL_BIND,
@@ -116,7 +116,7 @@ fn allocation_lifecycle_and_bytes() {
         &["8.8.4.4:9"],
         &[(attr::CHANNEL_NUMBER, vec![0x40, 0x00, 0, 0])],
     );
-    assert_eq!(tr.from_client(ft(), &cb, t(1)).action, Action::Forward);
+    assert_eq!(tr.from_client(ft(), &cb, t(1)).action, TurnAction::Forward);
     tr.from_server(ft(), &success(method::CHANNEL_BIND, 3, &[]), t(1));
     let send = Builder::new(method::SEND, Class::Indication, &[4; 12])
         .attribute(
@@ -190,7 +190,7 @@ fn refresh_zero_ends_and_errors_do_not_allocate() {
 
 fn refused(tr: &mut Tracker, bytes: &[u8], txid: u8, m: u16) {
     let out = tr.from_client(ft(), bytes, t(1));
-    let Action::Reply(resp) = out.action else {
+    let TurnAction::Reply(resp) = out.action else {
         panic!("expected a reply, got {out:?}")
     };
     let r = Message::parse(&resp).unwrap();
@@ -252,7 +252,7 @@ fn denied_peers_get_403_in_every_spelling() {
                 .attribute(attr::DATA, b"x")
                 .finish();
             let out = tr.from_client(ft(), &send, t(1));
-            assert_eq!(out.action, Action::Drop, "{p}");
+            assert_eq!(out.action, TurnAction::Drop, "{p}");
             assert!(out.denied.is_some());
         }
         assert!(tr.table().get(&ft()).unwrap().permissions.is_empty());
@@ -267,7 +267,7 @@ fn unsigned_403_when_the_credential_is_not_sigmesh_s() {
         &request(method::CREATE_PERMISSION, 1, &["10.0.0.1:1"], &[]),
         t(0),
     );
-    let Action::Reply(resp) = out.action else {
+    let TurnAction::Reply(resp) = out.action else {
         panic!()
     };
     let r = Message::parse(&resp).unwrap();
@@ -282,7 +282,7 @@ fn unreadable_peer_bearing_requests_fail_closed() {
     let m = Builder::new(method::CREATE_PERMISSION, Class::Request, &[3; 12])
         .attribute(attr::XOR_PEER_ADDRESS, &[0, 9, 0, 0, 1, 2, 3, 4])
         .finish();
-    let Action::Reply(resp) = tr.from_client(ft(), &m, t(0)).action else {
+    let TurnAction::Reply(resp) = tr.from_client(ft(), &m, t(0)).action else {
         panic!()
     };
     assert_eq!(Message::parse(&resp).unwrap().error_code(), Some(400));
@@ -291,11 +291,11 @@ fn unreadable_peer_bearing_requests_fail_closed() {
     bad[3] = bad[3].wrapping_add(4);
     assert!(matches!(
         tr.from_client(ft(), &bad, t(0)).action,
-        Action::Reply(_)
+        TurnAction::Reply(_)
     ));
     // Other garbage passes through, not understood.
     let out = tr.from_client(ft(), b"\xc0hello", t(0));
-    assert_eq!((out.action, out.understood), (Action::Forward, false));
+    assert_eq!((out.action, out.understood), (TurnAction::Forward, false));
 }
 
 proptest! {
@@ -342,7 +342,7 @@ proptest! {
             && matches!(m, method::CREATE_PERMISSION | method::CHANNEL_BIND | method::CONNECT | method::SEND)
             && matches!(class, Class::Request | Class::Indication)
         {
-            prop_assert_ne!(out.action, Action::Forward);
+            prop_assert_ne!(out.action, TurnAction::Forward);
         }
     }
 

@@ -18,7 +18,7 @@ use sigmesh_core::route::host_without_port;
 use crate::metrics::{Metrics, Sink};
 use crate::settings::{Settings, parse};
 use crate::shared::{SetError, Store, prepare};
-use crate::stream::{Context as Cx, HeadersVerdict, Session, on_request_headers};
+use crate::stream::{FilterSession, HeadersVerdict, HostFacts, on_request_headers};
 use sigmesh_core::request::Bucket;
 
 proxy_wasm::main! {{
@@ -217,7 +217,7 @@ struct Http {
     settings: Option<Rc<Settings>>,
     sink: HostSink,
     rng: Rng,
-    session: Option<Box<Session>>,
+    session: Option<Box<FilterSession>>,
 }
 
 impl Context for Http {}
@@ -232,7 +232,7 @@ impl HttpContext for Http {
             .get_property(vec!["source", "address"])
             .and_then(|b| String::from_utf8(b).ok())
             .unwrap_or_default();
-        let cx = Cx {
+        let cx = HostFacts {
             client_ip: host_without_port(&source),
             now: now(),
             random: self.rng.next(),

@@ -24,7 +24,7 @@
 
 use std::time::Duration;
 
-use sigmesh_core::bucket::{TokenBucket, Verdict};
+use sigmesh_core::bucket::{BucketVerdict, TokenBucket};
 use sigmesh_core::compiled::Compiled;
 use sigmesh_core::config::Rate;
 use sigmesh_core::request::{Bucket, BucketStore};
@@ -65,7 +65,7 @@ pub struct Family {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Taken {
     /// Core's verdict.
-    pub verdict: Verdict,
+    pub verdict: BucketVerdict,
     /// CAS attempts that failed before the write went through.
     pub retries: u32,
     /// The store could not be updated: the verdict is an allow by default.
@@ -136,7 +136,7 @@ pub fn take(store: &dyn Store, family: &Family, key: &str, rate: &Rate, now: Dur
         }
     }
     Taken {
-        verdict: Verdict::Allow { remaining: 0 },
+        verdict: BucketVerdict::Allow { remaining: 0 },
         retries,
         gave_up: true,
     }
@@ -174,7 +174,7 @@ impl SharedBuckets<'_> {
 }
 
 impl BucketStore for SharedBuckets<'_> {
-    fn take(&self, bucket: Bucket, key: &str, rate: &Rate, now: Duration) -> Verdict {
+    fn take(&self, bucket: Bucket, key: &str, rate: &Rate, now: Duration) -> BucketVerdict {
         take(self.store, &self.family(bucket), key, rate, now).verdict
     }
 }
@@ -272,7 +272,7 @@ mod tests {
             assert!(take(&m, &f, "1.2.3.4", &rate(3), t).verdict.is_allowed());
         }
         let last = take(&m, &f, "1.2.3.4", &rate(3), t);
-        assert!(matches!(last.verdict, Verdict::Limited { .. }));
+        assert!(matches!(last.verdict, BucketVerdict::Limited { .. }));
     }
 
     #[test]

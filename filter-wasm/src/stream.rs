@@ -40,7 +40,7 @@ impl Headers for HeaderList<'_> {
 
 /// What the host tells the filter about a request, besides its headers.
 #[derive(Debug, Clone, Copy)]
-pub struct Context<'a> {
+pub struct HostFacts<'a> {
     /// The client's address without the port (`source.address`).
     pub client_ip: &'a str,
     /// Time since the Unix epoch (the same clock in every VM).
@@ -72,7 +72,7 @@ pub enum HeadersVerdict {
         /// Whether a header that routing may look at changed (clear the route cache).
         reroute: bool,
         /// The session of a WebSocket upgrade.
-        session: Option<Box<Session>>,
+        session: Option<Box<FilterSession>>,
     },
 }
 
@@ -82,7 +82,7 @@ pub fn on_request_headers(
     store: &dyn Store,
     sink: &mut dyn Sink,
     headers: &[(String, String)],
-    cx: Context<'_>,
+    cx: HostFacts<'_>,
 ) -> HeadersVerdict {
     let h = HeaderList(headers);
     let full_path = h.get(":path").unwrap_or("/");
@@ -120,7 +120,7 @@ pub fn on_request_headers(
         },
         Verdict::Upgrade(u) => {
             let route = &c.routes[u.route].route;
-            let session = Session {
+            let session = FilterSession {
                 route: u.route,
                 route_name: route.name.clone(),
                 upstream: route.upstreams[u.upstream].name.clone(),
@@ -173,11 +173,11 @@ fn respond(s: &Settings, m: &mut Metrics<'_>, reply: Reply) -> HeadersVerdict {
     }
 }
 
-// === impl Session ===
+// === impl FilterSession ===
 
 /// One upgraded stream: core's session, and the stat names it has resolved.
 #[derive(Debug)]
-pub struct Session {
+pub struct FilterSession {
     route: usize,
     route_name: String,
     upstream: String,
@@ -190,7 +190,7 @@ pub struct Session {
     counted: bool,
 }
 
-impl Session {
+impl FilterSession {
     /// The upstream the split picked.
     pub fn upstream(&self) -> &str {
         &self.upstream
@@ -420,8 +420,8 @@ mod tests {
         h
     }
 
-    fn cx() -> Context<'static> {
-        Context {
+    fn cx() -> HostFacts<'static> {
+        HostFacts {
             client_ip: "192.0.2.1",
             now: Duration::from_secs(1_700_000_000),
             random: 7,

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use sigmesh_core::bucket::{KeyedBuckets, Verdict};
+use sigmesh_core::bucket::{BucketVerdict, KeyedBuckets};
 use sigmesh_core::compiled::{Capabilities, CompileError, Compiled, CompiledRoute};
 use sigmesh_core::config::{Config, Rate};
 use sigmesh_core::request::{Bucket, BucketStore, CREDENTIALS_RATE, Weights};
@@ -162,7 +162,7 @@ fn new_buckets(rate: Rate) -> SharedBuckets {
 }
 
 impl BucketStore for Runtime {
-    fn take(&self, bucket: Bucket, key: &str, _rate: &Rate, now: Duration) -> Verdict {
+    fn take(&self, bucket: Bucket, key: &str, _rate: &Rate, now: Duration) -> BucketVerdict {
         let set = match bucket {
             Bucket::Connections { route } => {
                 self.live.get(route).and_then(|l| l.connections.as_ref())
@@ -172,7 +172,7 @@ impl BucketStore for Runtime {
         };
         let Some(set) = set else {
             // Core asks only for buckets the config has.
-            return Verdict::Allow { remaining: 0 };
+            return BucketVerdict::Allow { remaining: 0 };
         };
         // A panic while holding the lock cannot leave a bucket set inconsistent in a way that
         // matters more than refusing service would: keep going with the data as it is.

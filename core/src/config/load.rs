@@ -5,7 +5,7 @@
 //! validated types and recording every problem with its key path and line.
 
 use super::Config;
-use super::validate::{Cx, Mode};
+use super::validate::{Mode, Validator};
 
 /// One problem in a config file.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -37,7 +37,7 @@ pub fn load_filter(text: &str) -> Result<Config, ConfigErrors> {
 
 fn load_mode(text: &str, mode: Mode) -> Result<Config, ConfigErrors> {
     let parsed = super::tree::parse(text);
-    let mut cx = Cx {
+    let mut cx = Validator {
         mode,
         errors: parsed.errors,
     };

@@ -20,12 +20,12 @@ const MAX_NODES: usize = 200_000;
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Node {
     pub line: usize,
-    pub kind: Kind,
+    pub kind: NodeKind,
 }
 
 /// What a node is.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) enum Kind {
+pub(crate) enum NodeKind {
     /// `~`, `null`, or nothing at all (`key:` with no value).
     Null,
     /// Any other scalar. `plain` is false for quoted, block and `!!str` scalars, which are
@@ -48,22 +48,22 @@ impl Node {
     /// A short description for type errors: "a list", "the string `x`", ...
     pub fn describe(&self) -> String {
         match &self.kind {
-            Kind::Null => "nothing (null)".into(),
-            Kind::Scalar { value, plain: true } => format!("`{}`", shorten(value)),
-            Kind::Scalar {
+            NodeKind::Null => "nothing (null)".into(),
+            NodeKind::Scalar { value, plain: true } => format!("`{}`", shorten(value)),
+            NodeKind::Scalar {
                 value,
                 plain: false,
             } => format!("the string \"{}\"", shorten(value)),
-            Kind::Seq(_) => "a list".into(),
-            Kind::Map(_) => "a mapping".into(),
+            NodeKind::Seq(_) => "a list".into(),
+            NodeKind::Map(_) => "a mapping".into(),
         }
     }
 
     fn count(&self) -> usize {
         match &self.kind {
-            Kind::Null | Kind::Scalar { .. } => 1,
-            Kind::Seq(items) => 1 + items.iter().map(Node::count).sum::<usize>(),
-            Kind::Map(entries) => 1 + entries.iter().map(|(_, v)| 1 + v.count()).sum::<usize>(),
+            NodeKind::Null | NodeKind::Scalar { .. } => 1,
+            NodeKind::Seq(items) => 1 + items.iter().map(Node::count).sum::<usize>(),
+            NodeKind::Map(entries) => 1 + entries.iter().map(|(_, v)| 1 + v.count()).sum::<usize>(),
         }
     }
 }
@@ -196,9 +196,9 @@ impl Builder {
                     let plain = style == ScalarStyle::Plain && !forced_str;
                     let kind =
                         if plain && matches!(value.as_ref(), "" | "~" | "null" | "Null" | "NULL") {
-                            Kind::Null
+                            NodeKind::Null
                         } else {
-                            Kind::Scalar {
+                            NodeKind::Scalar {
                                 value: value.into_owned(),
                                 plain,
                             }
@@ -235,7 +235,7 @@ impl Builder {
                         }) => (
                             Node {
                                 line,
-                                kind: Kind::Seq(items),
+                                kind: NodeKind::Seq(items),
                             },
                             anchor,
                         ),
@@ -249,7 +249,7 @@ impl Builder {
                             (
                                 Node {
                                     line,
-                                    kind: Kind::Map(entries),
+                                    kind: NodeKind::Map(entries),
                                 },
                                 anchor,
                             )
@@ -268,7 +268,7 @@ impl Builder {
         }
         Ok(root.unwrap_or(Node {
             line: 1,
-            kind: Kind::Null,
+            kind: NodeKind::Null,
         }))
     }
 
@@ -310,9 +310,9 @@ impl Builder {
                 Some(k) => entries.push((k, node)),
                 None => {
                     let name = match node.kind {
-                        Kind::Scalar { value, .. } => value,
-                        Kind::Null => String::new(),
-                        Kind::Seq(_) | Kind::Map(_) => {
+                        NodeKind::Scalar { value, .. } => value,
+                        NodeKind::Null => String::new(),
+                        NodeKind::Seq(_) | NodeKind::Map(_) => {
                             let path = self.path();
                             return Err(fatal(
                                 path,
@@ -340,11 +340,11 @@ impl Builder {
         for (k, v) in entries {
             if k.name == "<<" {
                 match v.kind {
-                    Kind::Map(m) => merged.extend(m),
-                    Kind::Seq(items) => {
+                    NodeKind::Map(m) => merged.extend(m),
+                    NodeKind::Seq(items) => {
                         for item in items {
                             match item.kind {
-                                Kind::Map(m) => merged.extend(m),
+                                NodeKind::Map(m) => merged.extend(m),
                                 _ => self.errors.push(fatal(
                                     self.path_with(&k.name),
                                     item.line,

@@ -5,7 +5,7 @@
 
 use crate::config::Route;
 use crate::frame::{
-    Action, DEFAULT_TEXT_LIMIT, FrameReader, HOLD_SLACK, Handler, MessageInfo, close_code,
+    DEFAULT_TEXT_LIMIT, FrameReader, HOLD_SLACK, Handler, MessageAction, MessageInfo, close_code,
 };
 
 use super::client_reader_config;
@@ -38,8 +38,8 @@ struct Catch {
 }
 
 impl Handler for Catch {
-    fn decide(&mut self, _: &MessageInfo, _: Option<&str>) -> Action {
-        Action::Forward
+    fn decide(&mut self, _: &MessageInfo, _: Option<&str>) -> MessageAction {
+        MessageAction::Forward
     }
     fn done(&mut self, _: &MessageInfo, text: Option<&str>, _: bool) {
         if self.text.is_none() {

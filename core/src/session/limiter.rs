@@ -2,9 +2,9 @@
 
 use std::time::Duration;
 
-use crate::bucket::{TokenBucket, Verdict};
+use crate::bucket::{BucketVerdict, TokenBucket};
 use crate::config::{MessageLimit, OnExceed, Rate, Route};
-use crate::frame::{Action, close_code};
+use crate::frame::{MessageAction, close_code};
 use crate::label::LimitKind;
 
 /// Which bucket refused a message.
@@ -47,11 +47,11 @@ pub enum Decision {
 
 impl Decision {
     /// What the frame reader does for it.
-    pub fn action(self) -> Action {
+    pub fn action(self) -> MessageAction {
         match self {
-            Decision::Forward => Action::Forward,
-            Decision::Drop(_) => Action::Cut,
-            Decision::Close(limit) => Action::Close {
+            Decision::Forward => MessageAction::Forward,
+            Decision::Drop(_) => MessageAction::Cut,
+            Decision::Close(limit) => MessageAction::Close {
                 code: close_code::POLICY,
                 reason: limit.close_reason(),
             },
@@ -101,7 +101,7 @@ impl Limiter {
         &mut self,
         room: Option<&str>,
         now: Duration,
-        take_room: &mut dyn FnMut(&str, &Rate) -> Verdict,
+        take_room: &mut dyn FnMut(&str, &Rate) -> BucketVerdict,
     ) -> Decision {
         if let Some((limit, bucket)) = self.messages.as_mut()
             && !bucket.try_take(&limit.rate, now).is_allowed()

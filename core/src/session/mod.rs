@@ -31,14 +31,15 @@ use std::time::Duration;
 
 use crate::config::{Route, Signaling};
 use crate::frame::{
-    Action, Closed, Direction, FrameReader, Handler, MessageInfo, Pushed, ReaderConfig, close_code,
+    Closed, Direction, FrameReader, Handler, MessageAction, MessageInfo, Pushed, ReaderConfig,
+    close_code,
 };
 use crate::label::{
     CandidateKind, CandidateProtocol, LimitKind, MessageDirection, MessageType, Party,
     UpstreamErrorKind,
 };
 use crate::request::{Bucket, BucketStore};
-use crate::signal::{CallSetup, Kind, read_message_with};
+use crate::signal::{CallSetup, SignalKind, read_message_with};
 
 mod first;
 mod limiter;
@@ -186,7 +187,7 @@ pub struct Ending {
 /// What the client reader read of a deferred message before its verdict.
 #[derive(Debug, Clone, Copy)]
 struct Read {
-    kind: Kind,
+    kind: SignalKind,
     label: MessageType,
     candidates: Tally,
 }
@@ -229,6 +230,9 @@ struct State {
     upstream_closed: bool,
     /// The upstream's failure has been counted and answered.
     upstream_failed: bool,
+    /// sigmesh has ended the session itself (a limit, broken framing, idle, drain, a leg
+    /// gone): the upstream ending after that is the end of the session, not a failure.
+    proxy_closed: bool,
     /// What a deferred client message said, between its verdict and its end.
     deferred: Option<Read>,
     /// The limit that cut the client message now ending.
@@ -283,6 +287,7 @@ impl Session {
                 client_closed: false,
                 upstream_closed: false,
                 upstream_failed: false,
+                proxy_closed: false,
                 deferred: None,
                 cut_by: None,
             },
@@ -350,7 +355,10 @@ impl Session {
                 end.to_client = LegEnd::Shut;
             }
             Happened::UpstreamEnded => {
-                if !self.state.upstream_closed && !self.state.client_closed {
+                let closing = self.state.upstream_closed
+                    || self.state.client_closed
+                    || self.state.proxy_closed;
+                if !closing {
                     end.to_client = self.upstream_failed(obs);
                 }
             }
@@ -360,11 +368,13 @@ impl Session {
             }
             Happened::ClientReaderClosed(c) => {
                 // The client broke a limit or the protocol: both sides get the reader's close.
+                self.state.proxy_closed = true;
                 obs.event(closed_by_proxy(c.code, c.reason));
                 end.to_upstream = LegEnd::Shut;
                 end.to_client = LegEnd::Close(self.upstream.close(c.code, c.reason));
             }
             Happened::UpstreamReaderClosed(c) => {
+                self.state.proxy_closed = true;
                 obs.event(closed_by_proxy(c.code, c.reason));
                 end.to_client = LegEnd::Shut;
                 end.to_upstream = LegEnd::Close(self.client.close(c.code, c.reason));
@@ -420,6 +430,7 @@ impl Session {
         if self.state.client_closed {
             return LegEnd::Keep;
         }
+        self.state.proxy_closed = true;
         obs.event(closed_by_proxy(close_code::AWAY, "client gone"));
         LegEnd::Close(self.client.close(close_code::AWAY, "client gone"))
     }
@@ -427,7 +438,7 @@ impl Session {
     /// The upstream is gone or failed mid-session: the client gets 1011 (1014 is refused as a
     /// protocol error by tungstenite and other stacks), counted once per failure.
     fn upstream_failed(&mut self, obs: &mut dyn Observer) -> LegEnd {
-        if std::mem::replace(&mut self.state.upstream_failed, true) {
+        if std::mem::replace(&mut self.state.upstream_failed, true) || self.state.proxy_closed {
             return LegEnd::Shut;
         }
         obs.event(Event::UpstreamError(UpstreamErrorKind::Reset));
@@ -444,6 +455,7 @@ impl Session {
     /// sigmesh ends the session: a close frame to each side whose peer has not sent one
     /// through (that side is answering the other's close already).
     fn close_both(&mut self, code: u16, reason: &str, obs: &mut dyn Observer) -> Ending {
+        self.state.proxy_closed = true;
         obs.event(closed_by_proxy(code, reason));
         let to_upstream = if self.state.client_closed {
             LegEnd::Shut
@@ -561,7 +573,7 @@ struct ClientWay<'a, 'e> {
 }
 
 impl Handler for ClientWay<'_, '_> {
-    fn decide(&mut self, _: &MessageInfo, text: Option<&str>) -> Action {
+    fn decide(&mut self, _: &MessageInfo, text: Option<&str>) -> MessageAction {
         let mut own_room = None;
         if let Some(t) = text {
             let (read, room) = self
@@ -571,7 +583,7 @@ impl Handler for ClientWay<'_, '_> {
             own_room = room;
         }
         if !self.state.limiter.is_active() {
-            return Action::Forward;
+            return MessageAction::Forward;
         }
         let env = self.env;
         let state = &mut *self.state;
@@ -633,8 +645,8 @@ struct UpstreamWay<'a, 'e> {
 }
 
 impl Handler for UpstreamWay<'_, '_> {
-    fn decide(&mut self, _: &MessageInfo, _: Option<&str>) -> Action {
-        Action::Forward
+    fn decide(&mut self, _: &MessageInfo, _: Option<&str>) -> MessageAction {
+        MessageAction::Forward
     }
 
     fn done(&mut self, msg: &MessageInfo, text: Option<&str>, _: bool) {

@@ -28,6 +28,7 @@
 //! percent-decoded), `header:NAME` and `cookie:NAME` (the `Cookie` header, `a=b; c=d`, first
 //! match; a double-quoted value loses its quotes). Empty values count as absent.
 
+mod kind;
 mod pointer;
 mod reader;
 mod setup;
@@ -39,8 +40,9 @@ use std::borrow::Cow;
 use crate::config::{Signaling, Sticky};
 use crate::route::Headers;
 
+pub use kind::{Dialect, SignalKind};
 pub use pointer::{pointer_value, pointer_values};
-pub use reader::{Dialect, IceTally, Kind, Reading, read_message, read_message_with};
+pub use reader::{IceTally, Reading, read_message, read_message_with};
 pub use setup::CallSetup;
 
 /// What a text message says about itself.

@@ -28,7 +28,7 @@
 //! first argument (`/room` in `42["join",{"room":"r1"}]` is `r1`).
 //!
 //! Nothing here fails: malformed JSON, unknown shapes and non-JSON text read as
-//! [`Kind::Other`] (candidates in them are still counted).
+//! [`SignalKind::Other`] (candidates in them are still counted).
 //!
 //! ## Cost
 //! No allocation for the common case: room and peer borrow from the text unless they have JSON
@@ -37,61 +37,12 @@
 
 use std::borrow::Cow;
 
+use super::kind::{Dialect, SignalKind};
 use super::pointer::looks_like_json;
-use super::shape::{Class, Cx, Word, walk};
+use super::shape::{Class, Wanted, Word, walk};
 use super::socketio;
 use crate::config::Signaling;
 use crate::ice::{self, Candidate, CandidateType, Transport};
-
-/// What a message is, as far as call setup goes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Kind {
-    /// An SDP offer.
-    Offer,
-    /// An SDP answer.
-    Answer,
-    /// A trickled ICE candidate (or end of candidates).
-    Candidate,
-    /// Joining a room.
-    Join,
-    /// Leaving a room or hanging up.
-    Leave,
-    /// Anything else.
-    Other,
-}
-
-impl Kind {
-    /// `offer`, `answer`, `candidate`, `join`, `leave` or `other`.
-    pub fn label(self) -> &'static str {
-        match self {
-            Kind::Offer => "offer",
-            Kind::Answer => "answer",
-            Kind::Candidate => "candidate",
-            Kind::Join => "join",
-            Kind::Leave => "leave",
-            Kind::Other => "other",
-        }
-    }
-}
-
-/// How the message said what it is (see the module docs).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Dialect {
-    /// Nothing recognised: not JSON, malformed, or an unknown shape.
-    Unknown,
-    /// The route's `signaling.type` pointer.
-    Configured,
-    /// An app message with a `type` (`event`, `action`) word.
-    Typed,
-    /// Browser `RTCSessionDescription` / `RTCIceCandidate` JSON (and simple-peer's signals).
-    Plain,
-    /// PeerJS server protocol.
-    PeerJs,
-    /// simple-peer's renegotiation signals.
-    SimplePeer,
-    /// A Socket.IO frame over Engine.IO.
-    SocketIo,
-}
 
 /// ICE candidates found in one message, by type and transport.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -145,7 +96,7 @@ impl IceTally {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reading<'t> {
     /// Offer, answer, candidate, join, leave or other.
-    pub kind: Kind,
+    pub kind: SignalKind,
     /// A metric label from a fixed set: a [`KNOWN_TYPES`](super::KNOWN_TYPES) entry the type word matched, else the
     /// kind's label (`other` for unknown messages).
     pub label: &'static str,
@@ -186,7 +137,7 @@ pub fn read_message_with<'t>(
     fn p(p: &Option<String>) -> &str {
         p.as_deref().filter(|p| p.starts_with('/')).unwrap_or("")
     }
-    let mut cx = Cx {
+    let mut cx = Wanted {
         pointers: [p(&cfg.kind), p(&cfg.room), p(&cfg.peer)],
         out: [None, None, None],
     };

@@ -2,9 +2,9 @@
 
 use std::time::Duration;
 
-use super::Kind;
+use super::SignalKind;
 
-/// Times offer → answer for one signaling session. Feed it every message's [`Kind`] with `now`.
+/// Times offer → answer for one signaling session. Feed it every message's [`SignalKind`] with `now`.
 ///
 /// The earliest unanswered offer starts the clock (a second offer before the answer, as in
 /// glare, does not restart it); the next answer stops it. Each offer/answer pair gives one
@@ -23,13 +23,13 @@ impl CallSetup {
 
     /// Records a message; returns the setup time when `kind` is an answer to a pending offer.
     #[must_use]
-    pub fn observe(&mut self, kind: Kind, now: Duration) -> Option<Duration> {
+    pub fn observe(&mut self, kind: SignalKind, now: Duration) -> Option<Duration> {
         match kind {
-            Kind::Offer => {
+            SignalKind::Offer => {
                 self.offer_at.get_or_insert(now);
                 None
             }
-            Kind::Answer => {
+            SignalKind::Answer => {
                 let took = now.saturating_sub(self.offer_at.take()?);
                 self.first.get_or_insert(took);
                 Some(took)
@@ -58,30 +58,30 @@ mod tests {
         let ms = Duration::from_millis;
         let mut s = CallSetup::new();
         assert_eq!(
-            s.observe(Kind::Answer, ms(1)),
+            s.observe(SignalKind::Answer, ms(1)),
             None,
             "an answer without an offer"
         );
-        assert_eq!(s.observe(Kind::Offer, ms(10)), None);
-        assert_eq!(s.observe(Kind::Candidate, ms(11)), None);
+        assert_eq!(s.observe(SignalKind::Offer, ms(10)), None);
+        assert_eq!(s.observe(SignalKind::Candidate, ms(11)), None);
         assert_eq!(
-            s.observe(Kind::Offer, ms(12)),
+            s.observe(SignalKind::Offer, ms(12)),
             None,
             "glare keeps the first offer"
         );
         assert!(s.is_pending());
-        assert_eq!(s.observe(Kind::Answer, ms(50)), Some(ms(40)));
-        assert_eq!(s.observe(Kind::Answer, ms(60)), None);
-        assert_eq!(s.observe(Kind::Offer, ms(100)), None);
+        assert_eq!(s.observe(SignalKind::Answer, ms(50)), Some(ms(40)));
+        assert_eq!(s.observe(SignalKind::Answer, ms(60)), None);
+        assert_eq!(s.observe(SignalKind::Offer, ms(100)), None);
         assert_eq!(
-            s.observe(Kind::Answer, ms(105)),
+            s.observe(SignalKind::Answer, ms(105)),
             Some(ms(5)),
             "renegotiation measured"
         );
         assert_eq!(s.first(), Some(ms(40)), "the first call setup is kept");
-        assert_eq!(s.observe(Kind::Offer, ms(200)), None);
+        assert_eq!(s.observe(SignalKind::Offer, ms(200)), None);
         assert_eq!(
-            s.observe(Kind::Answer, ms(150)),
+            s.observe(SignalKind::Answer, ms(150)),
             Some(Duration::ZERO),
             "time never runs back"
         );

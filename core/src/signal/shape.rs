@@ -8,13 +8,13 @@ use std::fmt;
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
 use super::KNOWN_TYPES;
+use super::kind::{Dialect, SignalKind};
 use super::pointer::{Key, index, token};
-use super::reader::{Dialect, Kind};
 use super::socketio;
 
 /// Walks `body`; `None` if it is not well-formed JSON.
 pub(super) fn walk<'t>(
-    cx: &mut Cx<'_, 't>,
+    cx: &mut Wanted<'_, 't>,
     body: &'t str,
     frame: Option<socketio::Frame<'t>>,
     mask: u8,
@@ -52,37 +52,37 @@ pub(super) fn walk<'t>(
 /// A type word (`type`, `event`, `action`, a Socket.IO event name), classified.
 #[derive(Debug, Clone, Copy, Default)]
 pub(super) struct Word {
-    pub(super) kind: Option<Kind>,
+    pub(super) kind: Option<SignalKind>,
     pub(super) label: Option<&'static str>,
     /// An upper-case PeerJS message type.
     peerjs: bool,
 }
 
-const ALIASES: &[(&str, Kind)] = &[
-    ("offer", Kind::Offer),
-    ("video-offer", Kind::Offer),
-    ("sdp-offer", Kind::Offer),
-    ("call-offer", Kind::Offer),
-    ("answer", Kind::Answer),
-    ("video-answer", Kind::Answer),
-    ("sdp-answer", Kind::Answer),
-    ("call-answer", Kind::Answer),
-    ("candidate", Kind::Candidate),
-    ("ice-candidate", Kind::Candidate),
-    ("ice_candidate", Kind::Candidate),
-    ("icecandidate", Kind::Candidate),
-    ("new-ice-candidate", Kind::Candidate),
-    ("ice", Kind::Candidate),
-    ("join", Kind::Join),
-    ("join-room", Kind::Join),
-    ("join_room", Kind::Join),
-    ("joinroom", Kind::Join),
-    ("leave", Kind::Leave),
-    ("leave-room", Kind::Leave),
-    ("leave_room", Kind::Leave),
-    ("bye", Kind::Leave),
-    ("hangup", Kind::Leave),
-    ("hang-up", Kind::Leave),
+const ALIASES: &[(&str, SignalKind)] = &[
+    ("offer", SignalKind::Offer),
+    ("video-offer", SignalKind::Offer),
+    ("sdp-offer", SignalKind::Offer),
+    ("call-offer", SignalKind::Offer),
+    ("answer", SignalKind::Answer),
+    ("video-answer", SignalKind::Answer),
+    ("sdp-answer", SignalKind::Answer),
+    ("call-answer", SignalKind::Answer),
+    ("candidate", SignalKind::Candidate),
+    ("ice-candidate", SignalKind::Candidate),
+    ("ice_candidate", SignalKind::Candidate),
+    ("icecandidate", SignalKind::Candidate),
+    ("new-ice-candidate", SignalKind::Candidate),
+    ("ice", SignalKind::Candidate),
+    ("join", SignalKind::Join),
+    ("join-room", SignalKind::Join),
+    ("join_room", SignalKind::Join),
+    ("joinroom", SignalKind::Join),
+    ("leave", SignalKind::Leave),
+    ("leave-room", SignalKind::Leave),
+    ("leave_room", SignalKind::Leave),
+    ("bye", SignalKind::Leave),
+    ("hangup", SignalKind::Leave),
+    ("hang-up", SignalKind::Leave),
 ];
 
 const PEERJS: &[&str] = &[
@@ -121,7 +121,7 @@ impl Word {
 /// What an object (or array) is.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Class {
-    pub(super) kind: Kind,
+    pub(super) kind: SignalKind,
     pub(super) dialect: Dialect,
     pub(super) label: Option<&'static str>,
     pub(super) wrapped: bool,
@@ -130,7 +130,7 @@ pub(super) struct Class {
 impl Class {
     pub(super) fn unknown() -> Class {
         Class {
-            kind: Kind::Other,
+            kind: SignalKind::Other,
             dialect: Dialect::Unknown,
             label: None,
             wrapped: false,
@@ -139,12 +139,12 @@ impl Class {
 
     /// Says something worth passing up to an enclosing message.
     fn is_signal(&self) -> bool {
-        self.kind != Kind::Other || self.dialect == Dialect::SimplePeer
+        self.kind != SignalKind::Other || self.dialect == Dialect::SimplePeer
     }
 }
 
 /// The pointers and what they found.
-pub(super) struct Cx<'p, 't> {
+pub(super) struct Wanted<'p, 't> {
     /// `signaling.type`, `.room`, `.peer`; `""` when unset.
     pub(super) pointers: [&'p str; 3],
     pub(super) out: [Option<Cow<'t, str>>; 3],
@@ -189,7 +189,7 @@ enum Seen {
 
 /// Visits one value: `mask` holds the pointers that matched the path so far (`depth` tokens).
 struct Node<'c, 'p, 't> {
-    cx: &'c mut Cx<'p, 't>,
+    cx: &'c mut Wanted<'p, 't>,
     depth: usize,
     mask: u8,
     role: Role,
@@ -395,7 +395,7 @@ impl Members {
         }
         if self.candidate {
             return Class {
-                kind: Kind::Candidate,
+                kind: SignalKind::Candidate,
                 dialect: Dialect::Plain,
                 label,
                 wrapped: false,
@@ -403,7 +403,7 @@ impl Members {
         }
         if self.simple_peer {
             return Class {
-                kind: Kind::Other,
+                kind: SignalKind::Other,
                 dialect: Dialect::SimplePeer,
                 label,
                 wrapped: false,
@@ -417,7 +417,7 @@ impl Members {
             };
         }
         Class {
-            kind: Kind::Other,
+            kind: SignalKind::Other,
             dialect: if word.is_some() {
                 Dialect::Typed
             } else {
@@ -432,7 +432,7 @@ impl Members {
 /// The arguments of a Socket.IO EVENT (`["name", arg, …]`) or ACK (`[arg, …]`): the pointers
 /// are resolved against the first argument.
 struct SioArgs<'c, 'p, 't> {
-    cx: &'c mut Cx<'p, 't>,
+    cx: &'c mut Wanted<'p, 't>,
     mask: u8,
     event: bool,
 }

@@ -2,8 +2,8 @@
 //! address policy (`turn.relay.deny_peers`) and the allocation table.
 //!
 //! Sans-IO like the rest of core: callers hand in datagrams or stream bytes and `now`, and get
-//! verdicts back ([`Action::Forward`], [`Action::Reply`] with a 403 to send to the client,
-//! [`Action::Drop`]).
+//! verdicts back ([`TurnAction::Forward`], [`TurnAction::Reply`] with a 403 to send to the client,
+//! [`TurnAction::Drop`]).
 //!
 //! - [`stun`]: the message reader (attributes, XOR addresses, MESSAGE-INTEGRITY) and writer;
 //! - [`framer`]: cutting a TURN-over-TCP stream into STUN and ChannelData frames;
@@ -25,4 +25,4 @@ pub mod tracker;
 pub use framer::{Frame, Framer};
 pub use peer::{PeerPolicy, PeerVerdict};
 pub use table::{Allocation, FiveTuple, Table, Transport};
-pub use tracker::{Action, Kind, Limits, Outcome, Tracker};
+pub use tracker::{Limits, Tracker, TurnAction, TurnKind, TurnOutcome};

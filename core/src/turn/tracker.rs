@@ -2,7 +2,7 @@
 //! bookkeeping of the allocation table from the messages going by.
 //!
 //! [`Tracker::from_client`] and [`Tracker::from_server`] take one message (a UDP datagram, or a
-//! frame cut by [`super::Framer`]) and return an [`Outcome`]. Only client-to-server messages can
+//! frame cut by [`super::Framer`]) and return an [`TurnOutcome`]. Only client-to-server messages can
 //! be refused or dropped; server-to-client messages are always forwarded.
 //!
 //! ## Messages that are not understood
@@ -30,7 +30,7 @@ pub const PENDING_TIMEOUT: Duration = Duration::from_secs(40);
 
 /// What kind of message went by (a fixed set, usable as a metric label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Kind {
+pub enum TurnKind {
     /// Allocate request or response.
     Allocate,
     /// Refresh.
@@ -57,44 +57,44 @@ pub enum Kind {
     Unknown,
 }
 
-impl Kind {
+impl TurnKind {
     /// Lower-case label.
     pub fn as_str(self) -> &'static str {
         match self {
-            Kind::Allocate => "allocate",
-            Kind::Refresh => "refresh",
-            Kind::CreatePermission => "create_permission",
-            Kind::ChannelBind => "channel_bind",
-            Kind::Connect => "connect",
-            Kind::Connection => "connection_bind",
-            Kind::Send => "send",
-            Kind::Data => "data",
-            Kind::ChannelData => "channel_data",
-            Kind::Binding => "binding",
-            Kind::OtherStun => "other_stun",
-            Kind::Unknown => "unknown",
+            TurnKind::Allocate => "allocate",
+            TurnKind::Refresh => "refresh",
+            TurnKind::CreatePermission => "create_permission",
+            TurnKind::ChannelBind => "channel_bind",
+            TurnKind::Connect => "connect",
+            TurnKind::Connection => "connection_bind",
+            TurnKind::Send => "send",
+            TurnKind::Data => "data",
+            TurnKind::ChannelData => "channel_data",
+            TurnKind::Binding => "binding",
+            TurnKind::OtherStun => "other_stun",
+            TurnKind::Unknown => "unknown",
         }
     }
 
-    fn of(m: u16) -> Kind {
+    fn of(m: u16) -> TurnKind {
         match m {
-            method::ALLOCATE => Kind::Allocate,
-            method::REFRESH => Kind::Refresh,
-            method::CREATE_PERMISSION => Kind::CreatePermission,
-            method::CHANNEL_BIND => Kind::ChannelBind,
-            method::CONNECT => Kind::Connect,
-            method::CONNECTION_BIND | method::CONNECTION_ATTEMPT => Kind::Connection,
-            method::SEND => Kind::Send,
-            method::DATA => Kind::Data,
-            method::BINDING => Kind::Binding,
-            _ => Kind::OtherStun,
+            method::ALLOCATE => TurnKind::Allocate,
+            method::REFRESH => TurnKind::Refresh,
+            method::CREATE_PERMISSION => TurnKind::CreatePermission,
+            method::CHANNEL_BIND => TurnKind::ChannelBind,
+            method::CONNECT => TurnKind::Connect,
+            method::CONNECTION_BIND | method::CONNECTION_ATTEMPT => TurnKind::Connection,
+            method::SEND => TurnKind::Send,
+            method::DATA => TurnKind::Data,
+            method::BINDING => TurnKind::Binding,
+            _ => TurnKind::OtherStun,
         }
     }
 }
 
 /// What to do with a message.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Action {
+pub enum TurnAction {
     /// Forward the bytes untouched.
     Forward,
     /// Do not forward; send these bytes back to the client instead (an error response).
@@ -105,11 +105,11 @@ pub enum Action {
 
 /// The verdict on one message and what it meant.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Outcome {
+pub struct TurnOutcome {
     /// What to do with it.
-    pub action: Action,
+    pub action: TurnAction,
     /// What it was.
-    pub kind: Kind,
+    pub kind: TurnKind,
     /// Whether sigmesh could read it.
     pub understood: bool,
     /// Application bytes it relays (client to peers from the client, peers to client from the
@@ -122,10 +122,10 @@ pub struct Outcome {
     pub raw_after: bool,
 }
 
-impl Outcome {
-    fn forward(kind: Kind) -> Outcome {
-        Outcome {
-            action: Action::Forward,
+impl TurnOutcome {
+    fn forward(kind: TurnKind) -> TurnOutcome {
+        TurnOutcome {
+            action: TurnAction::Forward,
             kind,
             understood: true,
             relayed: 0,
@@ -134,10 +134,10 @@ impl Outcome {
         }
     }
 
-    fn unknown() -> Outcome {
-        Outcome {
+    fn unknown() -> TurnOutcome {
+        TurnOutcome {
             understood: false,
-            ..Outcome::forward(Kind::Unknown)
+            ..TurnOutcome::forward(TurnKind::Unknown)
         }
     }
 }
@@ -242,22 +242,22 @@ impl Tracker {
         code: u16,
         reason: &str,
         denied: Option<SocketAddr>,
-    ) -> Outcome {
+    ) -> TurnOutcome {
         let key = self.verified_key(m);
         let action = if m.class == Class::Request {
-            Action::Reply(stun::error_response(
+            TurnAction::Reply(stun::error_response(
                 m,
                 code,
                 reason,
                 key.as_ref().map(|k| &k[..]),
             ))
         } else {
-            Action::Drop
+            TurnAction::Drop
         };
-        Outcome {
+        TurnOutcome {
             action,
             denied,
-            ..Outcome::forward(Kind::of(m.method))
+            ..TurnOutcome::forward(TurnKind::of(m.method))
         }
     }
 
@@ -288,9 +288,9 @@ impl Tracker {
         bytes: &[u8],
         now: Duration,
         to_peers: bool,
-    ) -> Outcome {
+    ) -> TurnOutcome {
         let Ok(cd) = ChannelData::parse(bytes) else {
-            return Outcome::unknown();
+            return TurnOutcome::unknown();
         };
         let n = cd.data.len() as u64;
         if let Some(a) = self.table.get_mut(&ft) {
@@ -301,25 +301,25 @@ impl Tracker {
             }
             a.last_seen = now;
         }
-        Outcome {
+        TurnOutcome {
             relayed: n,
-            ..Outcome::forward(Kind::ChannelData)
+            ..TurnOutcome::forward(TurnKind::ChannelData)
         }
     }
 
     /// A message from the client towards the TURN server.
-    pub fn from_client(&mut self, ft: FiveTuple, bytes: &[u8], now: Duration) -> Outcome {
+    pub fn from_client(&mut self, ft: FiveTuple, bytes: &[u8], now: Duration) -> TurnOutcome {
         let Some(&first) = bytes.first() else {
-            return Outcome::unknown();
+            return TurnOutcome::unknown();
         };
         match stun::frame_kind(first) {
             FrameKind::ChannelData => self.channel_data(ft, bytes, now, true),
-            FrameKind::Other => Outcome::unknown(),
+            FrameKind::Other => TurnOutcome::unknown(),
             FrameKind::Stun => self.client_stun(ft, bytes, now),
         }
     }
 
-    fn client_stun(&mut self, ft: FiveTuple, bytes: &[u8], now: Duration) -> Outcome {
+    fn client_stun(&mut self, ft: FiveTuple, bytes: &[u8], now: Duration) -> TurnOutcome {
         // A datagram may carry bytes after the message: read the message the header announces.
         let m = match stun::stun_len(bytes) {
             Ok(n) if n <= bytes.len() => Message::parse(&bytes[..n]),
@@ -347,20 +347,20 @@ impl Tracker {
                 return self.refuse(&m, 403, "Forbidden", Some(*bad));
             }
         }
-        let kind = Kind::of(m.method);
+        let kind = TurnKind::of(m.method);
         match (m.method, m.class) {
             (method::SEND, Class::Indication) => {
                 let n = m.data_len() as u64;
                 if let Some(a) = self.table.get_mut(&ft) {
                     a.bytes_to_peers += n;
                 }
-                return Outcome {
+                return TurnOutcome {
                     relayed: n,
-                    ..Outcome::forward(kind)
+                    ..TurnOutcome::forward(kind)
                 };
             }
             (_, Class::Request) => {}
-            _ => return Outcome::forward(kind),
+            _ => return TurnOutcome::forward(kind),
         }
         let pending = match m.method {
             method::ALLOCATE => Pending::Allocate {
@@ -381,11 +381,11 @@ impl Tracker {
         if !matches!(pending, Pending::Other) {
             self.remember(ft, m.txid, pending, now);
         }
-        Outcome::forward(kind)
+        TurnOutcome::forward(kind)
     }
 
     /// A client message that is not a readable STUN message.
-    fn unreadable_client(&self, bytes: &[u8]) -> Outcome {
+    fn unreadable_client(&self, bytes: &[u8]) -> TurnOutcome {
         // Header readable (cookie present) but the body is not: fail closed for methods that
         // name a peer, since sigmesh could not check it but the TURN server might read it.
         if bytes.len() >= stun::HEADER_LEN
@@ -402,46 +402,46 @@ impl Tracker {
                     let header = stun::Builder::new(m, Class::Request, &txid).finish();
                     match Message::parse(&header) {
                         Ok(req) => {
-                            Action::Reply(stun::error_response(&req, 400, "Bad Request", None))
+                            TurnAction::Reply(stun::error_response(&req, 400, "Bad Request", None))
                         }
-                        Err(_) => Action::Drop,
+                        Err(_) => TurnAction::Drop,
                     }
                 } else {
-                    Action::Drop
+                    TurnAction::Drop
                 };
-                return Outcome {
+                return TurnOutcome {
                     action,
                     understood: false,
-                    ..Outcome::forward(Kind::of(m))
+                    ..TurnOutcome::forward(TurnKind::of(m))
                 };
             }
         }
-        Outcome::unknown()
+        TurnOutcome::unknown()
     }
 
     /// A message from the TURN server towards the client. Always forwarded.
-    pub fn from_server(&mut self, ft: FiveTuple, bytes: &[u8], now: Duration) -> Outcome {
+    pub fn from_server(&mut self, ft: FiveTuple, bytes: &[u8], now: Duration) -> TurnOutcome {
         let Some(&first) = bytes.first() else {
-            return Outcome::unknown();
+            return TurnOutcome::unknown();
         };
         match stun::frame_kind(first) {
             FrameKind::ChannelData => self.channel_data(ft, bytes, now, false),
-            FrameKind::Other => Outcome::unknown(),
+            FrameKind::Other => TurnOutcome::unknown(),
             FrameKind::Stun => {
                 let m = match stun::stun_len(bytes) {
                     Ok(n) if n <= bytes.len() => Message::parse(&bytes[..n]),
-                    _ => return Outcome::unknown(),
+                    _ => return TurnOutcome::unknown(),
                 };
                 match m {
                     Ok(m) => self.server_stun(ft, &m, now),
-                    Err(_) => Outcome::unknown(),
+                    Err(_) => TurnOutcome::unknown(),
                 }
             }
         }
     }
 
-    fn server_stun(&mut self, ft: FiveTuple, m: &Message<'_>, now: Duration) -> Outcome {
-        let kind = Kind::of(m.method);
+    fn server_stun(&mut self, ft: FiveTuple, m: &Message<'_>, now: Duration) -> TurnOutcome {
+        let kind = TurnKind::of(m.method);
         if let Some(a) = self.table.get_mut(&ft) {
             a.last_seen = now;
         }
@@ -450,21 +450,21 @@ impl Tracker {
             if let Some(a) = self.table.get_mut(&ft) {
                 a.bytes_from_peers += n;
             }
-            return Outcome {
+            return TurnOutcome {
                 relayed: n,
-                ..Outcome::forward(kind)
+                ..TurnOutcome::forward(kind)
             };
         }
         if !matches!(m.class, Class::Success | Class::Error) {
-            return Outcome::forward(kind);
+            return TurnOutcome::forward(kind);
         }
         let Some((pending, _)) = self.pending.remove(&(ft, m.txid)) else {
-            return Outcome::forward(kind);
+            return TurnOutcome::forward(kind);
         };
         if m.class == Class::Error {
-            return Outcome::forward(kind);
+            return TurnOutcome::forward(kind);
         }
-        let mut out = Outcome::forward(kind);
+        let mut out = TurnOutcome::forward(kind);
         match pending {
             Pending::Allocate {
                 username,

@@ -384,8 +384,8 @@ async fn origin_not_allowed_is_403() -> Result<()> {
 struct Texts(Vec<String>);
 
 impl Handler for Texts {
-    fn decide(&mut self, _: &MessageInfo, _: Option<&str>) -> sigmesh_core::frame::Action {
-        sigmesh_core::frame::Action::Forward
+    fn decide(&mut self, _: &MessageInfo, _: Option<&str>) -> sigmesh_core::frame::MessageAction {
+        sigmesh_core::frame::MessageAction::Forward
     }
     fn done(&mut self, _: &MessageInfo, text: Option<&str>, _: bool) {
         self.0.extend(text.map(str::to_owned));

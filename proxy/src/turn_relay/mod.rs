@@ -20,7 +20,7 @@ use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 use sigmesh_core::config::TurnRelay;
-use sigmesh_core::turn::{Action, FiveTuple, Limits, Outcome, PeerPolicy, Tracker};
+use sigmesh_core::turn::{FiveTuple, Limits, PeerPolicy, Tracker, TurnAction, TurnOutcome};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio_util::sync::CancellationToken;
 
@@ -83,7 +83,7 @@ impl TurnState {
     }
 
     /// Passes one message through the tracker and records it in the metrics.
-    pub fn handle(&self, dir: Dir, ft: FiveTuple, bytes: &[u8]) -> Outcome {
+    pub fn handle(&self, dir: Dir, ft: FiveTuple, bytes: &[u8]) -> TurnOutcome {
         let t = now();
         let out = self
             .with(|tr| {
@@ -94,9 +94,9 @@ impl TurnState {
                 self.metrics.allocations_active.set(tr.table().len() as i64);
                 out
             })
-            .unwrap_or(Outcome {
-                action: Action::Forward,
-                kind: sigmesh_core::turn::Kind::Unknown,
+            .unwrap_or(TurnOutcome {
+                action: TurnAction::Forward,
+                kind: sigmesh_core::turn::TurnKind::Unknown,
                 understood: false,
                 relayed: 0,
                 denied: None,
@@ -113,9 +113,9 @@ impl TurnState {
                 .inc_by(out.relayed);
         }
         let action = match out.action {
-            Action::Forward => "forwarded",
-            Action::Reply(_) => "refused",
-            Action::Drop => "dropped",
+            TurnAction::Forward => "forwarded",
+            TurnAction::Reply(_) => "refused",
+            TurnAction::Drop => "dropped",
         };
         m.messages
             .get_or_create(&TurnMessageLabels {

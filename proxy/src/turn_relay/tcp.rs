@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sigmesh_core::turn::{Action, FiveTuple, Frame, Framer, Transport};
+use sigmesh_core::turn::{FiveTuple, Frame, Framer, Transport, TurnAction};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
@@ -74,13 +74,13 @@ async fn relay(turn: &TurnState, client: TcpStream, up: TcpStream, ft: FiveTuple
                 cf.push(&cbuf[..n]);
                 while let Some(frame) = cf.next_frame() {
                     let action = match &frame {
-                        Frame::Opaque(_) => Action::Forward,
+                        Frame::Opaque(_) => TurnAction::Forward,
                         f => turn.handle(Dir::FromClient, ft, f.bytes()).action,
                     };
                     let ok = match action {
-                        Action::Forward => uw.write_all(frame.bytes()).await.is_ok(),
-                        Action::Reply(resp) => cw.write_all(&resp).await.is_ok(),
-                        Action::Drop => true,
+                        TurnAction::Forward => uw.write_all(frame.bytes()).await.is_ok(),
+                        TurnAction::Reply(resp) => cw.write_all(&resp).await.is_ok(),
+                        TurnAction::Drop => true,
                     };
                     if !ok { return; }
                 }

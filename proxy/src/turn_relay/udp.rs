@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use sigmesh_core::turn::{Action, FiveTuple, Transport};
+use sigmesh_core::turn::{FiveTuple, Transport, TurnAction};
 use tokio::net::UdpSocket;
 use tokio::task::{AbortHandle, JoinSet};
 
@@ -40,12 +40,12 @@ pub async fn serve(turn: Arc<TurnState>, sock: UdpSocket, local: SocketAddr, ups
                 let ft = FiveTuple { transport: Transport::Udp, client, server: local };
                 let out = turn.handle(Dir::FromClient, ft, bytes);
                 match out.action {
-                    Action::Forward => {}
-                    Action::Reply(resp) => {
+                    TurnAction::Forward => {}
+                    TurnAction::Reply(resp) => {
                         let _ = sock.send_to(&resp, client).await;
                         continue;
                     }
-                    Action::Drop => continue,
+                    TurnAction::Drop => continue,
                 }
                 if !flows.contains_key(&client) {
                     if flows.len() >= MAX_FLOWS {

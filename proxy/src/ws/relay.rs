@@ -30,7 +30,7 @@ thread_local! {
 
 /// What happened on a way, for the session to act on.
 #[derive(Debug)]
-pub(super) enum Event {
+pub(super) enum WayEvent {
     /// The source leg ended: `None` at its end of stream, else the read error.
     SrcEnded(Option<io::Error>),
     /// The reader closed the way (a limit, broken framing): it appended this close frame.
@@ -107,7 +107,7 @@ impl Way {
     }
 
     /// Moves bytes from `src` to `dst` until one of them would block, and reports the first
-    /// [`Event`]. `Pending` means there is nothing to do until a socket is ready (the wakers
+    /// [`WayEvent`]. `Pending` means there is nothing to do until a socket is ready (the wakers
     /// are registered).
     pub fn poll<P: Push>(
         &mut self,
@@ -115,7 +115,7 @@ impl Way {
         src: &mut TcpStream,
         dst: &mut TcpStream,
         reader: &mut P,
-    ) -> Poll<Event> {
+    ) -> Poll<WayEvent> {
         loop {
             if let Err(e) = ready!(self.poll_flush(cx, dst)) {
                 return Poll::Ready(self.dst_failed(e));
@@ -135,9 +135,9 @@ impl Way {
                 let mut buf = ReadBuf::new(&mut scratch);
                 match Pin::new(&mut *src).poll_read(cx, &mut buf) {
                     Poll::Pending => Poll::Pending,
-                    Poll::Ready(Err(e)) => Poll::Ready(Some(Event::SrcEnded(Some(e)))),
+                    Poll::Ready(Err(e)) => Poll::Ready(Some(WayEvent::SrcEnded(Some(e)))),
                     Poll::Ready(Ok(())) if buf.filled().is_empty() => {
-                        Poll::Ready(Some(Event::SrcEnded(None)))
+                        Poll::Ready(Some(WayEvent::SrcEnded(None)))
                     }
                     Poll::Ready(Ok(())) => Poll::Ready(self.relay(cx, buf.filled(), dst, reader)),
                 }
@@ -146,7 +146,7 @@ impl Way {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(None) => {}
                 Poll::Ready(Some(ev)) => {
-                    if let Event::SrcEnded(_) = ev {
+                    if let WayEvent::SrcEnded(_) = ev {
                         self.src_done = true;
                         self.shut_after_flush = true;
                     }
@@ -164,7 +164,7 @@ impl Way {
         chunk: &[u8],
         dst: &mut TcpStream,
         reader: &mut P,
-    ) -> Option<Event> {
+    ) -> Option<WayEvent> {
         let pushed = reader.push(chunk);
         let out = pushed.forward.bytes(chunk);
         let closed = pushed.close;
@@ -179,14 +179,14 @@ impl Way {
         if let Some(e) = failed {
             return Some(self.dst_failed(e));
         }
-        closed.map(Event::ReaderClosed)
+        closed.map(WayEvent::ReaderClosed)
     }
 
-    fn dst_failed(&mut self, e: io::Error) -> Event {
+    fn dst_failed(&mut self, e: io::Error) -> WayEvent {
         self.dst_failed = true;
         self.pending = Vec::new();
         self.pending_at = 0;
-        Event::DstFailed(e)
+        WayEvent::DstFailed(e)
     }
 
     /// Writes what is pending, then shuts the destination's write side if asked to.

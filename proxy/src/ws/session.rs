@@ -29,7 +29,7 @@ use sigmesh_core::session::{Ending, Happened, LegEnd, Session, SessionEnv, Sessi
 use tokio::net::TcpStream;
 
 use super::record::{Handles, Recorder};
-use super::relay::{Event, Push, Way};
+use super::relay::{Push, Way, WayEvent};
 use crate::clock;
 use crate::metrics::RouteUpstream;
 use crate::sessions::SessionInfo;
@@ -43,14 +43,14 @@ pub(super) struct Leg {
 }
 
 /// One direction of core's session, for one push.
-struct Direction<'a, 'e> {
+struct SessionWay<'a, 'e> {
     session: &'a mut Session,
     env: &'a SessionEnv<'e>,
     recorder: &'a mut Recorder<'e>,
     from_client: bool,
 }
 
-impl Push for Direction<'_, '_> {
+impl Push for SessionWay<'_, '_> {
     fn push(&mut self, chunk: &[u8]) -> Pushed<'_> {
         if self.from_client {
             self.session.client_bytes(chunk, self.env, self.recorder)
@@ -66,8 +66,8 @@ impl Push for Direction<'_, '_> {
 
 /// What woke the session.
 enum Wake {
-    In(Event),
-    Out(Event),
+    In(WayEvent),
+    Out(WayEvent),
     Drain,
     Timer,
     /// A close frame came through: the close grace starts.
@@ -125,7 +125,7 @@ pub(super) async fn run(
                 trace: recording,
                 handles: &mut handles,
             };
-            let mut way = Direction {
+            let mut way = SessionWay {
                 session: &mut session,
                 env: &env,
                 recorder: &mut recorder,
@@ -180,23 +180,23 @@ pub(super) async fn run(
             },
             Wake::Drain => Some(Happened::Drain),
             Wake::In(ev) => Some(match ev {
-                Event::SrcEnded(e) => {
+                WayEvent::SrcEnded(e) => {
                     tracing::debug!(session = info.id, error = ?e, "client ended");
                     Happened::ClientEnded
                 }
-                Event::ReaderClosed(c) => Happened::ClientReaderClosed(c),
-                Event::DstFailed(e) => {
+                WayEvent::ReaderClosed(c) => Happened::ClientReaderClosed(c),
+                WayEvent::DstFailed(e) => {
                     tracing::debug!(session = info.id, error = %e, "upstream write failed");
                     Happened::UpstreamWriteFailed
                 }
             }),
             Wake::Out(ev) => Some(match ev {
-                Event::SrcEnded(e) => {
+                WayEvent::SrcEnded(e) => {
                     tracing::debug!(session = info.id, error = ?e, "upstream ended");
                     Happened::UpstreamEnded
                 }
-                Event::ReaderClosed(c) => Happened::UpstreamReaderClosed(c),
-                Event::DstFailed(e) => {
+                WayEvent::ReaderClosed(c) => Happened::UpstreamReaderClosed(c),
+                WayEvent::DstFailed(e) => {
                     tracing::debug!(session = info.id, error = %e, "client write failed");
                     Happened::ClientWriteFailed
                 }

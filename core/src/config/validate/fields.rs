@@ -1,8 +1,8 @@
 //! The mapping helper: reads one mapping's entries and reports every key that is not allowed
 //! there, with a did-you-mean suggestion for likely typos.
 
-use super::super::tree::{Key, Kind, Node};
-use super::{Cx, join};
+use super::super::tree::{Key, Node, NodeKind};
+use super::{Validator, join};
 
 // === the mapping helper ===
 
@@ -23,7 +23,7 @@ impl<'a> Fields<'a> {
 
     /// The value of `key`, unless absent or null.
     pub(super) fn value(&self, key: &str) -> Option<&'a Node> {
-        self.get(key).filter(|n| n.kind != Kind::Null)
+        self.get(key).filter(|n| n.kind != NodeKind::Null)
     }
 
     pub(super) fn path(&self, key: &str) -> String {
@@ -41,15 +41,15 @@ impl<'a> Fields<'a> {
 /// Reads a mapping (null reads as an empty one), reporting every key not in `allowed`.
 /// `extra` explains keys that exist elsewhere but not here: `(key, why)`.
 pub(super) fn fields<'a>(
-    cx: &mut Cx,
+    cx: &mut Validator,
     node: &'a Node,
     path: &str,
     allowed: &[&str],
     extra: &[(&str, &str)],
 ) -> Option<Fields<'a>> {
     let entries: &'a [(Key, Node)] = match &node.kind {
-        Kind::Map(entries) => entries,
-        Kind::Null => &[],
+        NodeKind::Map(entries) => entries,
+        NodeKind::Null => &[],
         _ => {
             let what = if path.is_empty() {
                 "the config".to_owned()
@@ -121,4 +121,15 @@ fn levenshtein(a: &str, b: &str) -> usize {
         prev = cur;
     }
     prev[b.len()]
+}
+
+/// The line of a map's `name:` value (else the map's own line), for errors about the name.
+pub(super) fn name_line(node: &Node) -> usize {
+    match &node.kind {
+        NodeKind::Map(entries) => entries
+            .iter()
+            .find(|(k, _)| k.name == "name")
+            .map_or(node.line, |(_, v)| v.line),
+        _ => node.line,
+    }
 }

@@ -6,12 +6,12 @@ use super::super::tree::Node;
 use super::super::{ConnectionLimit, LimitKey, Limits, MessageLimit, OnExceed, Rate};
 use super::fields::{Fields, fields};
 use super::scalars::{header_name, int_in, positive_duration, string};
-use super::{CONNECTIONS, Cx, LIMITS, MESSAGES, ROOMS};
+use super::{CONNECTIONS, LIMITS, MESSAGES, ROOMS, Validator};
 
 // === limits ===
 
 pub(super) fn limits(
-    cx: &mut Cx,
+    cx: &mut Validator,
     node: &Node,
     path: &str,
     is_ws: bool,
@@ -99,7 +99,7 @@ pub(super) fn limits(
 }
 
 /// `rate`, `per`, `burst` of a bucket.
-fn rate(cx: &mut Cx, f: &Fields<'_>) -> Option<Rate> {
+fn rate(cx: &mut Validator, f: &Fields<'_>) -> Option<Rate> {
     let max = i64::from(u32::MAX);
     let rate = match f.value("rate") {
         None => {

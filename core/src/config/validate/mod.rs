@@ -4,7 +4,7 @@
 //! and line) and carries on with a placeholder, so that one run reports everything. The caller
 //! returns the [`Config`] only when no error was recorded.
 //!
-//! This file holds the shared state (the [`Mode`], the error collector [`Cx`], key-path
+//! This file holds the shared state (the [`Mode`], the error collector [`Validator`], key-path
 //! helpers), the allowed key names of every mapping, and the top of the walk ([`config`]).
 //! The rest is split by responsibility:
 //!
@@ -42,12 +42,12 @@ pub(crate) enum Mode {
 }
 
 /// The error collector.
-pub(crate) struct Cx {
+pub(crate) struct Validator {
     pub mode: Mode,
     pub errors: Vec<ConfigError>,
 }
 
-impl Cx {
+impl Validator {
     fn err(&mut self, path: &str, line: usize, message: impl Into<String>) {
         self.errors.push(ConfigError {
             path: path.to_owned(),
@@ -98,7 +98,7 @@ const TRACING: &[&str] = &["otlp_endpoint", "protocol", "service_name", "sample_
 // === the document ===
 
 /// Builds the whole config; errors go to `cx`.
-pub(crate) fn config(cx: &mut Cx, root: &Node) -> Config {
+pub(crate) fn config(cx: &mut Validator, root: &Node) -> Config {
     let mode = cx.mode;
     let (allowed, extra): (&[&str], &[(&str, &str)]) = match mode {
         Mode::Proxy => (TOP_PROXY, &[]),

@@ -4,21 +4,21 @@
 
 use std::collections::BTreeMap;
 
-use super::super::tree::{Kind, Node};
+use super::super::tree::{Node, NodeKind};
 use super::super::{Limits, Match, Route, Signaling, Split, Sticky, WebSocket};
-use super::fields::fields;
+use super::fields::{fields, name_line};
 use super::limits::limits;
 use super::scalars::{
     check_name, header_name, int_in, json_pointer, parse_url, positive_duration, required_string,
     string, string_list,
 };
 use super::upstreams::{split, upstreams};
-use super::{Cx, MATCH, ROUTE, SIGNALING, WEBSOCKET, index, join};
+use super::{MATCH, ROUTE, SIGNALING, Validator, WEBSOCKET, index, join};
 
 // === routes ===
 
-pub(super) fn routes(cx: &mut Cx, node: &Node, path: &str) -> Vec<Route> {
-    let Kind::Seq(items) = &node.kind else {
+pub(super) fn routes(cx: &mut Validator, node: &Node, path: &str) -> Vec<Route> {
+    let NodeKind::Seq(items) = &node.kind else {
         cx.err(
             path,
             node.line,
@@ -58,17 +58,7 @@ pub(super) fn routes(cx: &mut Cx, node: &Node, path: &str) -> Vec<Route> {
     out
 }
 
-pub(super) fn name_line(node: &Node) -> usize {
-    match &node.kind {
-        Kind::Map(entries) => entries
-            .iter()
-            .find(|(k, _)| k.name == "name")
-            .map_or(node.line, |(_, v)| v.line),
-        _ => node.line,
-    }
-}
-
-fn route(cx: &mut Cx, node: &Node, path: &str) -> Option<Route> {
+fn route(cx: &mut Validator, node: &Node, path: &str) -> Option<Route> {
     let f = fields(cx, node, path, ROUTE, &[])?;
     let name = required_string(cx, &f, "name", "route `name`").unwrap_or_default();
     if !name.is_empty() {
@@ -118,7 +108,7 @@ fn route(cx: &mut Cx, node: &Node, path: &str) -> Option<Route> {
     })
 }
 
-fn matcher(cx: &mut Cx, node: &Node, path: &str) -> Match {
+fn matcher(cx: &mut Validator, node: &Node, path: &str) -> Match {
     let mut m = Match::default();
     let Some(f) = fields(
         cx,
@@ -196,8 +186,8 @@ fn matcher(cx: &mut Cx, node: &Node, path: &str) -> Match {
     if let Some(n) = f.get("headers") {
         let hp = f.path("headers");
         match &n.kind {
-            Kind::Null => {}
-            Kind::Map(entries) => {
+            NodeKind::Null => {}
+            NodeKind::Map(entries) => {
                 for (k, v) in entries {
                     let p = join(&hp, &k.name);
                     let Some(name) = header_name(cx, &k.name, &p, k.line) else {
@@ -205,7 +195,7 @@ fn matcher(cx: &mut Cx, node: &Node, path: &str) -> Match {
                     };
                     let value = match string(cx, v, &p) {
                         Some(v) => v,
-                        None if v.kind == Kind::Null => {
+                        None if v.kind == NodeKind::Null => {
                             cx.err(&p, v.line, "missing header value (an exact match needs one; quote \"\" for an empty value)");
                             continue;
                         }
@@ -239,7 +229,7 @@ fn matcher(cx: &mut Cx, node: &Node, path: &str) -> Match {
     m
 }
 
-fn websocket(cx: &mut Cx, node: &Node, path: &str) -> WebSocket {
+fn websocket(cx: &mut Validator, node: &Node, path: &str) -> WebSocket {
     let mut w = WebSocket::default();
     let Some(f) = fields(cx, node, path, WEBSOCKET, &[]) else {
         return w;

@@ -1,23 +1,23 @@
 //! Scalar readers and string checks: strings, whole numbers, numbers, durations, lists of
 //! strings and socket addresses; header names, JSON pointers, route/upstream names, URLs and
-//! CIDRs. Each reader records its error in the [`Cx`] and returns `None`.
+//! CIDRs. Each reader records its error in the [`Validator`] and returns `None`.
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
-use super::super::tree::{Kind, Node};
+use super::super::tree::{Node, NodeKind};
 use super::super::{Cidr, duration_str};
 use super::fields::Fields;
-use super::{Cx, index};
+use super::{Validator, index};
 
 // === scalars ===
 
 /// A string value; numbers and booleans read as their text. `None` (with an error) for lists
 /// and mappings; `None` (no error) for null.
-pub(super) fn string(cx: &mut Cx, node: &Node, path: &str) -> Option<String> {
+pub(super) fn string(cx: &mut Validator, node: &Node, path: &str) -> Option<String> {
     match &node.kind {
-        Kind::Scalar { value, .. } => Some(value.clone()),
-        Kind::Null => None,
+        NodeKind::Scalar { value, .. } => Some(value.clone()),
+        NodeKind::Null => None,
         _ => {
             cx.err(
                 path,
@@ -31,7 +31,7 @@ pub(super) fn string(cx: &mut Cx, node: &Node, path: &str) -> Option<String> {
 
 /// A required, non-empty string.
 pub(super) fn required_string(
-    cx: &mut Cx,
+    cx: &mut Validator,
     f: &Fields<'_>,
     key: &str,
     what: &str,
@@ -72,11 +72,11 @@ fn parse_int(s: &str) -> Option<i64> {
 }
 
 /// A whole number (plain scalar).
-pub(super) fn int(cx: &mut Cx, node: &Node, path: &str) -> Option<i64> {
-    if let Kind::Null = node.kind {
+pub(super) fn int(cx: &mut Validator, node: &Node, path: &str) -> Option<i64> {
+    if let NodeKind::Null = node.kind {
         return None;
     }
-    if let Kind::Scalar { value, plain: true } = &node.kind {
+    if let NodeKind::Scalar { value, plain: true } = &node.kind {
         if let Some(v) = parse_int(value.trim()) {
             return Some(v);
         }
@@ -86,7 +86,7 @@ pub(super) fn int(cx: &mut Cx, node: &Node, path: &str) -> Option<i64> {
         }
     }
     let hint = match &node.kind {
-        Kind::Scalar {
+        NodeKind::Scalar {
             value,
             plain: false,
         } if parse_int(value).is_some() => format!("; write it without quotes: {value}"),
@@ -102,7 +102,7 @@ pub(super) fn int(cx: &mut Cx, node: &Node, path: &str) -> Option<i64> {
 
 /// A whole number in `min..=max`.
 pub(super) fn int_in(
-    cx: &mut Cx,
+    cx: &mut Validator,
     node: &Node,
     path: &str,
     min: i64,
@@ -146,10 +146,10 @@ fn parse_float(s: &str) -> Option<f64> {
 }
 
 /// A number (plain scalar), whole or not.
-pub(super) fn float(cx: &mut Cx, node: &Node, path: &str) -> Option<f64> {
+pub(super) fn float(cx: &mut Validator, node: &Node, path: &str) -> Option<f64> {
     match &node.kind {
-        Kind::Null => None,
-        Kind::Scalar { value, plain: true } if parse_float(value.trim()).is_some() => {
+        NodeKind::Null => None,
+        NodeKind::Scalar { value, plain: true } if parse_float(value.trim()).is_some() => {
             parse_float(value.trim())
         }
         _ => {
@@ -164,10 +164,10 @@ pub(super) fn float(cx: &mut Cx, node: &Node, path: &str) -> Option<f64> {
 }
 
 /// A duration string such as `250ms`, `30s`, `1h`.
-pub(super) fn duration(cx: &mut Cx, node: &Node, path: &str) -> Option<Duration> {
+pub(super) fn duration(cx: &mut Validator, node: &Node, path: &str) -> Option<Duration> {
     let s = match &node.kind {
-        Kind::Scalar { value, .. } => value,
-        Kind::Null => return None,
+        NodeKind::Scalar { value, .. } => value,
+        NodeKind::Null => return None,
         _ => {
             cx.err(
                 path,
@@ -180,7 +180,7 @@ pub(super) fn duration(cx: &mut Cx, node: &Node, path: &str) -> Option<Duration>
             return None;
         }
     };
-    if let Kind::Scalar { plain: true, .. } = node.kind
+    if let NodeKind::Scalar { plain: true, .. } = node.kind
         && s.trim() != "0"
         && parse_int(s.trim()).is_some()
     {
@@ -202,7 +202,7 @@ pub(super) fn duration(cx: &mut Cx, node: &Node, path: &str) -> Option<Duration>
 
 /// A duration that must be more than zero; `default` when absent.
 pub(super) fn positive_duration(
-    cx: &mut Cx,
+    cx: &mut Validator,
     f: &Fields<'_>,
     key: &str,
     default: Duration,
@@ -222,16 +222,18 @@ pub(super) fn positive_duration(
 }
 
 /// A list of strings (null reads as empty).
-pub(super) fn string_list(cx: &mut Cx, node: &Node, path: &str) -> Vec<(String, usize)> {
+pub(super) fn string_list(cx: &mut Validator, node: &Node, path: &str) -> Vec<(String, usize)> {
     match &node.kind {
-        Kind::Null => Vec::new(),
-        Kind::Seq(items) => {
+        NodeKind::Null => Vec::new(),
+        NodeKind::Seq(items) => {
             let mut out = Vec::new();
             for (i, item) in items.iter().enumerate() {
                 let p = index(path, i);
                 match string(cx, item, &p) {
                     Some(s) => out.push((s, item.line)),
-                    None if item.kind == Kind::Null => cx.err(&p, item.line, "empty list entry"),
+                    None if item.kind == NodeKind::Null => {
+                        cx.err(&p, item.line, "empty list entry")
+                    }
                     None => {}
                 }
             }
@@ -249,7 +251,7 @@ pub(super) fn string_list(cx: &mut Cx, node: &Node, path: &str) -> Vec<(String, 
 }
 
 /// `IP:PORT`.
-pub(super) fn socket_addr(cx: &mut Cx, node: &Node, path: &str) -> Option<SocketAddr> {
+pub(super) fn socket_addr(cx: &mut Validator, node: &Node, path: &str) -> Option<SocketAddr> {
     let s = string(cx, node, path)?;
     match s.trim().parse::<SocketAddr>() {
         Ok(a) => Some(a),
@@ -275,7 +277,7 @@ pub(super) fn socket_addr(cx: &mut Cx, node: &Node, path: &str) -> Option<Socket
 }
 
 /// A required socket address.
-pub(super) fn required_addr(cx: &mut Cx, f: &Fields<'_>, key: &str) -> Option<SocketAddr> {
+pub(super) fn required_addr(cx: &mut Validator, f: &Fields<'_>, key: &str) -> Option<SocketAddr> {
     match f.value(key) {
         None => {
             cx.err(
@@ -296,7 +298,12 @@ pub(super) fn is_tchar(c: char) -> bool {
 }
 
 /// A header name, lower-cased, or an error.
-pub(super) fn header_name(cx: &mut Cx, name: &str, path: &str, line: usize) -> Option<String> {
+pub(super) fn header_name(
+    cx: &mut Validator,
+    name: &str,
+    path: &str,
+    line: usize,
+) -> Option<String> {
     if name.is_empty() {
         cx.err(path, line, "empty header name");
         None
@@ -315,7 +322,7 @@ pub(super) fn header_name(cx: &mut Cx, name: &str, path: &str, line: usize) -> O
 }
 
 /// A JSON pointer (RFC 6901): `/a/b`, `~0` for `~` and `~1` for `/`.
-pub(super) fn json_pointer(cx: &mut Cx, p: &str, path: &str, line: usize) -> bool {
+pub(super) fn json_pointer(cx: &mut Validator, p: &str, path: &str, line: usize) -> bool {
     if !p.starts_with('/') {
         cx.err(
             path,
@@ -341,7 +348,13 @@ pub(super) fn json_pointer(cx: &mut Cx, p: &str, path: &str, line: usize) -> boo
 }
 
 /// Names of routes and upstreams: they appear in metrics, headers and admin URLs.
-pub(super) fn check_name(cx: &mut Cx, name: &str, path: &str, line: usize, what: &str) -> bool {
+pub(super) fn check_name(
+    cx: &mut Validator,
+    name: &str,
+    path: &str,
+    line: usize,
+    what: &str,
+) -> bool {
     if name
         .chars()
         .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
@@ -432,7 +445,7 @@ pub(crate) fn parse_url(s: &str) -> Result<UrlParts, String> {
 }
 
 pub(super) fn url(
-    cx: &mut Cx,
+    cx: &mut Validator,
     node: &Node,
     path: &str,
     schemes: &[&str],

@@ -9,11 +9,11 @@ use super::fields::fields;
 use super::scalars::{
     float, parse_cidr, positive_duration, required_addr, required_string, string, string_list, url,
 };
-use super::{Cx, Mode, RELAY, TRACING, TURN_FILTER, TURN_PROXY, index};
+use super::{Mode, RELAY, TRACING, TURN_FILTER, TURN_PROXY, Validator, index};
 
 // === turn ===
 
-pub(super) fn turn(cx: &mut Cx, node: &Node, path: &str) -> Option<Turn> {
+pub(super) fn turn(cx: &mut Validator, node: &Node, path: &str) -> Option<Turn> {
     let (allowed, extra): (&[&str], &[(&str, &str)]) = match cx.mode {
         Mode::Proxy => (TURN_PROXY, &[]),
         Mode::Filter => (
@@ -109,7 +109,7 @@ pub(super) fn turn(cx: &mut Cx, node: &Node, path: &str) -> Option<Turn> {
 
 // === tracing ===
 
-pub(super) fn tracing(cx: &mut Cx, node: &Node, path: &str) -> Option<Tracing> {
+pub(super) fn tracing(cx: &mut Validator, node: &Node, path: &str) -> Option<Tracing> {
     let f = fields(cx, node, path, TRACING, &[])?;
     let otlp_endpoint = match f.value("otlp_endpoint") {
         None => {

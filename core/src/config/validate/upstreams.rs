@@ -3,18 +3,17 @@
 
 use std::collections::BTreeMap;
 
-use super::super::tree::{Kind, Node};
+use super::super::tree::{Node, NodeKind};
 use super::super::{Split, Sticky, Upstream};
-use super::fields::fields;
-use super::route::name_line;
+use super::fields::{fields, name_line};
 use super::scalars::{
     check_name, header_name, int, is_tchar, json_pointer, required_string, string, url,
 };
-use super::{Cx, Mode, SPLIT, UPSTREAM_FILTER, UPSTREAM_PROXY, index};
+use super::{Mode, SPLIT, UPSTREAM_FILTER, UPSTREAM_PROXY, Validator, index};
 
 // === split ===
 
-pub(super) fn split(cx: &mut Cx, node: &Node, path: &str, is_ws: bool) -> Split {
+pub(super) fn split(cx: &mut Validator, node: &Node, path: &str, is_ws: bool) -> Split {
     let mut s = Split::default();
     let Some(f) = fields(cx, node, path, SPLIT, &[]) else {
         return s;
@@ -34,7 +33,7 @@ pub(super) fn split(cx: &mut Cx, node: &Node, path: &str, is_ws: bool) -> Split 
     s
 }
 
-fn sticky(cx: &mut Cx, v: &str, path: &str, line: usize, is_ws: bool) -> Sticky {
+fn sticky(cx: &mut Validator, v: &str, path: &str, line: usize, is_ws: bool) -> Sticky {
     const FORMS: &str =
         "expected `query:NAME`, `header:NAME`, `cookie:NAME`, `message:/json/pointer` or `none`";
     let v = v.trim();
@@ -89,8 +88,8 @@ fn sticky(cx: &mut Cx, v: &str, path: &str, line: usize, is_ws: bool) -> Sticky 
 
 // === upstreams ===
 
-pub(super) fn upstreams(cx: &mut Cx, node: &Node, path: &str, is_ws: bool) -> Vec<Upstream> {
-    let Kind::Seq(items) = &node.kind else {
+pub(super) fn upstreams(cx: &mut Validator, node: &Node, path: &str, is_ws: bool) -> Vec<Upstream> {
+    let NodeKind::Seq(items) = &node.kind else {
         cx.err(
             path,
             node.line,
