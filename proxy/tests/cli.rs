@@ -144,6 +144,33 @@ routes:
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // Valid, but not servable by this build (no TLS client yet): a `check` error with its key
+    // path, and `run` refuses it as a bad config (exit 1) instead of answering 502 later.
+    let tls = dir.path().join("tls.yaml");
+    write(
+        &tls,
+        r#"listen: 127.0.0.1:0
+routes:
+  - name: a
+    match: { path_prefix: /ws }
+    websocket: {}
+    upstreams: [{ name: s, url: "wss://127.0.0.1:1/ws" }]
+"#,
+    );
+    for cmd in ["check", "run"] {
+        let out = Command::new(BIN)
+            .args([cmd, "--config"])
+            .arg(&tls)
+            .output()
+            .await
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{cmd}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("routes[0].upstreams[0].url") && err.contains("TLS"),
+            "{cmd}: {err}"
+        );
+    }
     // Not a file at all: still exit 1 with a message, no panic.
     let out = Command::new(BIN)
         .args(["check", "--config", "/nonexistent/sigmesh.yaml"])

@@ -59,6 +59,17 @@ pub(super) struct UpstreamConn {
     pub headers: HeaderMap,
 }
 
+impl UpstreamConn {
+    /// The socket and what was read past the 101, for the session; the 101's headers (which
+    /// share hyper's read buffer) are dropped here.
+    pub(super) fn into_leg(self) -> super::session::Leg {
+        super::session::Leg {
+            io: self.io,
+            pre: self.read_ahead,
+        }
+    }
+}
+
 fn handshake_error(e: impl std::fmt::Display) -> UpstreamError {
     UpstreamError::Handshake(e.to_string())
 }

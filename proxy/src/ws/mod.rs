@@ -101,12 +101,15 @@ pub async fn upgrade(
     if let Some(t) = &start.trace {
         t.accepted();
     }
-    let upstream = up.upstream;
+    let (upstream, room) = (up.upstream, up.room);
+    // Only the socket and its read-ahead go on: the 101's headers share hyper's whole read
+    // buffer (8 KiB), which an idle session must not keep.
+    let upstream_leg = conn.into_leg();
     tokio::spawn(async move {
         let Some(client_leg) = upgraded_leg(on_upgrade).await else {
             return;
         };
-        start.run(upstream, up.room, client_leg, conn).await;
+        start.run(upstream, room, (client_leg, upstream_leg)).await;
     });
     resp
 }
@@ -192,7 +195,16 @@ impl Start {
     }
 
     /// Runs the session between the two upgraded legs.
-    async fn run(self, upstream: usize, room: Option<String>, client_leg: Leg, conn: UpstreamConn) {
+    ///
+    /// Not an `async fn`: the session's future is built here and returned, so the task holds
+    /// it without another layer of state around it (an idle session's memory is mostly this
+    /// future).
+    fn run(
+        self,
+        upstream: usize,
+        room: Option<String>,
+        legs: (Leg, Leg),
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
         let route = &self.runtime.route(self.route).route;
         let info = Arc::new(SessionInfo::new(
             self.shared.sessions().next_id(),
@@ -210,20 +222,15 @@ impl Start {
             now: crate::clock::now(),
             read_dropped: self.trace.as_ref().is_some_and(|t| t.is_recording()),
         };
-        let upstream_leg = Leg {
-            io: conn.io,
-            pre: conn.read_ahead,
-        };
         session::run(
             self.shared,
             self.runtime,
             self.route,
             info,
-            (client_leg, upstream_leg),
+            legs,
             self.trace,
             opts,
         )
-        .await;
     }
 
     /// Waits for the client's first message (bounded in time and size), picks, connects, runs.
@@ -265,7 +272,11 @@ impl Start {
         http_util::apply_edits(&mut headers, &up.edits);
         let sticky = up.reason == Reason::Sticky;
         match self.connect(up.upstream, headers, pq, sticky).await {
-            Ok(conn) => self.run(up.upstream, None, client_leg, conn).await,
+            Ok(conn) => {
+                let upstream_leg = conn.into_leg();
+                self.run(up.upstream, None, (client_leg, upstream_leg))
+                    .await
+            }
             Err(_) => {
                 if let Some(t) = &self.trace {
                     t.closed(

@@ -1,0 +1,340 @@
+//! The request phase: the order of checks and every verdict, with buckets in a plain map.
+#![allow(clippy::unwrap_used)]
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::time::Duration;
+
+use sigmesh_core::bucket::{BucketVerdict, TokenBucket};
+use sigmesh_core::compiled::{Capabilities, Compiled, DeflatePolicy};
+use sigmesh_core::config::{Rate, load};
+use sigmesh_core::label::{LimitKind, Outcome};
+use sigmesh_core::request::{Bucket, BucketStore, Refusal, RequestFacts, Verdict, decide};
+use sigmesh_core::split::{Reason, bucket_of};
+
+/// Buckets in a map, as a front end would keep them.
+#[derive(Default)]
+struct Buckets(RefCell<HashMap<(Bucket, String), TokenBucket>>);
+
+impl BucketStore for Buckets {
+    fn take(&self, bucket: Bucket, key: &str, rate: &Rate, now: Duration) -> BucketVerdict {
+        let mut m = self.0.borrow_mut();
+        m.entry((bucket, key.to_owned()))
+            .or_insert_with(|| TokenBucket::new(rate, now))
+            .try_take(rate, now)
+    }
+}
+
+const CONFIG: &str = r#"
+listen: 127.0.0.1:0
+routes:
+  - name: sig
+    match: { path_prefix: /ws }
+    websocket: { allowed_origins: [https://ok.example] }
+    limits: { connections: { rate: 1, per: 1h, burst: 2, key: client_ip } }
+    split: { sticky: query:room }
+    upstreams:
+      - { name: stable, url: ws://127.0.0.1:1/ws, weight: 50 }
+      - { name: canary, url: ws://127.0.0.1:2/ws, weight: 50 }
+  - name: first
+    match: { path_prefix: /first }
+    websocket: {}
+    split: { sticky: "message:/room" }
+    upstreams:
+      - { name: stable, url: ws://127.0.0.1:1/ws, weight: 50 }
+      - { name: canary, url: ws://127.0.0.1:2/ws, weight: 50 }
+  - name: web
+    match: { path_prefix: /turn }
+    limits: { connections: { rate: 1, per: 1h, burst: 1, key: client_ip } }
+    upstreams: [{ name: web, url: http://127.0.0.1:3 }]
+turn: { secret: s, uris: [turn:t], credentials_path: /creds }
+"#;
+
+fn compiled(caps: Capabilities) -> Compiled {
+    Compiled::new(load(CONFIG).unwrap(), caps).unwrap()
+}
+
+struct Req {
+    method: &'static str,
+    path: &'static str,
+    query: Option<&'static str>,
+    headers: Vec<(&'static str, &'static str)>,
+    draining: bool,
+}
+
+fn upgrade(path: &'static str, query: Option<&'static str>) -> Req {
+    Req {
+        method: "GET",
+        path,
+        query,
+        headers: vec![
+            ("upgrade", "websocket"),
+            ("connection", "keep-alive, Upgrade"),
+            ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+            ("sec-websocket-version", "13"),
+            ("origin", "https://ok.example"),
+        ],
+        draining: false,
+    }
+}
+
+fn plain(method: &'static str, path: &'static str, query: Option<&'static str>) -> Req {
+    Req {
+        method,
+        path,
+        query,
+        headers: vec![],
+        draining: false,
+    }
+}
+
+fn run(c: &Compiled, b: &Buckets, r: &Req) -> Verdict {
+    let facts = RequestFacts {
+        method: r.method,
+        protocol: None,
+        host: Some("example.com"),
+        path: r.path,
+        query: r.query,
+        headers: &r.headers,
+        client_ip: "192.0.2.1",
+        now: Duration::from_secs(10),
+        unix_secs: 1_700_000_000,
+        random: 0,
+        draining: r.draining,
+    };
+    decide(c, &facts, b, c)
+}
+
+fn status(v: &Verdict) -> u16 {
+    match v {
+        Verdict::Respond(r) => r.status,
+        Verdict::NoRoute => 404,
+        _ => 0,
+    }
+}
+
+#[test]
+fn draining_answers_first_and_credentials_come_before_routes() {
+    let c = compiled(Capabilities::PROXY);
+    let b = Buckets::default();
+    let mut r = plain("GET", "/nowhere", None);
+    r.draining = true;
+    let v = run(&c, &b, &r);
+    let Verdict::Respond(reply) = &v else {
+        panic!("{v:?}")
+    };
+    assert_eq!(reply.status, 503);
+    assert!(reply.headers.contains(&("connection", "close".into())));
+    assert_eq!(reply.refusal, Some(Refusal::Draining));
+
+    assert!(matches!(
+        run(&c, &b, &plain("GET", "/nowhere", None)),
+        Verdict::NoRoute
+    ));
+    // The credentials path is answered whether a route matches it or not.
+    let v = run(&c, &b, &plain("GET", "/creds", Some("user=al")));
+    let Verdict::Respond(reply) = v else { panic!() };
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.content_type, "application/json");
+    assert!(reply.body.contains("\"username\":\"1700003600:al\""));
+    assert_eq!(status(&run(&c, &b, &plain("POST", "/creds", None))), 405);
+    assert_eq!(status(&run(&c, &b, &plain("GET", "/creds", None))), 400);
+}
+
+#[test]
+fn credentials_use_the_default_bucket_or_the_route_they_match() {
+    let c = compiled(Capabilities::PROXY);
+    let b = Buckets::default();
+    let limited = (0..25)
+        .map(|_| run(&c, &b, &plain("GET", "/creds", Some("user=u"))))
+        .filter_map(|v| match v {
+            Verdict::Respond(r) if r.status == 429 => Some(r),
+            _ => None,
+        })
+        .collect::<Vec<_>>();
+    // The default bucket's burst is 20.
+    assert_eq!(limited.len(), 5);
+    assert_eq!(limited[0].limit(), Some(LimitKind::Credentials));
+    assert_eq!(limited[0].outcome(), None);
+    // `/turn…` would match route `web`, whose connection bucket (burst 1) is lent instead.
+    let mut c2 = load(CONFIG).unwrap();
+    c2.turn.as_mut().unwrap().credentials_path = "/turn".into();
+    let c2 = Compiled::new(c2, Capabilities::PROXY).unwrap();
+    let b = Buckets::default();
+    assert_eq!(
+        status(&run(&c2, &b, &plain("GET", "/turn", Some("user=u")))),
+        200
+    );
+    let v = run(&c2, &b, &plain("GET", "/turn", Some("user=u")));
+    let Verdict::Respond(reply) = v else { panic!() };
+    assert_eq!(reply.status, 429);
+    assert_eq!(reply.limit(), Some(LimitKind::Connections));
+    assert_eq!(reply.route, Some(2));
+}
+
+#[test]
+fn a_handshake_is_checked_then_the_origin_then_the_bucket() {
+    let c = compiled(Capabilities::PROXY);
+    let b = Buckets::default();
+    let mut r = upgrade("/ws", Some("room=a"));
+    r.headers.retain(|(k, _)| *k != "sec-websocket-key");
+    assert_eq!(status(&run(&c, &b, &r)), 400);
+    let mut r = upgrade("/ws", Some("room=a"));
+    r.headers.retain(|(k, _)| *k != "sec-websocket-version");
+    assert_eq!(status(&run(&c, &b, &r)), 426);
+    let mut r = upgrade("/ws", Some("room=a"));
+    r.method = "POST";
+    assert_eq!(status(&run(&c, &b, &r)), 405);
+    let mut r = upgrade("/ws", Some("room=a"));
+    r.headers.retain(|(k, _)| *k != "origin");
+    let v = run(&c, &b, &r);
+    let Verdict::Respond(reply) = v else { panic!() };
+    assert_eq!(
+        (reply.status, reply.outcome()),
+        (403, Some(Outcome::Forbidden))
+    );
+    assert!(reply.upgrade);
+    // None of those took a token: the burst of 2 is still there.
+    for _ in 0..2 {
+        assert!(matches!(
+            run(&c, &b, &upgrade("/ws", Some("room=a"))),
+            Verdict::Upgrade(_)
+        ));
+    }
+    let v = run(&c, &b, &upgrade("/ws", Some("room=a")));
+    let Verdict::Respond(reply) = v else { panic!() };
+    assert_eq!(reply.status, 429);
+    assert_eq!(reply.outcome(), Some(Outcome::RateLimited));
+    assert_eq!(reply.limit(), Some(LimitKind::Connections));
+    assert!(reply.headers.contains(&("retry-after", "3600".into())));
+    assert!(reply.headers.contains(&("x-ratelimit-limit", "2".into())));
+    // A plain request on the route takes from the same bucket.
+    assert_eq!(status(&run(&c, &b, &plain("GET", "/ws", None))), 429);
+}
+
+#[test]
+fn the_split_is_the_sticky_hash_and_the_override_wins() {
+    let c = compiled(Capabilities::PROXY);
+    let b = Buckets::default();
+    let v = run(&c, &b, &upgrade("/ws", Some("room=room-42")));
+    let Verdict::Upgrade(u) = v else {
+        panic!("{v:?}")
+    };
+    // room-42 is bucket 6867 (split.rs): above 5,000, so canary.
+    assert_eq!(bucket_of(b"room-42"), 6867);
+    assert_eq!((u.upstream, u.reason), (1, Reason::Sticky));
+    assert_eq!(u.room.as_deref(), Some("room-42"));
+    assert!(
+        u.edits
+            .set
+            .contains(&("x-sigmesh-upstream".into(), "canary".into()))
+    );
+    let mut r = upgrade("/ws", Some("room=room-42"));
+    r.headers.push(("x-sigmesh-upstream", "stable"));
+    let v = run(&c, &b, &r);
+    let Verdict::Upgrade(u) = v else {
+        panic!("{v:?}")
+    };
+    assert_eq!((u.upstream, u.reason), (0, Reason::Override));
+    // A plain request is forwarded, split the same way.
+    let b = Buckets::default();
+    let v = run(&c, &b, &plain("GET", "/ws", Some("room=room-42")));
+    let Verdict::Forward(f) = v else {
+        panic!("{v:?}")
+    };
+    assert_eq!((f.route, f.upstream), (0, 1));
+}
+
+#[test]
+fn message_stickiness_waits_for_the_first_message() {
+    let c = compiled(Capabilities::PROXY);
+    let b = Buckets::default();
+    let v = run(&c, &b, &upgrade("/first", None));
+    let Verdict::AwaitFirstMessage(wait) = v else {
+        panic!("{v:?}")
+    };
+    let up = wait.pick(&c, &c, Some(r#"{"room":"room-42"}"#), 0);
+    assert_eq!((up.upstream, up.reason), (1, Reason::Sticky));
+    let up = wait.pick(&c, &c, Some("not json"), 0);
+    assert_eq!(up.reason, Reason::Random);
+    // Behind Envoy the upstream is chosen from the headers: refused at compile time.
+    let errs = Compiled::new(
+        load(CONFIG).unwrap(),
+        Capabilities::filter(DeflatePolicy::Strip),
+    )
+    .unwrap_err();
+    assert_eq!(errs.len(), 1);
+    assert_eq!(errs[0].path, "routes[1].split.sticky");
+}
+
+#[test]
+fn compression_offers_follow_the_front_ends_policy() {
+    let b = Buckets::default();
+    let mut r = upgrade("/ws", Some("room=a"));
+    r.headers.push((
+        "sec-websocket-extensions",
+        "permessage-deflate; client_max_window_bits, x-other",
+    ));
+    let strip = compiled(Capabilities::PROXY);
+    let Verdict::Upgrade(u) = run(&strip, &b, &r) else {
+        panic!()
+    };
+    assert!(!u.deflate);
+    assert!(
+        u.edits
+            .set
+            .contains(&("sec-websocket-extensions".into(), "x-other".into()))
+    );
+    let keep = compiled(Capabilities {
+        deflate: DeflatePolicy::Keep,
+        ..Capabilities::PROXY
+    });
+    let Verdict::Upgrade(u) = run(&keep, &b, &r) else {
+        panic!()
+    };
+    assert!(u.deflate);
+    assert!(
+        !u.edits
+            .set
+            .iter()
+            .any(|(k, _)| k == "sec-websocket-extensions")
+    );
+}
+
+#[test]
+fn http2_extended_connect_is_an_upgrade_without_a_key() {
+    let c = compiled(Capabilities::PROXY);
+    let b = Buckets::default();
+    let headers = vec![(":protocol", "websocket"), ("origin", "https://ok.example")];
+    let facts = RequestFacts {
+        method: "CONNECT",
+        protocol: None,
+        host: None,
+        path: "/ws",
+        query: Some("room=a"),
+        headers: &headers,
+        client_ip: "192.0.2.1",
+        now: Duration::ZERO,
+        unix_secs: 0,
+        random: 0,
+        draining: false,
+    };
+    assert!(matches!(decide(&c, &facts, &b, &c), Verdict::Upgrade(_)));
+}
+
+#[test]
+fn what_a_build_cannot_serve_is_a_compile_error() {
+    let text = CONFIG.replace("ws://127.0.0.1:2/ws", "wss://127.0.0.1:2/ws");
+    let errs = Compiled::new(load(&text).unwrap(), Capabilities::PROXY).unwrap_err();
+    assert_eq!(errs.len(), 2, "{errs:?}");
+    assert_eq!(errs[0].path, "routes[0].upstreams[1].url");
+    assert!(errs[0].message.contains("TLS"), "{}", errs[0]);
+    // The filter does not dial: only its own limit (`message:` stickiness) is reported there.
+    let errs = Compiled::new(
+        load(&text).unwrap(),
+        Capabilities::filter(DeflatePolicy::Strip),
+    )
+    .unwrap_err();
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert_eq!(errs[0].path, "routes[1].split.sticky");
+}
