@@ -30,12 +30,18 @@ use std::time::Duration;
 
 use crate::bucket::BucketVerdict as Taken;
 use crate::compiled::{Compiled, DeflatePolicy};
-use crate::config::{LimitKey, Rate, Sticky, Turn, WebSocket};
+use crate::config::{Rate, Sticky, WebSocket};
 use crate::frame::strip_extension;
-use crate::label::{LimitKind, Outcome};
+use crate::label::LimitKind;
 use crate::route::{Headers, RequestHead};
-use crate::signal::{pointer_value, query_param, sticky_key};
+use crate::signal::{pointer_value, sticky_key};
 use crate::split::{Pick, Reason, Splitter};
+
+mod reply;
+mod turn_credentials;
+
+pub use reply::{HeaderEdits, RateLimited, Refusal, Reply, connection_key};
+use turn_credentials::credentials;
 
 /// The default bucket of the credentials endpoint per client IP, when no route lends one.
 pub const CREDENTIALS_RATE: Rate = Rate {
@@ -105,108 +111,6 @@ pub struct RequestFacts<'a, H: Headers + ?Sized> {
     pub random: u32,
     /// The front end is draining.
     pub draining: bool,
-}
-
-/// Why a request was answered locally, for the metrics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refusal {
-    /// Draining (503).
-    Draining,
-    /// A malformed WebSocket handshake (400, 405, 426).
-    Handshake,
-    /// `allowed_origins` (403).
-    Forbidden,
-    /// A bucket was empty (429).
-    Limited(LimitKind),
-    /// A bad credentials request (400, 405).
-    BadCredentialsRequest,
-}
-
-/// A local answer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Reply {
-    /// HTTP status.
-    pub status: u16,
-    /// `content-type` of the body.
-    pub content_type: &'static str,
-    /// Other headers, names lower-case.
-    pub headers: Vec<(&'static str, String)>,
-    /// The body.
-    pub body: String,
-    /// The route it was answered on, if one matched (for the metrics' `route` label).
-    pub route: Option<usize>,
-    /// Why, when it refuses.
-    pub refusal: Option<Refusal>,
-    /// It answers a WebSocket upgrade on a `websocket:` route (the proxy traces it as a
-    /// refused session).
-    pub upgrade: bool,
-}
-
-const TEXT: &str = "text/plain; charset=utf-8";
-const JSON: &str = "application/json";
-
-impl Reply {
-    fn text(status: u16, body: &str) -> Reply {
-        Reply {
-            status,
-            content_type: TEXT,
-            headers: Vec::new(),
-            body: body.to_owned(),
-            route: None,
-            refusal: None,
-            upgrade: false,
-        }
-    }
-
-    fn refusing(mut self, refusal: Refusal, route: Option<usize>) -> Reply {
-        self.refusal = Some(refusal);
-        self.route = route;
-        self
-    }
-
-    fn header(mut self, name: &'static str, value: impl Into<String>) -> Reply {
-        self.headers.push((name, value.into()));
-        self
-    }
-
-    /// The proxy's answer when no route matches: 404.
-    pub fn no_route() -> Reply {
-        Reply::text(404, "no route")
-    }
-
-    /// 429 with `retry-after` and the `x-ratelimit-*` headers.
-    pub fn too_many_requests(rate: &Rate, retry_after: Duration) -> Reply {
-        let mut r = Reply::text(429, "rate limited");
-        r.headers
-            .extend(RateLimited::new(rate, retry_after).headers());
-        r
-    }
-
-    /// The `outcome` to count in `sigmesh_connections_total` for this answer, if any.
-    pub fn outcome(&self) -> Option<Outcome> {
-        match self.refusal? {
-            Refusal::Forbidden => Some(Outcome::Forbidden),
-            Refusal::Limited(LimitKind::Connections) => Some(Outcome::RateLimited),
-            _ => None,
-        }
-    }
-
-    /// The `limit` to count in `sigmesh_rate_limited_total` for this answer, if any.
-    pub fn limit(&self) -> Option<LimitKind> {
-        match self.refusal? {
-            Refusal::Limited(l) => Some(l),
-            _ => None,
-        }
-    }
-}
-
-/// Header changes for the request that goes upstream.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct HeaderEdits {
-    /// Set (replacing any value).
-    pub set: Vec<(String, String)>,
-    /// Remove.
-    pub remove: Vec<&'static str>,
 }
 
 /// A WebSocket upgrade to relay.
@@ -353,18 +257,6 @@ pub fn decide<H: Headers + ?Sized>(
     }
 }
 
-impl Reply {
-    fn route_of(mut self, route: usize) -> Reply {
-        self.route = Some(route);
-        self
-    }
-
-    fn of_upgrade(mut self, upgrade: bool) -> Reply {
-        self.upgrade = upgrade;
-        self
-    }
-}
-
 impl AwaitFirst {
     /// Picks the upstream once the client's first message has come: `text` is its text (when
     /// it is a text message in UTF-8). The override header still wins; a message without the
@@ -505,7 +397,7 @@ fn extension_edits<H: Headers + ?Sized>(
 }
 
 /// The route's connection bucket; `Some(429)` when it is empty.
-fn connection_limit<H: Headers + ?Sized>(
+pub(super) fn connection_limit<H: Headers + ?Sized>(
     c: &Compiled,
     route: usize,
     req: &RequestFacts<'_, H>,
@@ -519,110 +411,5 @@ fn connection_limit<H: Headers + ?Sized>(
             Reply::too_many_requests(&limit.rate, retry_after)
                 .refusing(Refusal::Limited(LimitKind::Connections), Some(route)),
         ),
-    }
-}
-
-/// `GET {credentials_path}?user=ID`: a TURN REST credential ([`crate::credentials`]) with
-/// `cache-control: no-store`.
-fn credentials<H: Headers + ?Sized>(
-    c: &Compiled,
-    turn: &Turn,
-    req: &RequestFacts<'_, H>,
-    route: Option<usize>,
-    buckets: &dyn BucketStore,
-) -> Reply {
-    if req.method != "GET" && req.method != "HEAD" {
-        return Reply::text(405, "method not allowed")
-            .header("allow", "GET, HEAD")
-            .refusing(Refusal::BadCredentialsRequest, route);
-    }
-    let lends_bucket = route
-        .and_then(|i| c.routes.get(i))
-        .is_some_and(|r| r.route.limits.connections.is_some());
-    match route {
-        Some(i) if lends_bucket => {
-            if let Some(limited) = connection_limit(c, i, req, buckets) {
-                return limited;
-            }
-        }
-        _ => {
-            let taken = buckets.take(
-                Bucket::Credentials,
-                req.client_ip,
-                &CREDENTIALS_RATE,
-                req.now,
-            );
-            if let Taken::Limited { retry_after } = taken {
-                return Reply::too_many_requests(&CREDENTIALS_RATE, retry_after)
-                    .refusing(Refusal::Limited(LimitKind::Credentials), route);
-            }
-        }
-    }
-    let user = req
-        .query
-        .and_then(|q| query_param(q, "user"))
-        .unwrap_or_default();
-    let credential =
-        crate::credentials::credential(&turn.secret, &user, req.unix_secs, turn.ttl, &turn.uris);
-    let (status, body, refusal) = match credential {
-        Ok(cred) => (200, serde_json::to_string(&cred).unwrap_or_default(), None),
-        Err(e) => (
-            400,
-            serde_json::json!({ "error": format!("{e}: pass ?user=ID") }).to_string(),
-            Some(Refusal::BadCredentialsRequest),
-        ),
-    };
-    Reply {
-        status,
-        content_type: JSON,
-        headers: vec![("cache-control", "no-store".into())],
-        body,
-        route,
-        refusal,
-        upgrade: false,
-    }
-}
-
-/// The values of a 429 answer: `retry-after`, `x-ratelimit-limit`, `x-ratelimit-remaining`,
-/// `x-ratelimit-reset` (whole seconds, rounded up, at least 1).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RateLimited {
-    /// `retry-after` and `x-ratelimit-reset`, in seconds.
-    pub retry_after_secs: u64,
-    /// `x-ratelimit-limit`: the bucket's burst.
-    pub limit: u32,
-    /// `x-ratelimit-remaining`: 0.
-    pub remaining: u32,
-}
-
-impl RateLimited {
-    /// From the bucket's rate and its verdict's `retry_after`.
-    pub fn new(rate: &Rate, retry_after: Duration) -> Self {
-        let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
-        RateLimited {
-            retry_after_secs: secs.max(1),
-            limit: rate.burst,
-            remaining: 0,
-        }
-    }
-
-    /// The four headers, names lower-case.
-    pub fn headers(&self) -> [(&'static str, String); 4] {
-        [
-            ("retry-after", self.retry_after_secs.to_string()),
-            ("x-ratelimit-limit", self.limit.to_string()),
-            ("x-ratelimit-remaining", self.remaining.to_string()),
-            ("x-ratelimit-reset", self.retry_after_secs.to_string()),
-        ]
-    }
-}
-
-/// The key of a connection bucket (`limits.connections.key`): the client's IP, one key for the
-/// route, or a header's value (requests without the header share the empty key).
-pub fn connection_key<H: Headers + ?Sized>(key: &LimitKey, client_ip: &str, headers: &H) -> String {
-    match key {
-        LimitKey::ClientIp => client_ip.to_owned(),
-        LimitKey::Route => String::new(),
-        LimitKey::Header(name) => headers.get(name).unwrap_or_default().to_owned(),
     }
 }
