@@ -129,7 +129,7 @@ impl Rig {
     }
 
     /// Pushes client bytes; returns the bytes sent on and the close code, if any.
-    fn from_client(&mut self, bytes: &[u8]) -> (Vec<u8>, Option<u16>) {
+    fn client_sends(&mut self, bytes: &[u8]) -> (Vec<u8>, Option<u16>) {
         self.now += Duration::from_millis(5);
         let env = SessionEnv {
             route: &self.route,
@@ -141,7 +141,7 @@ impl Rig {
         (p.forward.bytes(bytes).to_vec(), p.close.map(|c| c.code))
     }
 
-    fn from_upstream(&mut self, bytes: &[u8]) -> Vec<u8> {
+    fn upstream_sends(&mut self, bytes: &[u8]) -> Vec<u8> {
         self.now += Duration::from_millis(5);
         let env = SessionEnv {
             route: &self.route,
@@ -163,14 +163,14 @@ fn messages_are_read_limited_and_recorded_in_order() {
     let offer = client(
         r#"{"type":"offer","room":"r1","from":"al","sdp":"a=candidate:1 1 udp 1 10.0.0.1 9 typ host"}"#,
     );
-    assert_eq!(r.from_client(&offer), (offer.clone(), None));
+    assert_eq!(r.client_sends(&offer), (offer.clone(), None));
     let answer = server(r#"{"type":"answer"}"#);
-    assert_eq!(r.from_upstream(&answer), answer);
+    assert_eq!(r.upstream_sends(&answer), answer);
     let second = client(r#"{"type":"join"}"#);
-    assert_eq!(r.from_client(&second).0, second);
+    assert_eq!(r.client_sends(&second).0, second);
     // The third takes no token from an empty message bucket: cut whole.
     let third = client(r#"{"type":"leave"}"#);
-    assert_eq!(r.from_client(&third), (Vec::new(), None));
+    assert_eq!(r.client_sends(&third), (Vec::new(), None));
     use MessageDirection::{In, Out};
     assert_eq!(
         r.log.0,
@@ -194,17 +194,17 @@ fn the_room_bucket_takes_the_messages_room_else_the_sessions() {
     let shared = Buckets::default();
     let mut a = Rig::new("{ rooms: { rate: 1, per: 1h, burst: 2 } }", Some("lobby"));
     a.buckets = shared;
-    assert_eq!(a.from_client(&client(r#"{"type":"x"}"#)).1, None);
+    assert_eq!(a.client_sends(&client(r#"{"type":"x"}"#)).1, None);
     assert_eq!(
-        a.from_client(&client(r#"{"type":"x","room":"other"}"#)).1,
+        a.client_sends(&client(r#"{"type":"x","room":"other"}"#)).1,
         None
     );
     let third = client(r#"{"type":"x"}"#);
-    assert_eq!(a.from_client(&third).0, third);
+    assert_eq!(a.client_sends(&third).0, third);
     // `lobby` has had 2 now (the sticky room); `other` 1.
-    assert!(a.from_client(&client(r#"{"type":"x"}"#)).0.is_empty());
+    assert!(a.client_sends(&client(r#"{"type":"x"}"#)).0.is_empty());
     assert!(
-        !a.from_client(&client(r#"{"type":"x","room":"other"}"#))
+        !a.client_sends(&client(r#"{"type":"x","room":"other"}"#))
             .0
             .is_empty()
     );
@@ -215,7 +215,7 @@ fn the_room_bucket_takes_the_messages_room_else_the_sessions() {
 fn oversize_and_close_limits_end_the_session_with_their_codes() {
     let mut r = Rig::new("{}", None);
     let big = client(&"x".repeat(300));
-    let (out, close) = r.from_client(&big);
+    let (out, close) = r.client_sends(&big);
     assert_eq!(close, Some(1009));
     // What went on is the reader's own close frame, masked toward the upstream.
     assert_eq!(out[0], 0x88);
@@ -224,8 +224,8 @@ fn oversize_and_close_limits_end_the_session_with_their_codes() {
         "{ messages: { rate: 1, per: 1h, burst: 1, on_exceed: close } }",
         None,
     );
-    r.from_client(&client("a"));
-    assert_eq!(r.from_client(&client("b")).1, Some(1008));
+    r.client_sends(&client("a"));
+    assert_eq!(r.client_sends(&client("b")).1, Some(1008));
 }
 
 #[test]
@@ -270,12 +270,12 @@ fn transport_events_map_to_closes_and_count_a_failure_once() {
 fn a_close_frame_from_a_side_is_passed_and_noted() {
     let mut r = Rig::new("{}", None);
     let bye = close_frame(1000, "bye", Some(MASK));
-    assert_eq!(r.from_client(&bye).0, bye);
+    assert_eq!(r.client_sends(&bye).0, bye);
     assert!(r.session.is_closing());
     assert_eq!(r.log.0, vec![Seen::Closed(Party::Client, Some(1000))]);
     // Its answer: the upstream's close comes back untouched, and the drain adds nothing.
     let reply = close_frame(1000, "bye", None);
-    assert_eq!(r.from_upstream(&reply), reply);
+    assert_eq!(r.upstream_sends(&reply), reply);
     let end = r.session.on(Happened::Drain, &mut Log::default());
     assert_eq!(end.to_client, LegEnd::Shut);
     assert_eq!(end.to_upstream, LegEnd::Shut);
@@ -284,7 +284,7 @@ fn a_close_frame_from_a_side_is_passed_and_noted() {
 #[test]
 fn idle_is_measured_from_the_last_message_either_way() {
     let mut r = Rig::new("{}", None);
-    r.from_client(&client("hi"));
+    r.client_sends(&client("hi"));
     let last = r.now;
     let left = r
         .session
