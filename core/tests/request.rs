@@ -1,29 +1,17 @@
 //! The request phase: the order of checks and every verdict, with buckets in a plain map.
 #![allow(clippy::unwrap_used)]
 
-use std::cell::RefCell;
-use std::collections::HashMap;
+mod common;
+
+use common::Buckets;
+
 use std::time::Duration;
 
-use sigmesh_core::bucket::{BucketVerdict, TokenBucket};
 use sigmesh_core::compiled::{Capabilities, Compiled, DeflatePolicy};
-use sigmesh_core::config::{Rate, load};
+use sigmesh_core::config::load;
 use sigmesh_core::label::{LimitKind, Outcome};
-use sigmesh_core::request::{Bucket, BucketStore, Refusal, RequestFacts, Verdict, decide};
+use sigmesh_core::request::{Refusal, RequestFacts, Verdict, decide};
 use sigmesh_core::split::{Reason, bucket_of};
-
-/// Buckets in a map, as a front end would keep them.
-#[derive(Default)]
-struct Buckets(RefCell<HashMap<(Bucket, String), TokenBucket>>);
-
-impl BucketStore for Buckets {
-    fn take(&self, bucket: Bucket, key: &str, rate: &Rate, now: Duration) -> BucketVerdict {
-        let mut m = self.0.borrow_mut();
-        m.entry((bucket, key.to_owned()))
-            .or_insert_with(|| TokenBucket::new(rate, now))
-            .try_take(rate, now)
-    }
-}
 
 const CONFIG: &str = r#"
 listen: 127.0.0.1:0

@@ -2,33 +2,21 @@
 //! reports, fed frames as a front end would.
 #![allow(clippy::unwrap_used)]
 
-use std::cell::RefCell;
-use std::collections::HashMap;
+mod common;
+
+use common::Buckets;
+
 use std::time::Duration;
 
-use sigmesh_core::bucket::{BucketVerdict, TokenBucket};
-use sigmesh_core::config::{Rate, Route, load};
+use sigmesh_core::config::{Route, load};
 use sigmesh_core::frame::{close_frame, frame};
 use sigmesh_core::label::{
     CandidateKind, CandidateProtocol, LimitKind, MessageDirection, MessageType, Party,
     UpstreamErrorKind,
 };
-use sigmesh_core::request::{Bucket, BucketStore};
 use sigmesh_core::session::{
     Event, Happened, LegEnd, Observer, Session, SessionEnv, SessionOptions,
 };
-
-#[derive(Default)]
-struct Buckets(RefCell<HashMap<(Bucket, String), TokenBucket>>);
-
-impl BucketStore for Buckets {
-    fn take(&self, bucket: Bucket, key: &str, rate: &Rate, now: Duration) -> BucketVerdict {
-        let mut m = self.0.borrow_mut();
-        m.entry((bucket, key.to_owned()))
-            .or_insert_with(|| TokenBucket::new(rate, now))
-            .try_take(rate, now)
-    }
-}
 
 /// Events as owned values.
 #[derive(Debug, Clone, PartialEq)]
@@ -130,18 +118,14 @@ impl Rig {
 
     /// Pushes client bytes; returns the bytes sent on and the close code, if any.
     fn client_sends(&mut self, bytes: &[u8]) -> (Vec<u8>, Option<u16>) {
-        self.now += Duration::from_millis(5);
-        let env = SessionEnv {
-            route: &self.route,
-            route_index: 0,
-            buckets: &self.buckets,
-            now: self.now,
-        };
-        let p = self.session.client_bytes(bytes, &env, &mut self.log);
-        (p.forward.bytes(bytes).to_vec(), p.close.map(|c| c.code))
+        self.push(bytes, true)
     }
 
     fn upstream_sends(&mut self, bytes: &[u8]) -> Vec<u8> {
+        self.push(bytes, false).0
+    }
+
+    fn push(&mut self, bytes: &[u8], from_client: bool) -> (Vec<u8>, Option<u16>) {
         self.now += Duration::from_millis(5);
         let env = SessionEnv {
             route: &self.route,
@@ -149,8 +133,12 @@ impl Rig {
             buckets: &self.buckets,
             now: self.now,
         };
-        let p = self.session.upstream_bytes(bytes, &env, &mut self.log);
-        p.forward.bytes(bytes).to_vec()
+        let p = if from_client {
+            self.session.client_bytes(bytes, &env, &mut self.log)
+        } else {
+            self.session.upstream_bytes(bytes, &env, &mut self.log)
+        };
+        (p.forward.bytes(bytes).to_vec(), p.close.map(|c| c.code))
     }
 }
 

@@ -99,27 +99,17 @@ fn text(s: &str) -> Msg {
 }
 
 fn scripts() -> Vec<Script> {
-    vec![
+    // The connection bucket: burst 2, then 429.
+    let limited = (0..3).map(|_| Script {
+        path: "/limited",
+        headers: vec![],
+        messages: vec![],
+    });
+    let mut all = vec![
         // Origin refused.
         Script {
             path: "/ws?room=r0",
             headers: vec![("origin", "https://evil.example")],
-            messages: vec![],
-        },
-        // The connection bucket: burst 2, then 429.
-        Script {
-            path: "/limited",
-            headers: vec![],
-            messages: vec![],
-        },
-        Script {
-            path: "/limited",
-            headers: vec![],
-            messages: vec![],
-        },
-        Script {
-            path: "/limited",
-            headers: vec![],
             messages: vec![],
         },
         // A call: offer, candidates in three dialects (browser JSON, PeerJS, Socket.IO), answer
@@ -185,7 +175,9 @@ fn scripts() -> Vec<Script> {
             headers: vec![],
             messages: vec![text("a"), text("b"), text("c")],
         },
-    ]
+    ];
+    all.splice(1..1, limited);
+    all
 }
 
 // === the standalone proxy, over sockets ===

@@ -225,20 +225,7 @@ impl FilterSession {
         chunk: &[u8],
         now: Duration,
     ) -> Pushed<'s> {
-        let buckets = s.buckets(store);
-        let env = SessionEnv {
-            route: &s.compiled.routes[self.route].route,
-            route_index: self.route,
-            buckets: &buckets,
-            now,
-        };
-        let mut obs = Record {
-            m: Metrics { sink },
-            names: &mut self.names,
-            route: &self.route_name,
-            upstream: &self.upstream,
-        };
-        self.core.client_bytes(chunk, &env, &mut obs)
+        self.push(Way::FromClient, (s, store, sink), chunk, now)
     }
 
     /// A chunk of upstream bytes; returns what to forward.
@@ -247,6 +234,17 @@ impl FilterSession {
         s: &Settings,
         store: &dyn Store,
         sink: &mut dyn Sink,
+        chunk: &[u8],
+        now: Duration,
+    ) -> Pushed<'s> {
+        self.push(Way::FromUpstream, (s, store, sink), chunk, now)
+    }
+
+    /// One chunk of either way through core's session, recording its events.
+    fn push<'s>(
+        &'s mut self,
+        way: Way,
+        (s, store, sink): (&Settings, &dyn Store, &mut dyn Sink),
         chunk: &[u8],
         now: Duration,
     ) -> Pushed<'s> {
@@ -263,7 +261,10 @@ impl FilterSession {
             route: &self.route_name,
             upstream: &self.upstream,
         };
-        self.core.upstream_bytes(chunk, &env, &mut obs)
+        match way {
+            Way::FromClient => self.core.client_bytes(chunk, &env, &mut obs),
+            Way::FromUpstream => self.core.upstream_bytes(chunk, &env, &mut obs),
+        }
     }
 
     /// The stream is over.
@@ -289,6 +290,13 @@ impl Settings {
             seed: self.seed,
         }
     }
+}
+
+/// Which way a body chunk goes.
+#[derive(Debug, Clone, Copy)]
+enum Way {
+    FromClient,
+    FromUpstream,
 }
 
 /// `sigmesh.messages_total` stat names by (direction, type), built on first use.

@@ -52,6 +52,39 @@ fn upgrades_to_websocket(h: &HeaderMap) -> bool {
         && http_util::has_token(h, header::CONNECTION, "upgrade")
 }
 
+/// The client's side of an upgrade, taken from its request.
+struct ClientHandshake {
+    key: HeaderValue,
+    on_upgrade: hyper::upgrade::OnUpgrade,
+    /// The headers for the upstream request (core's edits applied).
+    headers: HeaderMap,
+    path_and_query: String,
+}
+
+impl ClientHandshake {
+    fn take(
+        req: &mut Request<Incoming>,
+        client: SocketAddr,
+        edits: &HeaderEdits,
+    ) -> Option<ClientHandshake> {
+        // Core checked the handshake's form: a request without a key never gets here.
+        let key = req.headers().get(header::SEC_WEBSOCKET_KEY).cloned()?;
+        Some(ClientHandshake {
+            key,
+            on_upgrade: hyper::upgrade::on(&mut *req),
+            headers: upstream_headers(req.headers(), client, edits),
+            path_and_query: req
+                .uri()
+                .path_and_query()
+                .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned()),
+        })
+    }
+}
+
+fn missing_key() -> Response<Body> {
+    http_util::text(StatusCode::BAD_REQUEST, "missing sec-websocket-key")
+}
+
 /// What a session is started with, whichever way its upstream was picked.
 struct Start {
     shared: Arc<Shared>,
@@ -70,11 +103,9 @@ pub async fn upgrade(
     client: SocketAddr,
     trace: Option<Arc<SessionTrace>>,
 ) -> Response<Body> {
-    let Some(key) = req.headers().get(header::SEC_WEBSOCKET_KEY).cloned() else {
-        return http_util::text(StatusCode::BAD_REQUEST, "missing sec-websocket-key");
+    let Some(hs) = ClientHandshake::take(&mut req, client, &up.edits) else {
+        return missing_key();
     };
-    let on_upgrade = hyper::upgrade::on(&mut req);
-    let headers = upstream_headers(req.headers(), client, &up.edits);
     let start = Start {
         shared,
         runtime,
@@ -85,8 +116,8 @@ pub async fn upgrade(
     let conn = start
         .connect(
             up.upstream,
-            headers,
-            path_and_query(&req),
+            hs.headers,
+            hs.path_and_query,
             up.room.is_some(),
         )
         .await;
@@ -97,7 +128,7 @@ pub async fn upgrade(
         return http_util::text(StatusCode::BAD_GATEWAY, "upstream handshake failed");
     };
     let protocol = conn.headers.get(header::SEC_WEBSOCKET_PROTOCOL).cloned();
-    let resp = switching_protocols(&key, protocol, &conn.headers);
+    let resp = switching_protocols(&hs.key, protocol, &conn.headers);
     if let Some(t) = &start.trace {
         t.accepted();
     }
@@ -105,6 +136,7 @@ pub async fn upgrade(
     // Only the socket and its read-ahead go on: the 101's headers share hyper's whole read
     // buffer (8 KiB), which an idle session must not keep.
     let upstream_leg = conn.into_leg();
+    let on_upgrade = hs.on_upgrade;
     tokio::spawn(async move {
         let Some(client_leg) = upgraded_leg(on_upgrade).await else {
             return;
@@ -124,12 +156,9 @@ pub fn await_first(
     client: SocketAddr,
     trace: Option<Arc<SessionTrace>>,
 ) -> Response<Body> {
-    let Some(key) = req.headers().get(header::SEC_WEBSOCKET_KEY).cloned() else {
-        return http_util::text(StatusCode::BAD_REQUEST, "missing sec-websocket-key");
+    let Some(hs) = ClientHandshake::take(&mut req, client, &wait.edits) else {
+        return missing_key();
     };
-    let on_upgrade = hyper::upgrade::on(&mut req);
-    let headers = upstream_headers(req.headers(), client, &wait.edits);
-    let pq = path_and_query(&req);
     if let Some(t) = &trace {
         t.accepted();
     }
@@ -140,13 +169,14 @@ pub fn await_first(
         client,
         trace,
     };
+    let (on_upgrade, headers, pq) = (hs.on_upgrade, hs.headers, hs.path_and_query);
     tokio::spawn(async move {
         let Some(client_leg) = upgraded_leg(on_upgrade).await else {
             return;
         };
         start.first_message(wait, client_leg, headers, pq).await;
     });
-    switching_protocols(&key, None, &HeaderMap::new())
+    switching_protocols(&hs.key, None, &HeaderMap::new())
 }
 
 impl Start {
@@ -398,10 +428,4 @@ fn upstream_headers(client: &HeaderMap, addr: SocketAddr, edits: &HeaderEdits) -
     http_util::set_forwarded(&mut h, addr.ip(), "http");
     http_util::ensure_traceparent(&mut h);
     h
-}
-
-fn path_and_query(req: &Request<Incoming>) -> String {
-    req.uri()
-        .path_and_query()
-        .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned())
 }

@@ -179,28 +179,8 @@ pub(super) async fn run(
                 }
             },
             Wake::Drain => Some(Happened::Drain),
-            Wake::In(ev) => Some(match ev {
-                WayEvent::SrcEnded(e) => {
-                    tracing::debug!(session = info.id, error = ?e, "client ended");
-                    Happened::ClientEnded
-                }
-                WayEvent::ReaderClosed(c) => Happened::ClientReaderClosed(c),
-                WayEvent::DstFailed(e) => {
-                    tracing::debug!(session = info.id, error = %e, "upstream write failed");
-                    Happened::UpstreamWriteFailed
-                }
-            }),
-            Wake::Out(ev) => Some(match ev {
-                WayEvent::SrcEnded(e) => {
-                    tracing::debug!(session = info.id, error = ?e, "upstream ended");
-                    Happened::UpstreamEnded
-                }
-                WayEvent::ReaderClosed(c) => Happened::UpstreamReaderClosed(c),
-                WayEvent::DstFailed(e) => {
-                    tracing::debug!(session = info.id, error = %e, "client write failed");
-                    Happened::ClientWriteFailed
-                }
-            }),
+            Wake::In(ev) => Some(happened(info.id, ev, true)),
+            Wake::Out(ev) => Some(happened(info.id, ev, false)),
         };
         if let Some(happened) = happened {
             let end = session.on(happened, &mut recorder);
@@ -219,6 +199,35 @@ pub(super) async fn run(
     }
     active.dec();
     tracing::debug!(session = info.id, "session closed");
+}
+
+/// A way's event as core's transport event (`from_client`: the client → upstream way).
+fn happened(session: u64, ev: WayEvent, from_client: bool) -> Happened {
+    let (src, dst) = if from_client {
+        ("client", "upstream")
+    } else {
+        ("upstream", "client")
+    };
+    match ev {
+        WayEvent::SrcEnded(e) => {
+            tracing::debug!(session, error = ?e, "{src} ended");
+            if from_client {
+                Happened::ClientEnded
+            } else {
+                Happened::UpstreamEnded
+            }
+        }
+        WayEvent::ReaderClosed(c) if from_client => Happened::ClientReaderClosed(c),
+        WayEvent::ReaderClosed(c) => Happened::UpstreamReaderClosed(c),
+        WayEvent::DstFailed(e) => {
+            tracing::debug!(session, error = %e, "{dst} write failed");
+            if from_client {
+                Happened::UpstreamWriteFailed
+            } else {
+                Happened::ClientWriteFailed
+            }
+        }
+    }
 }
 
 /// Applies core's ending to the ways: `inbound` writes to the upstream, `outbound` to the
