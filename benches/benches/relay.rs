@@ -16,6 +16,11 @@
 //!   is consumed the next read would block, and the upstream leg is flushed, as the old relay
 //!   flushed before waiting.
 //! - `core_no_reading`: `core` with `read_text: false` (frame boundaries only): the floor.
+//! - `session`: what the proxy's relay runs now: the same reads through core's session object
+//!   ([`Session::client_bytes`]) on a route like the suite's (`signaling:` pointers, a message
+//!   bucket that never runs dry), with an observer that tallies its events as the proxy's
+//!   recorder does (without Prometheus). Its distance from `core` is the cost of the session
+//!   layer: the limiter, the events, the room and peer notes.
 //!
 //! Every contender copies each 16 KiB read into a read buffer (the read's copy) and every
 //! forwarded byte into an output `Vec` (the write's copy), so the figures compare the work
@@ -30,10 +35,14 @@ use std::io::{self, Read, Write};
 use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use sigmesh_core::bucket::BucketVerdict;
 use sigmesh_core::config::Signaling;
+use sigmesh_core::config::{Rate, Route};
 use sigmesh_core::frame::{
     Direction, FrameReader, Handler, MessageAction, MessageInfo, ReaderConfig, frame,
 };
+use sigmesh_core::request::{Bucket, BucketStore};
+use sigmesh_core::session::{Event, Observer, Session, SessionEnv, SessionOptions};
 use sigmesh_core::signal::{SignalKind, read_message};
 use tungstenite::protocol::{Message, Role, WebSocket, WebSocketConfig};
 
@@ -93,7 +102,7 @@ fn client_reader(read_text: bool) -> ReaderConfig {
 }
 
 /// Messages seen, and text messages read with the signaling pointers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 struct Counts {
     messages: u64,
     read: u64,
@@ -143,6 +152,82 @@ fn run_core(
         out.extend_from_slice(pushed.forward.bytes(read));
     }
     h.counts
+}
+
+/// The suite's route (benches/peers/sigmesh.yaml.in): signaling pointers, a message bucket
+/// that never runs dry.
+fn suite_route() -> Route {
+    let text = r#"
+listen: 127.0.0.1:0
+routes:
+  - name: bench
+    match: { path_prefix: /ws }
+    websocket:
+      max_message_bytes: 65536
+      signaling: { type: /type, room: /room, peer: /from }
+    limits:
+      messages: { rate: 1000000000, per: 1s, burst: 1000000000 }
+    upstreams: [{ name: echo, url: ws://127.0.0.1:1/ws }]
+"#;
+    match sigmesh_core::config::load(text) {
+        Ok(mut c) => c.routes.remove(0),
+        Err(e) => panic!("bench route: {e}"),
+    }
+}
+
+/// No room buckets on the suite's route.
+struct NoBuckets;
+
+impl BucketStore for NoBuckets {
+    fn take(&self, _: Bucket, _: &str, _: &Rate, _: Duration) -> BucketVerdict {
+        BucketVerdict::Allow { remaining: 0 }
+    }
+}
+
+/// Tallies events as the proxy's recorder does (a counter per message, bytes, candidates).
+#[derive(Default)]
+struct Tally {
+    counts: Counts,
+    bytes: u64,
+    candidates: u64,
+}
+
+impl Observer for Tally {
+    fn event(&mut self, e: Event<'_>) {
+        match e {
+            Event::Message { len, forwarded, .. } => {
+                self.counts.messages += 1;
+                if forwarded {
+                    self.bytes += len;
+                }
+            }
+            Event::Candidates { count, .. } => self.candidates += u64::from(count),
+            _ => {}
+        }
+    }
+}
+
+/// `session`: 16 KiB reads through core's session object; the forwarded bytes go to `out`.
+fn run_session(bytes: &[u8], route: &Route, rbuf: &mut [u8], out: &mut Vec<u8>) -> Counts {
+    out.clear();
+    let mut session = Session::new(route, SessionOptions::default());
+    let mut tally = Tally::default();
+    let mut now = Duration::ZERO;
+    for chunk in bytes.chunks(CHUNK) {
+        rbuf[..chunk.len()].copy_from_slice(chunk);
+        let read = &rbuf[..chunk.len()];
+        now += Duration::from_micros(10);
+        let env = SessionEnv {
+            route,
+            route_index: 0,
+            buckets: &NoBuckets,
+            now,
+        };
+        let pushed = session.client_bytes(read, &env, &mut tally);
+        out.extend_from_slice(pushed.forward.bytes(read));
+    }
+    black_box(tally.candidates);
+    tally.counts
 }
 
 /// The old relay's tungstenite settings for a leg (`ws_config` before the frame-by-frame relay).
@@ -321,6 +406,10 @@ fn verify(input: &Input, signaling: &Signaling) {
     assert_eq!(counts, all_read);
     assert!(out == *bytes, "core: the output differs from the input");
 
+    let counts = run_session(bytes, &suite_route(), &mut rbuf, &mut out);
+    assert_eq!(counts.messages, input.messages);
+    assert!(out == *bytes, "session: the output differs from the input");
+
     let counts = run_core(bytes, &client_reader(false), signaling, &mut rbuf, &mut out);
     assert_eq!(
         counts,
@@ -351,6 +440,7 @@ fn relay(c: &mut Criterion) {
     let signaling = signaling();
     let read = client_reader(true);
     let floor = client_reader(false);
+    let route = suite_route();
     for size in [200usize, 16 * 1024] {
         let input = stream(size);
         verify(&input, &signaling);
@@ -374,6 +464,12 @@ fn relay(c: &mut Criterion) {
         g.bench_function("tungstenite", |b| {
             b.iter(|| {
                 black_box(run_tungstenite(black_box(bytes), &signaling, &mut out));
+                black_box(out.len())
+            })
+        });
+        g.bench_function("session", |b| {
+            b.iter(|| {
+                black_box(run_session(black_box(bytes), &route, &mut rbuf, &mut out));
                 black_box(out.len())
             })
         });
