@@ -52,6 +52,11 @@ pub const TAG_REGEXES: [(&str, &str); 9] = [
     ),
 ];
 
+use sigmesh_core::label::{
+    CandidateKind, CandidateProtocol, LimitKind, MessageDirection, MessageType, Outcome,
+    UpstreamErrorKind,
+};
+
 /// Where metrics go (the host's metrics ABI, or a test's map).
 pub trait Sink {
     /// Adds `delta` to the counter `name` (created on first use).
@@ -95,14 +100,14 @@ pub struct Metrics<'a> {
 
 impl Metrics<'_> {
     /// `sigmesh_connections_total{route, upstream, outcome}`.
-    pub fn connection(&mut self, route: &str, upstream: &str, outcome: &str) {
+    pub fn connection(&mut self, route: &str, upstream: &str, outcome: Outcome) {
         self.sink.counter(
             &stat_name(
                 "connections_total",
                 &[
                     ("route", route),
                     ("upstream", upstream),
-                    ("outcome", outcome),
+                    ("outcome", outcome.as_str()),
                 ],
             ),
             1,
@@ -122,15 +127,21 @@ impl Metrics<'_> {
 
     /// `sigmesh_messages_total{route, upstream, direction, type}`; direction `in` is client to
     /// upstream, `out` upstream to client.
-    pub fn message(&mut self, route: &str, upstream: &str, direction: &str, kind: &str) {
+    pub fn message(
+        &mut self,
+        route: &str,
+        upstream: &str,
+        direction: MessageDirection,
+        kind: MessageType,
+    ) {
         self.sink.counter(
             &stat_name(
                 "messages_total",
                 &[
                     ("route", route),
                     ("upstream", upstream),
-                    ("direction", direction),
-                    ("type", kind),
+                    ("direction", direction.as_str()),
+                    ("type", kind.as_str()),
                 ],
             ),
             1,
@@ -138,31 +149,42 @@ impl Metrics<'_> {
     }
 
     /// `sigmesh_rate_limited_total{route, limit}`.
-    pub fn rate_limited(&mut self, route: &str, limit: &str) {
+    pub fn rate_limited(&mut self, route: &str, limit: LimitKind) {
         self.sink.counter(
-            &stat_name("rate_limited_total", &[("route", route), ("limit", limit)]),
+            &stat_name(
+                "rate_limited_total",
+                &[("route", route), ("limit", limit.as_str())],
+            ),
             1,
         );
     }
 
     /// `sigmesh_upstream_errors_total{route, upstream, kind}`.
-    pub fn upstream_error(&mut self, route: &str, upstream: &str, kind: &str) {
+    pub fn upstream_error(&mut self, route: &str, upstream: &str, kind: UpstreamErrorKind) {
         self.sink.counter(
             &stat_name(
                 "upstream_errors_total",
-                &[("route", route), ("upstream", upstream), ("kind", kind)],
+                &[
+                    ("route", route),
+                    ("upstream", upstream),
+                    ("kind", kind.as_str()),
+                ],
             ),
             1,
         );
     }
 
     /// `sigmesh_ice_candidates_total{route, type, protocol}`.
-    pub fn ice(&mut self, route: &str, kind: &str, protocol: &str, n: u32) {
+    pub fn ice(&mut self, route: &str, kind: CandidateKind, protocol: CandidateProtocol, n: u32) {
         if n > 0 {
             self.sink.counter(
                 &stat_name(
                     "ice_candidates_total",
-                    &[("route", route), ("type", kind), ("protocol", protocol)],
+                    &[
+                        ("route", route),
+                        ("type", kind.as_str()),
+                        ("protocol", protocol.as_str()),
+                    ],
                 ),
                 u64::from(n),
             );

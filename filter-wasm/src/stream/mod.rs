@@ -155,10 +155,10 @@ fn respond(s: &Settings, m: &mut Metrics<'_>, reply: Reply) -> HeadersVerdict {
         .and_then(|i| s.compiled.routes.get(i))
         .map_or("", |r| r.route.name.as_str());
     if let Some(limit) = reply.limit() {
-        m.rate_limited(route, limit.as_str());
+        m.rate_limited(route, limit);
     }
     if let Some(outcome) = reply.outcome() {
-        m.connection(route, "", outcome.as_str());
+        m.connection(route, "", outcome);
     }
     let mut headers: Vec<(String, String)> = reply
         .headers
@@ -208,11 +208,11 @@ impl FilterSession {
         if matches!(status, Some(101) | Some(200)) {
             self.open = true;
             self.counted = true;
-            m.connection(route, upstream, Outcome::Accepted.as_str());
+            m.connection(route, upstream, Outcome::Accepted);
             m.active(route, upstream, 1);
         } else {
-            m.connection(route, upstream, Outcome::UpstreamError.as_str());
-            m.upstream_error(route, upstream, UpstreamErrorKind::Handshake.as_str());
+            m.connection(route, upstream, Outcome::UpstreamError);
+            m.upstream_error(route, upstream, UpstreamErrorKind::Handshake);
         }
     }
 
@@ -359,14 +359,14 @@ impl Observer for Record<'_> {
                 kind,
                 protocol,
                 count,
-            } => self.m.ice(route, kind.as_str(), protocol.as_str(), count),
+            } => self.m.ice(route, kind, protocol, count),
             Event::CallSetup { took, .. } => self.m.call_setup(
                 route,
                 upstream,
                 u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
             ),
-            Event::Limited(limit) => self.m.rate_limited(route, limit.as_str()),
-            Event::UpstreamError(kind) => self.m.upstream_error(route, upstream, kind.as_str()),
+            Event::Limited(limit) => self.m.rate_limited(route, limit),
+            Event::UpstreamError(kind) => self.m.upstream_error(route, upstream, kind),
             _ => {}
         }
     }
