@@ -1,4 +1,12 @@
 //! The admin API: health, readiness, metrics, sessions, config, live weights.
+//!
+//! Before any path is answered:
+//! 1. **`Host`** must name the admin listener: an IP literal (any: a browser page cannot rebind
+//!    one), `localhost`, or a name in `admin_hosts` — else 403. This stops DNS rebinding: a page
+//!    on `evil.example` that resolves its own name to 127.0.0.1 still sends `Host: evil.example`.
+//! 2. With **`admin_auth`**, every path but `/healthz` and `/readyz` needs
+//!    `authorization: Bearer <token>` — else 401 with `www-authenticate: Bearer`. The token is
+//!    compared in constant time.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -20,14 +28,24 @@ const MAX_BODY: usize = 64 * 1024;
 /// can say 503.
 pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(error = %e, "admin accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
         };
         let shared = shared.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
                 let shared = shared.clone();
-                async move { Ok::<_, std::convert::Infallible>(handle(&shared, req).await) }
+                async move {
+                    Ok::<_, std::convert::Infallible>(
+                        http_util::rescue(guarded(&shared, req)).await,
+                    )
+                }
             });
             let mut b = hyper::server::conn::http1::Builder::new();
             b.timer(TokioTimer::new())
@@ -35,6 +53,62 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
             let _ = b.serve_connection(TokioIo::new(stream), svc).await;
         });
     }
+}
+
+/// The `Host` and `admin_auth` checks, then [`handle`].
+async fn guarded(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
+    let runtime = shared.runtime();
+    let host = req
+        .headers()
+        .get(http::header::HOST)
+        .and_then(|v| v.to_str().ok());
+    if let Some(host) = host
+        && !host_allowed(host, &runtime.config().admin_hosts)
+    {
+        tracing::debug!(host, "admin request for another host refused");
+        return http_util::text(
+            StatusCode::FORBIDDEN,
+            "host not allowed: the admin API answers IP addresses, localhost and `admin_hosts`",
+        );
+    }
+    let open = matches!(req.uri().path(), "/healthz" | "/readyz");
+    if let Some(token) = runtime.admin_token()
+        && !open
+        && !bearer_matches(req.headers(), token)
+    {
+        let mut r = http_util::text(StatusCode::UNAUTHORIZED, "admin token required");
+        r.headers_mut().insert(
+            http::header::WWW_AUTHENTICATE,
+            http::HeaderValue::from_static("Bearer"),
+        );
+        return r;
+    }
+    drop(runtime);
+    handle(shared, req).await
+}
+
+/// An IP literal, `localhost`, or one of `admin_hosts` (any port, any case).
+fn host_allowed(host: &str, admin_hosts: &[String]) -> bool {
+    let name = sigmesh_core::route::host_without_port(host);
+    name.parse::<std::net::IpAddr>().is_ok()
+        || name.eq_ignore_ascii_case("localhost")
+        || admin_hosts.iter().any(|h| h.eq_ignore_ascii_case(name))
+}
+
+/// `authorization: Bearer <token>`, compared in constant time.
+fn bearer_matches(headers: &http::HeaderMap, token: &str) -> bool {
+    let Some(given) = headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, rest) = v.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
+        })
+    else {
+        return false;
+    };
+    let (a, b) = (given.as_bytes(), token.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 pub async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
@@ -81,9 +155,8 @@ pub async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
                 Err(e) => http_util::text(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
             }
         }
-        (&Method::PUT, p) if p.starts_with("/routes/") && p.ends_with("/weights") => {
-            let name = &p["/routes/".len()..p.len() - "/weights".len()];
-            let name = name.to_owned();
+        (&Method::PUT, p) if route_weights(p).is_some() => {
+            let name = route_weights(p).unwrap_or_default().to_owned();
             let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
                 Ok(b) => b.to_bytes(),
                 Err(_) => return bad("body too large or unreadable"),
@@ -95,6 +168,12 @@ pub async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
         }
         _ => http_util::text(StatusCode::NOT_FOUND, "not found"),
     }
+}
+
+/// `/routes/NAME/weights` → `NAME` (one non-empty path segment).
+fn route_weights(path: &str) -> Option<&str> {
+    let name = path.strip_prefix("/routes/")?.strip_suffix("/weights")?;
+    (!name.is_empty() && !name.contains('/')).then_some(name)
 }
 
 fn bad(reason: &str) -> Response<Body> {

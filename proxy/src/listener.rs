@@ -59,7 +59,8 @@ async fn connection(
         let forwarder = forwarder.clone();
         async move {
             Ok::<_, std::convert::Infallible>(
-                crate::request::handle(shared, forwarder, req, client).await,
+                crate::http_util::rescue(crate::request::handle(shared, forwarder, req, client))
+                    .await,
             )
         }
     });

@@ -45,6 +45,8 @@ pub struct Runtime {
     compiled: Compiled,
     live: Vec<LiveRoute>,
     credentials: SharedBuckets,
+    /// `admin_auth`'s token, read from its file when the generation was built.
+    admin_token: Option<String>,
 }
 
 impl Runtime {
@@ -52,6 +54,10 @@ impl Runtime {
     /// the same rate in `previous` are carried over, so a reload does not hand every client a
     /// fresh burst.
     pub fn new(config: Config, previous: Option<&Runtime>) -> Result<Runtime, Vec<CompileError>> {
+        let admin_token = match &config.admin_auth {
+            Some(auth) => Some(read_token(&auth.token_file).map_err(|e| vec![e])?),
+            None => None,
+        };
         let compiled = Compiled::new(config, Capabilities::PROXY)?;
         let live = compiled
             .routes
@@ -63,7 +69,13 @@ impl Runtime {
             live,
             credentials: previous
                 .map_or_else(|| new_buckets(CREDENTIALS_RATE), |p| p.credentials.clone()),
+            admin_token,
         })
+    }
+
+    /// The admin API's bearer token (`admin_auth`), if one is required.
+    pub fn admin_token(&self) -> Option<&str> {
+        self.admin_token.as_deref()
     }
 
     /// The compiled config.
@@ -155,6 +167,25 @@ impl LiveRoute {
             rooms,
         }
     }
+}
+
+/// Reads `admin_auth.token_file`: the token is the file's text without surrounding whitespace,
+/// at least 16 bytes (a guessable token is no protection).
+fn read_token(path: &str) -> Result<String, CompileError> {
+    let err = |message: String| CompileError {
+        path: "admin_auth.token_file".into(),
+        message,
+    };
+    let text =
+        std::fs::read_to_string(path).map_err(|e| err(format!("cannot read `{path}`: {e}")))?;
+    let token = text.trim();
+    if token.len() < 16 {
+        return Err(err(format!(
+            "the token in `{path}` is {} bytes; use at least 16 (e.g. `openssl rand -hex 32`)",
+            token.len()
+        )));
+    }
+    Ok(token.to_owned())
 }
 
 fn new_buckets(rate: Rate) -> SharedBuckets {

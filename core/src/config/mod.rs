@@ -39,6 +39,20 @@ pub struct Config {
     /// OpenTelemetry export.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tracing: Option<Tracing>,
+    /// `admin_auth:`: a bearer token that every admin path but `/healthz` and `/readyz` needs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin_auth: Option<AdminAuth>,
+    /// `admin_hosts:`: `Host` names the admin listener answers, besides IP literals and
+    /// `localhost` (DNS rebinding: a browser page cannot reach it through a name of its own).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub admin_hosts: Vec<String>,
+}
+
+/// `admin_auth:`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AdminAuth {
+    /// A file holding the token (surrounding whitespace ignored); re-read on reload.
+    pub token_file: String,
 }
 
 /// `shutdown:`

@@ -26,10 +26,10 @@ mod upstreams;
 use std::net::SocketAddr;
 
 use super::tree::Node;
-use super::{Config, ConfigError, Shutdown};
+use super::{AdminAuth, Config, ConfigError, Shutdown};
 use fields::fields;
 use route::routes;
-use scalars::{duration, socket_addr};
+use scalars::{duration, required_string, socket_addr, string_list};
 use turn::{tracing, turn};
 
 /// Which front end the config is for.
@@ -71,7 +71,17 @@ fn index(path: &str, i: usize) -> String {
 
 // === key names ===
 
-const TOP_PROXY: &[&str] = &["listen", "admin", "shutdown", "routes", "turn", "tracing"];
+const TOP_PROXY: &[&str] = &[
+    "listen",
+    "admin",
+    "admin_auth",
+    "admin_hosts",
+    "shutdown",
+    "routes",
+    "turn",
+    "tracing",
+];
+const ADMIN_AUTH: &[&str] = &["token_file"];
 const TOP_FILTER: &[&str] = &["routes", "turn"];
 const SHUTDOWN: &[&str] = &["drain_timeout"];
 const ROUTE: &[&str] = &["name", "match", "websocket", "limits", "split", "upstreams"];
@@ -121,6 +131,14 @@ pub(crate) fn config(cx: &mut Validator, root: &Node) -> Config {
                     "tracing",
                     "not used by the Wasm filter: configure tracing in Envoy; remove it",
                 ),
+                (
+                    "admin_auth",
+                    "not used by the Wasm filter: protect Envoy's admin interface in Envoy; remove it",
+                ),
+                (
+                    "admin_hosts",
+                    "not used by the Wasm filter: the filter has no admin listener; remove it",
+                ),
             ],
         ),
     };
@@ -131,6 +149,8 @@ pub(crate) fn config(cx: &mut Validator, root: &Node) -> Config {
         routes: Vec::new(),
         turn: None,
         tracing: None,
+        admin_auth: None,
+        admin_hosts: Vec::new(),
     };
     let Some(f) = fields(cx, root, "", allowed, extra) else {
         return c;
@@ -154,6 +174,15 @@ pub(crate) fn config(cx: &mut Validator, root: &Node) -> Config {
         if let Some(n) = f.get("tracing") {
             c.tracing = tracing(cx, n, "tracing");
         }
+        if let Some(n) = f.get("admin_auth")
+            && let Some(a) = fields(cx, n, "admin_auth", ADMIN_AUTH, &[])
+            && let Some(token_file) = required_string(cx, &a, "token_file", "`token_file`")
+        {
+            c.admin_auth = Some(AdminAuth { token_file });
+        }
+        if let Some(n) = f.value("admin_hosts") {
+            c.admin_hosts = admin_hosts(cx, n, "admin_hosts");
+        }
     }
     match f.value("routes") {
         None => cx.err(
@@ -167,4 +196,26 @@ pub(crate) fn config(cx: &mut Validator, root: &Node) -> Config {
         c.turn = turn(cx, n, "turn");
     }
     c
+}
+
+/// `admin_hosts`: host names (no port, no scheme), lower-cased.
+fn admin_hosts(cx: &mut Validator, node: &Node, path: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for (i, (host, line)) in string_list(cx, node, path).into_iter().enumerate() {
+        let ok = !host.is_empty()
+            && host.len() <= 253
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+        if ok {
+            out.push(host.to_ascii_lowercase());
+        } else {
+            cx.err(
+                &index(path, i),
+                line,
+                format!("`{host}` is not a host name (letters, digits, `-` and `.`; no port)"),
+            );
+        }
+    }
+    out
 }
