@@ -22,6 +22,9 @@ pub struct Capabilities {
     pub first_message_pick: bool,
     /// What it does with a client's `permessage-deflate` offer.
     pub deflate: DeflatePolicy,
+    /// The host routes on the split header (Envoy): it is set to the picked upstream's name.
+    /// Otherwise (the proxy dials the upstream itself) it is removed from the upstream request.
+    pub routes_by_header: bool,
 }
 
 impl Capabilities {
@@ -32,6 +35,7 @@ impl Capabilities {
         tls_upstreams: false,
         first_message_pick: true,
         deflate: DeflatePolicy::Strip,
+        routes_by_header: false,
     };
 
     /// The Envoy filter: Envoy dials; the upstream is picked from the request headers.
@@ -41,6 +45,7 @@ impl Capabilities {
             tls_upstreams: true,
             first_message_pick: false,
             deflate,
+            routes_by_header: true,
         }
     }
 }
@@ -286,6 +291,23 @@ impl Compiled {
             routes,
             caps,
         })
+    }
+
+    /// What the config allows that it probably should not, as `path: message` lines: logged at
+    /// start and on reload, printed by `sigmesh check`.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut w = Vec::new();
+        for (i, r) in self.routes.iter().enumerate() {
+            let route = &r.route;
+            if route.upstreams.len() > 1 && route.split.override_from.is_none() {
+                w.push(format!(
+                    "routes[{i}].split.override_from: absent, so any client may pick its upstream \
+                     with `{}`; list the networks that may",
+                    route.override_header()
+                ));
+            }
+        }
+        w
     }
 
     /// The route named `name`, with its index.

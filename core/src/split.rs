@@ -34,7 +34,8 @@
 //! (The empty key hashes to the offset basis, bucket 6037.)
 //!
 //! ## Picking
-//! [`Splitter::pick`]: a valid override (an upstream name, exact, even one of weight 0) wins;
+//! [`Splitter::pick`]: a valid override (an upstream name, exact, of weight above 0: a canary
+//! switched off cannot be forced) wins;
 //! else a non-empty sticky key's bucket; else `random % 10000` as the bucket (the caller's RNG;
 //! the modulo bias of a `u32` is below 2·10⁻⁶).
 
@@ -169,7 +170,8 @@ impl Splitter {
         i.min(self.cumulative.len().saturating_sub(1))
     }
 
-    /// Picks: an override naming a known upstream wins; else the sticky key's bucket; else
+    /// Picks: an override naming a known upstream of weight above 0 wins; else the sticky key's
+    /// bucket; else
     /// `random` (any u32 from the caller's RNG) reduced to a bucket. An empty sticky key counts
     /// as none.
     pub fn pick(
@@ -178,7 +180,9 @@ impl Splitter {
         sticky_key: Option<&[u8]>,
         random: u32,
     ) -> Pick {
-        if let Some(index) = override_name.and_then(|n| self.index_of(n)) {
+        if let Some(index) = override_name.and_then(|n| self.index_of(n))
+            && self.weights[index] > 0
+        {
             return Pick {
                 index,
                 reason: Reason::Override,
@@ -284,13 +288,20 @@ mod tests {
     }
 
     #[test]
-    fn zero_weights_get_nothing_but_can_be_overridden() {
+    fn zero_weights_get_nothing_not_even_by_override() {
         let s = Splitter::new([("off", 0), ("stable", 1), ("dark", 0)]).expect("weights");
         assert!((0..BUCKETS).all(|b| s.by_bucket(b) == 1));
         assert_eq!(
             s.pick(Some("dark"), Some(b"k"), 5),
             Pick {
-                index: 2,
+                index: 1,
+                reason: Reason::Sticky
+            }
+        );
+        assert_eq!(
+            s.pick(Some("stable"), Some(b"k"), 5),
+            Pick {
+                index: 1,
                 reason: Reason::Override
             }
         );

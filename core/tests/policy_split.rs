@@ -112,12 +112,18 @@ proptest! {
         }
     }
 
-    /// An override naming an upstream wins whatever its weight; an unknown name is ignored.
+    /// An override naming an upstream of weight above 0 wins; one of weight 0, or an unknown
+    /// name, is ignored.
     #[test]
     fn overrides(weights in weights_strategy(), idx in any::<prop::sample::Index>(), key in "[a-z]{0,8}", random in any::<u32>()) {
         let s = splitter(&weights);
         let i = idx.index(weights.len());
-        prop_assert_eq!(s.pick(Some(&format!("u{i}")), Some(key.as_bytes()), random), Pick { index: i, reason: Reason::Override });
+        let forced = s.pick(Some(&format!("u{i}")), Some(key.as_bytes()), random);
+        if weights[i] > 0 {
+            prop_assert_eq!(forced, Pick { index: i, reason: Reason::Override });
+        } else {
+            prop_assert_eq!(forced, s.pick(None, Some(key.as_bytes()), random));
+        }
         let ignored = s.pick(Some("no-such-upstream"), Some(key.as_bytes()), random);
         let plain = s.pick(None, Some(key.as_bytes()), random);
         prop_assert_eq!(ignored, plain);

@@ -212,11 +212,8 @@ fn the_split_is_the_sticky_hash_and_the_override_wins() {
     assert_eq!(bucket_of(b"room-42"), 6867);
     assert_eq!((u.upstream, u.reason), (1, Reason::Sticky));
     assert_eq!(u.room.as_deref(), Some("room-42"));
-    assert!(
-        u.edits
-            .set
-            .contains(&("x-sigmesh-upstream".into(), "canary".into()))
-    );
+    // The proxy dials the upstream itself: the client's split header never reaches it.
+    assert_eq!(u.edits.remove, vec!["x-sigmesh-upstream".to_owned()]);
     let mut r = upgrade("/ws", Some("room=room-42"));
     r.headers.push(("x-sigmesh-upstream", "stable"));
     let v = run(&c, &b, &r);
@@ -325,4 +322,65 @@ fn what_a_build_cannot_serve_is_a_compile_error() {
     .unwrap_err();
     assert_eq!(errs.len(), 1, "{errs:?}");
     assert_eq!(errs[0].path, "routes[1].split.sticky");
+}
+
+#[test]
+fn the_override_needs_an_allowed_client_and_a_live_upstream() {
+    let text = CONFIG.replace(
+        "split: { sticky: query:room }",
+        "split: { sticky: query:room, override_from: [10.0.0.0/8, \"::1\"] }",
+    );
+    let c = Compiled::new(
+        load(&text).unwrap(),
+        Capabilities::filter(DeflatePolicy::Strip),
+    );
+    // The filter refuses route 1 (`message:`); build the proxy's instead and flip the header rule.
+    assert!(c.is_err());
+    let mut caps = Capabilities::PROXY;
+    caps.routes_by_header = true;
+    let c = Compiled::new(load(&text).unwrap(), caps).unwrap();
+    let b = Buckets::default();
+    let pick = |ip: &'static str, name: &'static str| {
+        let mut r = upgrade("/ws", Some("room=room-42"));
+        r.headers.push(("x-sigmesh-upstream", name));
+        let facts = RequestFacts {
+            method: r.method,
+            protocol: None,
+            host: None,
+            path: r.path,
+            query: r.query,
+            headers: &r.headers,
+            client_ip: ip,
+            now: Duration::ZERO,
+            unix_secs: 0,
+            random: 0,
+            draining: false,
+        };
+        match decide(&c, &facts, &b, &c) {
+            Verdict::Upgrade(u) => (u.upstream, u.reason, u.edits.set),
+            v => panic!("{v:?}"),
+        }
+    };
+    // room-42 is canary (1) by its hash; stable (0) only by override.
+    assert_eq!(pick("10.1.2.3", "stable").1, Reason::Override);
+    assert_eq!(
+        pick("::ffff:10.1.2.3", "stable").1,
+        Reason::Override,
+        "v4-mapped"
+    );
+    assert_eq!(pick("::1", "stable").0, 0);
+    let (up, reason, set) = pick("192.0.2.1", "stable");
+    assert_eq!(
+        (up, reason),
+        (1, Reason::Sticky),
+        "outside override_from: ignored"
+    );
+    // Where the host routes on the header, it carries the pick, never the client's value.
+    assert!(set.contains(&("x-sigmesh-upstream".into(), "canary".into())));
+    assert!(!c.warnings().iter().any(|w| w.starts_with("routes[0]")));
+    assert!(
+        c.warnings()
+            .iter()
+            .any(|w| w.starts_with("routes[1].split.override_from"))
+    );
 }

@@ -52,9 +52,10 @@ impl std::fmt::Display for Lines<'_> {
     }
 }
 
-/// Whether this build can serve `config` (`sigmesh check` runs this after the schema check).
-pub fn check(config: &Config) -> Result<(), Vec<CompileError>> {
-    Runtime::new(config.clone(), None).map(|_| ())
+/// Whether this build can serve `config` (`sigmesh check` runs this after the schema check);
+/// the warnings when it can.
+pub fn check(config: &Config) -> Result<Vec<String>, Vec<CompileError>> {
+    Runtime::new(config.clone(), None).map(|r| r.compiled().warnings())
 }
 
 /// A running proxy: its bound addresses and the handle to stop it.
@@ -78,6 +79,9 @@ impl Proxy {
         tuning: Tuning,
     ) -> Result<Proxy, RunError> {
         let runtime = Runtime::new(config, None).map_err(RunError::Compile)?;
+        for w in runtime.compiled().warnings() {
+            tracing::warn!("{w}");
+        }
         let config = runtime.config().clone();
         let listener = TcpListener::bind(config.listen)
             .await

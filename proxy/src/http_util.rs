@@ -136,7 +136,7 @@ impl sigmesh_core::route::Headers for HeaderView<'_> {
 /// Applies core's header changes to a request going upstream.
 pub fn apply_edits(headers: &mut HeaderMap, edits: &sigmesh_core::request::HeaderEdits) {
     for name in &edits.remove {
-        headers.remove(*name);
+        headers.remove(name.as_str());
     }
     for (name, value) in &edits.set {
         if let (Ok(n), Ok(v)) = (

@@ -75,7 +75,11 @@ fn init_logs(format: LogFormat) {
     }
 }
 
-fn read_config(path: &PathBuf) -> Result<sigmesh_core::config::Config, ExitCode> {
+/// Loads and checks a config; `sigmesh check` also prints the warnings (`run` logs them).
+fn read_config(
+    path: &PathBuf,
+    print_warnings: bool,
+) -> Result<sigmesh_core::config::Config, ExitCode> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) => {
@@ -91,13 +95,16 @@ fn read_config(path: &PathBuf) -> Result<sigmesh_core::config::Config, ExitCode>
         ExitCode::from(1)
     })?;
     // Valid, but can this build serve it (a wss:// upstream without TLS, ...)?
-    sigmesh::app::check(&config).map_err(|errors| {
+    let warnings = sigmesh::app::check(&config).map_err(|errors| {
         eprintln!("{}: {} error(s):", path.display(), errors.len());
         for e in &errors {
             eprintln!("  {}: {e}", path.display());
         }
         ExitCode::from(1)
     })?;
+    for w in warnings.iter().filter(|_| print_warnings) {
+        eprintln!("{}: warning: {w}", path.display());
+    }
     Ok(config)
 }
 
@@ -115,7 +122,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logs(cli.log_format);
     match cli.command {
-        Command::Check { config } => match read_config(&config) {
+        Command::Check { config } => match read_config(&config, true) {
             Ok(c) => {
                 println!("{}: ok ({} routes)", config.display(), c.routes.len());
                 ExitCode::SUCCESS
@@ -123,7 +130,7 @@ fn main() -> ExitCode {
             Err(code) => code,
         },
         Command::Run { config: path } => {
-            let config = match read_config(&path) {
+            let config = match read_config(&path, false) {
                 Ok(c) => c,
                 Err(code) => return code,
             };

@@ -68,6 +68,9 @@ pub fn apply(shared: &Shared, path: &Path, text: &str) -> bool {
             }
             match Runtime::new(config, Some(&old)) {
                 Ok(rt) => {
+                    for w in rt.compiled().warnings() {
+                        tracing::warn!("{w}");
+                    }
                     shared.replace_runtime(rt);
                     shared.metrics().reload(true);
                     tracing::info!(path = %path.display(), "config reloaded");

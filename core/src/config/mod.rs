@@ -223,6 +223,9 @@ pub struct Split {
     /// Default `x-sigmesh-upstream`; lower-case.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub override_header: Option<String>,
+    /// Who may use the override header (client addresses); `None`: anyone (a warning at start).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub override_from: Option<Vec<Cidr>>,
 }
 
 /// `split.sticky`
@@ -328,6 +331,27 @@ impl Config {
     /// The route named `name`.
     pub fn route(&self, name: &str) -> Option<&Route> {
         self.routes.iter().find(|r| r.name == name)
+    }
+}
+
+impl Cidr {
+    /// Whether `ip` is inside this range (an IPv4 address never is inside an IPv6 range, nor the
+    /// other way round; callers normalise mapped addresses first).
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        use std::net::IpAddr;
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let p = u32::from(self.prefix.min(32));
+                let mask = if p == 0 { 0 } else { u32::MAX << (32 - p) };
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let p = u32::from(self.prefix.min(128));
+                let mask = if p == 0 { 0 } else { u128::MAX << (128 - p) };
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
     }
 }
 

@@ -30,7 +30,9 @@ use std::time::Duration;
 
 use crate::bucket::BucketVerdict as Taken;
 use crate::compiled::{Compiled, DeflatePolicy};
-use crate::config::{Rate, Sticky, WebSocket};
+use std::net::IpAddr;
+
+use crate::config::{Rate, Route, Sticky, WebSocket};
 use crate::frame::strip_extension;
 use crate::label::LimitKind;
 use crate::route::{Headers, RequestHead};
@@ -214,7 +216,7 @@ pub fn decide<H: Headers + ?Sized>(
     if let Some(reply) = connection_limit(c, index, req, buckets) {
         return Verdict::Respond(reply.of_upgrade(upgrade.is_some()));
     }
-    let override_name = req.headers.get(route.override_header());
+    let override_name = allowed_override(route, req);
     let mut edits = HeaderEdits::default();
     let deflate = upgrade.is_some() && extension_edits(c.caps.deflate, req.headers, &mut edits);
     if upgrade.is_some()
@@ -235,10 +237,7 @@ pub fn decide<H: Headers + ?Sized>(
         room.as_deref().map(str::as_bytes),
         req.random,
     );
-    edits.set.push((
-        route.override_header().to_owned(),
-        route.upstreams[pick.index].name.clone(),
-    ));
+    split_header(c, route, pick.index, &mut edits);
     match upgrade {
         Some(_) => Verdict::Upgrade(Upgrade {
             route: index,
@@ -283,10 +282,7 @@ impl AwaitFirst {
             random,
         );
         let mut edits = self.edits.clone();
-        edits.set.push((
-            route.override_header().to_owned(),
-            route.upstreams[pick.index].name.clone(),
-        ));
+        split_header(c, route, pick.index, &mut edits);
         Upgrade {
             route: self.route,
             upstream: pick.index,
@@ -295,6 +291,35 @@ impl AwaitFirst {
             edits,
             deflate: self.deflate,
         }
+    }
+}
+
+/// The override header's value when this client may use it (`split.override_from`; absent:
+/// anyone). Whether it names an upstream of weight above 0 is the splitter's call.
+fn allowed_override<'r, H: Headers + ?Sized>(
+    route: &Route,
+    req: &RequestFacts<'r, H>,
+) -> Option<&'r str> {
+    let value = req.headers.get(route.override_header())?;
+    match &route.split.override_from {
+        None => Some(value),
+        Some(from) => {
+            let ip = req.client_ip.parse::<IpAddr>().ok()?.to_canonical();
+            from.iter().any(|c| c.contains(ip)).then_some(value)
+        }
+    }
+}
+
+/// The split header on the upstream request: the picked upstream's name where the host routes
+/// on it (Envoy), else removed; never the client's own value.
+fn split_header(c: &Compiled, route: &Route, upstream: usize, edits: &mut HeaderEdits) {
+    let name = route.override_header().to_owned();
+    if c.caps.routes_by_header {
+        edits
+            .set
+            .push((name, route.upstreams[upstream].name.clone()));
+    } else {
+        edits.remove.push(name);
     }
 }
 
@@ -389,7 +414,7 @@ fn extension_edits<H: Headers + ?Sized>(
         DeflatePolicy::Strip => {
             match rest {
                 Some(rest) => edits.set.push(("sec-websocket-extensions".into(), rest)),
-                None => edits.remove.push("sec-websocket-extensions"),
+                None => edits.remove.push("sec-websocket-extensions".into()),
             }
             false
         }

@@ -106,7 +106,7 @@ pub struct HeaderEdits {
     /// Set (replacing any value).
     pub set: Vec<(String, String)>,
     /// Remove.
-    pub remove: Vec<&'static str>,
+    pub remove: Vec<String>,
 }
 
 impl Reply {

@@ -101,19 +101,7 @@ pub fn default_deny() -> Vec<Cidr> {
 
 /// Whether `cidr` contains `ip` (never across families).
 pub fn contains(cidr: &Cidr, ip: IpAddr) -> bool {
-    match (cidr.addr, ip) {
-        (IpAddr::V4(net), IpAddr::V4(ip)) => {
-            let p = u32::from(cidr.prefix.min(32));
-            let mask = if p == 0 { 0 } else { u32::MAX << (32 - p) };
-            u32::from(net) & mask == u32::from(ip) & mask
-        }
-        (IpAddr::V6(net), IpAddr::V6(ip)) => {
-            let p = u32::from(cidr.prefix.min(128));
-            let mask = if p == 0 { 0 } else { u128::MAX << (128 - p) };
-            u128::from(net) & mask == u128::from(ip) & mask
-        }
-        _ => false,
-    }
+    cidr.contains(ip)
 }
 
 /// The IPv4 address an IPv6 address stands for, if any: IPv4-mapped `::ffff:a.b.c.d`,

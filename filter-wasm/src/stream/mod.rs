@@ -114,7 +114,7 @@ pub fn on_request_headers(
         Verdict::AwaitFirstMessage(_) => HeadersVerdict::Pass,
         Verdict::Forward(f) => HeadersVerdict::Proceed {
             set: f.edits.set,
-            remove: f.edits.remove.into_iter().map(str::to_owned).collect(),
+            remove: f.edits.remove,
             reroute: true,
             session: None,
         },
@@ -140,7 +140,7 @@ pub fn on_request_headers(
             };
             HeadersVerdict::Proceed {
                 set: u.edits.set,
-                remove: u.edits.remove.into_iter().map(str::to_owned).collect(),
+                remove: u.edits.remove,
                 reroute: true,
                 session: Some(Box::new(session)),
             }

@@ -522,3 +522,15 @@ pub(crate) fn parse_cidr(s: &str) -> Result<Cidr, String> {
     };
     Ok(Cidr { addr, prefix })
 }
+
+/// A list of CIDRs (`10.0.0.0/8`, `::1/128`, or a bare address for one host).
+pub(super) fn cidr_list(cx: &mut Validator, node: &Node, path: &str) -> Vec<Cidr> {
+    let mut v = Vec::new();
+    for (i, (s, line)) in string_list(cx, node, path).into_iter().enumerate() {
+        match parse_cidr(&s) {
+            Ok(c) => v.push(c),
+            Err(e) => cx.err(&index(path, i), line, e),
+        }
+    }
+    v
+}

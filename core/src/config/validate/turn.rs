@@ -7,7 +7,7 @@ use super::super::tree::Node;
 use super::super::{OtlpProtocol, Tracing, Turn, TurnRelay};
 use super::fields::fields;
 use super::scalars::{
-    float, parse_cidr, positive_duration, required_addr, required_string, string, string_list, url,
+    cidr_list, float, positive_duration, required_addr, required_string, string, string_list, url,
 };
 use super::{Mode, RELAY, TRACING, TURN_FILTER, TURN_PROXY, Validator, index};
 
@@ -75,20 +75,9 @@ pub(super) fn turn(cx: &mut Validator, node: &Node, path: &str) -> Option<Turn> 
         if let Some(r) = fields(cx, n, &p, RELAY, &[]) {
             let listen = required_addr(cx, &r, "listen");
             let upstream = required_addr(cx, &r, "upstream");
-            let deny_peers = match r.value("deny_peers") {
-                None => None,
-                Some(n) => {
-                    let dp = r.path("deny_peers");
-                    let mut v = Vec::new();
-                    for (i, (s, line)) in string_list(cx, n, &dp).into_iter().enumerate() {
-                        match parse_cidr(&s) {
-                            Ok(c) => v.push(c),
-                            Err(e) => cx.err(&index(&dp, i), line, e),
-                        }
-                    }
-                    Some(v)
-                }
-            };
+            let deny_peers = r
+                .value("deny_peers")
+                .map(|n| cidr_list(cx, n, &r.path("deny_peers")));
             if let (Some(listen), Some(upstream)) = (listen, upstream) {
                 relay = Some(TurnRelay {
                     listen,

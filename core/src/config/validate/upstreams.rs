@@ -7,7 +7,7 @@ use super::super::tree::{Node, NodeKind};
 use super::super::{Split, Sticky, Upstream};
 use super::fields::{fields, name_line};
 use super::scalars::{
-    check_name, header_name, int, is_tchar, json_pointer, required_string, string, url,
+    check_name, cidr_list, header_name, int, is_tchar, json_pointer, required_string, string, url,
 };
 use super::{Mode, SPLIT, UPSTREAM_FILTER, UPSTREAM_PROXY, Validator, index};
 
@@ -29,6 +29,9 @@ pub(super) fn split(cx: &mut Validator, node: &Node, path: &str, is_ws: bool) ->
         if let Some(v) = string(cx, n, &p) {
             s.override_header = header_name(cx, v.trim(), &p, n.line);
         }
+    }
+    if let Some(n) = f.value("override_from") {
+        s.override_from = Some(cidr_list(cx, n, &f.path("override_from")));
     }
     s
 }
