@@ -8,6 +8,11 @@
 //!   vs parsing into a `serde_json::Value`, reading `type`/`room`/`from`, and splitting the SDP
 //!   into lines to parse its candidates naively.
 //!
+//! - `read_message_64KiB`: [`read_message`] on 64 KiB texts a client chooses (issue 11, item 1)
+//!   against an ordinary 64 KiB message in the same group: `candidate:` repeated on one line
+//!   (the scan used to look for the end of the line at each one: 0.4 s a message), valid
+//!   candidates on one endless line, and 1,500 candidate lines (the reader stops at its cap).
+//!
 //! `cargo bench -p sigmesh-benches --bench ice` (about half a minute).
 
 use std::hint::black_box;
@@ -164,12 +169,51 @@ fn reader(c: &mut Criterion) {
     }
 }
 
+/// 64 KiB texts: an ordinary message and three a hostile client would send.
+fn hostile_texts() -> Vec<(&'static str, String)> {
+    let fill = |unit: &str| unit.repeat(65_536 / unit.len());
+    let ordinary = json!({ "type": "offer", "room": "r1", "from": "alice",
+        "sdp": "v=0 ".repeat(16_000) })
+    .to_string();
+    vec![
+        ("ordinary", ordinary),
+        ("candidate_colon_flood", fill("candidate:")),
+        (
+            "one_endless_line",
+            fill("candidate:1 1 udp 2122260223 10.0.0.1 9 typ host "),
+        ),
+        (
+            "candidate_lines",
+            fill("a=candidate:1 1 udp 2122260223 10.0.0.1 9 typ host\r\n"),
+        ),
+    ]
+}
+
+fn hostile(c: &mut Criterion) {
+    let cfg = Signaling {
+        kind: Some("/type".into()),
+        room: Some("/room".into()),
+        peer: Some("/from".into()),
+    };
+    let mut g = c.benchmark_group("read_message_64KiB");
+    for (name, text) in hostile_texts() {
+        g.throughput(Throughput::Bytes(text.len() as u64));
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                let r = read_message(black_box(&text), &cfg);
+                black_box((r.kind, r.ice.total(), r.ice.invalid))
+            })
+        });
+    }
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .measurement_time(Duration::from_secs(2))
         .warm_up_time(Duration::from_millis(500))
         .sample_size(30);
-    targets = ice_parse, reader
+    targets = ice_parse, reader, hostile
 }
 criterion_main!(benches);

@@ -377,15 +377,61 @@ impl fmt::Display for TcpType {
 
 // === scanning ===
 
-/// Every `candidate:` in `text`, parsed up to the end of its line, a `"` or a `\`. Yields the
-/// parse result of each (a `candidate:` followed by something else is an `Err`).
+/// Most candidates read from one message; the rest are neither parsed nor counted. A real offer
+/// carries a few dozen at most.
+pub const MAX_CANDIDATES: usize = 128;
+
+/// The longest candidate text parsed (RFC 8839 lines are well under 256 bytes); a longer one
+/// is parsed as cut there.
+pub const MAX_CANDIDATE_LEN: usize = 512;
+
+/// Every `candidate:` in `text`, parsed up to the end of its line, a `"` or a `\`, at most
+/// [`MAX_CANDIDATE_LEN`] bytes, and at most [`MAX_CANDIDATES`] of them. Yields the parse result
+/// of each (a `candidate:` followed by something else is an `Err`).
+///
+/// Linear in `text` whatever it holds: the search goes on after the end of each candidate (a
+/// `candidate:` inside another one's text is not a candidate of its own), and each candidate's
+/// end is looked for in a bounded window. (It used to look for the end of the line at every
+/// `candidate:`, which made a 64 KiB line of `candidate:` cost 0.4 s.)
 pub fn candidates_in(text: &str) -> impl Iterator<Item = Result<Candidate<'_>, ParseError>> {
-    const NEEDLE: &str = "candidate:";
-    text.match_indices(NEEDLE).map(move |(at, _)| {
-        let rest = &text[at + NEEDLE.len()..];
-        let end = rest.find(['"', '\\', '\r', '\n']).unwrap_or(rest.len());
-        Candidate::parse(&rest[..end])
-    })
+    Scan {
+        text,
+        at: 0,
+        left: MAX_CANDIDATES,
+    }
+}
+
+struct Scan<'t> {
+    text: &'t str,
+    /// Where the search goes on.
+    at: usize,
+    /// Candidates still to read.
+    left: usize,
+}
+
+impl<'t> Iterator for Scan<'t> {
+    type Item = Result<Candidate<'t>, ParseError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        const NEEDLE: &str = "candidate:";
+        if self.left == 0 {
+            return None;
+        }
+        let text = self.text;
+        let start = self.at + text.get(self.at..)?.find(NEEDLE)? + NEEDLE.len();
+        let mut window_end = (start + MAX_CANDIDATE_LEN).min(text.len());
+        while !text.is_char_boundary(window_end) {
+            window_end -= 1;
+        }
+        let window = &text[start..window_end];
+        let end = window
+            .bytes()
+            .position(|b| matches!(b, b'"' | b'\\' | b'\r' | b'\n'))
+            .map_or(window_end, |e| start + e);
+        self.at = end;
+        self.left -= 1;
+        Some(Candidate::parse(&text[start..end]))
+    }
 }
 
 // === helpers ===

@@ -418,3 +418,32 @@ fn real_world_lines_agree_with_webrtc_ice() {
     }
     assert!(compared >= 16, "only {compared} lines compared");
 }
+
+#[test]
+fn the_scan_is_bounded_whatever_the_text() {
+    use sigmesh_core::ice::{MAX_CANDIDATE_LEN, MAX_CANDIDATES, candidates_in};
+    // 64 KiB of `candidate:`: one bounded attempt per window, never one per occurrence.
+    let flood = "candidate:".repeat(6_553);
+    let attempts = candidates_in(&flood).count();
+    assert!(attempts <= MAX_CANDIDATES, "{attempts}");
+    assert!(candidates_in(&flood).all(|c| c.is_err()));
+    // Valid candidates past the cap are neither parsed nor counted.
+    let many = "a=candidate:1 1 udp 2122260223 10.0.0.1 9 typ host\r\n".repeat(1_000);
+    let found: Vec<_> = candidates_in(&many).collect();
+    assert_eq!(found.len(), MAX_CANDIDATES);
+    assert!(found.iter().all(|c| c.is_ok()));
+    // One endless line: cut at the window, parsed once.
+    let long = format!(
+        "candidate:1 1 udp 1 10.0.0.1 9 typ host {}",
+        "x ".repeat(10_000)
+    );
+    let mut it = candidates_in(&long);
+    assert!(it.next().is_some());
+    assert!(it.next().is_none());
+    // A window never splits a character.
+    let wide = format!("candidate:{}", "é".repeat(MAX_CANDIDATE_LEN));
+    assert_eq!(candidates_in(&wide).count(), 1);
+    // And a normal message still reads every candidate, once each.
+    let sdp = "a=candidate:1 1 udp 2122260223 10.0.0.1 9 typ host\r\na=candidate:2 1 tcp 1 10.0.0.1 9 typ host tcptype passive\r\n";
+    assert_eq!(candidates_in(sdp).filter(|c| c.is_ok()).count(), 2);
+}

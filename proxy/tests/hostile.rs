@@ -88,3 +88,52 @@ async fn the_override_header_is_for_allowed_networks_and_live_upstreams_only() {
     );
     p.drain().await;
 }
+
+/// Item 1: the candidate scan was quadratic (a 64 KiB line of `candidate:` cost 0.4 s of CPU),
+/// unbounded in candidates, and ran on messages the buckets then dropped.
+#[tokio::test]
+async fn candidate_reading_is_capped_and_skips_what_the_bucket_drops() {
+    let up = scripted_upstream().await.0;
+    let config = r#"
+routes:
+  - name: sig
+    match: { path_prefix: /ws }
+    websocket:
+      max_message_bytes: 262144
+      signaling: { room: /room }
+    limits:
+      messages: { rate: 1, per: 1h, burst: 3 }
+      rooms: { rate: 1, per: 1h, burst: 100 }
+    upstreams: [{ name: echo, url: "ws://{A}/ws" }]
+"#;
+    let p = proxy(config, &[up]).await;
+    let mut c = ws(p.listen, "/ws?room=r").await;
+    // 1,500 candidate lines in one message: relayed whole, 128 of them read.
+    let many = "a=candidate:1 1 udp 2122260223 10.0.0.1 9 typ host\r\n".repeat(1_500);
+    send(&mut c, &many).await;
+    assert_eq!(recv_text(&mut c).await.len(), many.len());
+    // 64 KiB of `candidate:` on one line: relayed, and the session answers at once after it.
+    send(&mut c, &"candidate:".repeat(6_553)).await;
+    assert_eq!(recv_text(&mut c).await.len(), 65_530);
+    // `/sessions` counts both ways (the upstream echoes): 128 each.
+    let ice = |s: &serde_json::Value| s["ice"]["host"].as_u64().unwrap();
+    assert_eq!(ice(&sessions(&p).await[0]), 2 * 128);
+    // The bucket's burst (3) is spent by the next message; the one after it is dropped unread:
+    // its candidate counts nowhere.
+    let one = r#"{"room":"r","candidate":"candidate:2 1 udp 1 10.0.0.2 9 typ host"}"#;
+    send(&mut c, one).await;
+    assert_eq!(recv_text(&mut c).await, one);
+    send(&mut c, one).await;
+    send(&mut c, "after").await;
+    eventually(|| async { sessions(&p).await[0]["dropped"].as_u64() == Some(2) }).await;
+    assert_eq!(ice(&sessions(&p).await[0]), 2 * 129);
+    let m = metrics(&p).await;
+    assert_eq!(
+        metric(
+            &m,
+            r#"sigmesh_ice_candidates_total{route="sig",type="host",protocol="udp"}"#
+        ),
+        Some(129.0)
+    );
+    p.drain().await;
+}

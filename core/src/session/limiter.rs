@@ -103,11 +103,29 @@ impl Limiter {
         now: Duration,
         take_room: &mut dyn FnMut(&str, &Rate) -> BucketVerdict,
     ) -> Decision {
+        match self.message(now) {
+            Decision::Forward => self.room(room, take_room),
+            refused => refused,
+        }
+    }
+
+    /// The connection's message bucket alone (the first step of [`Limiter::decide`]), so that a
+    /// message it refuses need not be read.
+    pub fn message(&mut self, now: Duration) -> Decision {
         if let Some((limit, bucket)) = self.messages.as_mut()
             && !bucket.try_take(&limit.rate, now).is_allowed()
         {
             return self.exceeded(Limit::Messages);
         }
+        Decision::Forward
+    }
+
+    /// The room's bucket alone (the second step of [`Limiter::decide`]).
+    pub fn room(
+        &mut self,
+        room: Option<&str>,
+        take_room: &mut dyn FnMut(&str, &Rate) -> BucketVerdict,
+    ) -> Decision {
         if let Some(rate) = self.rooms
             && let Some(room) = room
             && !take_room(room, &rate).is_allowed()

@@ -102,29 +102,28 @@ pub(super) struct ClientWay<'a, 'e> {
 
 impl Handler for ClientWay<'_, '_> {
     fn decide(&mut self, _: &MessageInfo, text: Option<&str>) -> MessageAction {
-        let mut own_room = None;
-        if let Some(t) = text {
-            let (read, room) = self
-                .state
-                .read(t, signaling(self.env.route), true, self.obs);
-            self.state.deferred = Some(read);
-            own_room = room;
-        }
-        if !self.state.limiter.is_active() {
-            return MessageAction::Forward;
-        }
         let env = self.env;
-        let state = &mut *self.state;
-        let room = own_room.as_deref().or(state.room.as_deref());
-        let bucket = Bucket::Rooms {
-            route: env.route_index,
-        };
-        let decision = state.limiter.decide(room, env.now, &mut |room, rate| {
-            env.buckets.take(bucket, room, rate, env.now)
-        });
+        // The message bucket first: a message it refuses is never read.
+        let mut decision = self.state.limiter.message(env.now);
+        if decision == Decision::Forward {
+            let mut own_room = None;
+            if let Some(t) = text {
+                let (read, room) = self.state.read(t, signaling(env.route), true, self.obs);
+                self.state.deferred = Some(read);
+                own_room = room;
+            }
+            let state = &mut *self.state;
+            let room = own_room.as_deref().or(state.room.as_deref());
+            let bucket = Bucket::Rooms {
+                route: env.route_index,
+            };
+            decision = state.limiter.room(room, &mut |room, rate| {
+                env.buckets.take(bucket, room, rate, env.now)
+            });
+        }
         if let Decision::Drop(limit) | Decision::Close(limit) = decision {
             self.obs.event(Event::Limited(limit.kind()));
-            state.cut_by = Some(limit);
+            self.state.cut_by = Some(limit);
         }
         decision.action()
     }
