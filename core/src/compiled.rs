@@ -307,6 +307,15 @@ impl Compiled {
                 ));
             }
         }
+        if let Some(relay) = self.config.turn.as_ref().and_then(|t| t.relay.as_ref())
+            && !relay.allow_peers.is_empty()
+        {
+            w.push(
+                "turn.relay.allow_peers: these peers are reachable through the relay even where \
+                 they are loopback, link-local or cloud metadata addresses"
+                    .to_owned(),
+            );
+        }
         w
     }
 

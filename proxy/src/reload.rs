@@ -71,6 +71,11 @@ pub fn apply(shared: &Shared, path: &Path, text: &str) -> bool {
                     for w in rt.compiled().warnings() {
                         tracing::warn!("{w}");
                     }
+                    let relay =
+                        |r: &Runtime| r.config().turn.as_ref().and_then(|t| t.relay.clone());
+                    shared
+                        .turn()
+                        .reconfigure(relay(&old).as_ref(), relay(&rt).as_ref());
                     shared.replace_runtime(rt);
                     shared.metrics().reload(true);
                     tracing::info!(path = %path.display(), "config reloaded");

@@ -337,18 +337,26 @@ fn channel(n: u16) -> Box<dyn Setter> {
     ))
 }
 
-/// A proxy with a TURN relay in front of `coturn`.
-async fn relay_proxy(coturn: &Coturn, deny: Option<&str>) -> (sigmesh::app::Proxy, SocketAddr) {
-    let sig = signaling("stable").await;
+/// `deny_peers` for the tests whose peers are on 127.0.0.1: 10/8 denied, loopback allowed by an
+/// explicit exception (loopback is always denied otherwise).
+const LOOPBACK_ALLOWED: &str = "[10.0.0.0/8]\n    allow_peers: [127.0.0.1]";
+
+/// The config of a proxy with a TURN relay in front of `coturn` (`{A}`: a signaling upstream).
+fn relay_yaml(coturn: &Coturn, deny: Option<&str>) -> String {
     let deny = deny
         .map(|d| format!("    deny_peers: {d}\n"))
         .unwrap_or_default();
-    let yaml = format!(
+    format!(
         "routes:\n  - name: signaling\n    match: {{ path_prefix: /ws }}\n    websocket:\n      signaling: {{ type: /type, room: /room, peer: /from }}\n    upstreams:\n      - {{ name: stable, url: ws://{{A}}/ws }}\n\
          turn:\n  secret: {SECRET}\n  ttl: 1h\n  uris: [turn:127.0.0.1:3478?transport=udp]\n  relay:\n    listen: 127.0.0.1:0\n    upstream: {}\n{deny}",
         coturn.addr
-    );
-    let p = proxy(&yaml, &[sig.local_addr]).await;
+    )
+}
+
+/// A proxy with a TURN relay in front of `coturn`.
+async fn relay_proxy(coturn: &Coturn, deny: Option<&str>) -> (sigmesh::app::Proxy, SocketAddr) {
+    let sig = signaling("stable").await;
+    let p = proxy(&relay_yaml(coturn, deny), &[sig.local_addr]).await;
     let addr = *p.shared.turn().addr.get().expect("relay bound");
     drop(sig); // the server keeps running for the rest of the test
     (p, addr)
@@ -382,7 +390,7 @@ fn assert_refused_by_sigmesh(c: &TurnClient, m: &mut Message, what: &str) {
 
 async fn denied_peers_refused(tcp: bool) {
     let coturn = Coturn::start().await;
-    let (p, relay) = relay_proxy(&coturn, Some("[10.0.0.0/8]")).await;
+    let (p, relay) = relay_proxy(&coturn, Some(LOOPBACK_ALLOWED)).await;
     let mut c = if tcp {
         TurnClient::tcp(relay, "alice").await
     } else {
@@ -415,7 +423,7 @@ async fn denied_peers_refused(tcp: bool) {
     );
     c.send_raw(&send.raw).await;
 
-    // An allowed peer (loopback is not in this deny list) goes through to coturn and succeeds.
+    // An allowed peer (loopback, allowed explicitly here) goes through to coturn and succeeds.
     let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let peer_addr = peer.local_addr().unwrap();
     let m = c
@@ -601,6 +609,58 @@ async fn default_policy_denies_non_global_peers_that_coturn_would_allow() {
     p.drain().await;
 }
 
+/// A `deny_peers` list adds to the always-denied ranges: with `[10.0.0.0/8]` alone, loopback,
+/// link-local (cloud metadata), `::1` and `fe80::/10` used to be open. Refused by sigmesh,
+/// never reaching coturn (which would allow them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_deny_list_adds_to_the_always_denied_ranges() {
+    let coturn = Coturn::start().await;
+    let (p, relay) = relay_proxy(&coturn, Some("[10.0.0.0/8]")).await;
+    let mut c = TurnClient::udp(relay, "dave").await;
+    c.allocate().await;
+    for peer in [
+        "10.0.0.1:9",
+        "127.0.0.1:9",
+        "169.254.169.254:80",
+        "[::1]:9",
+        "[fe80::1]:9",
+        "[::ffff:0:127.0.0.1]:9",
+    ] {
+        let mut m = c
+            .transact(
+                METHOD_CREATE_PERMISSION,
+                vec![Box::new(PeerAttr(peer.parse().unwrap()))],
+            )
+            .await;
+        assert_refused_by_sigmesh(&c, &mut m, peer);
+    }
+    assert_eq!(coturn.processed("CREATE_PERMISSION"), 0);
+    // A reload changes the policy of the running relay (it used to keep the old one silently).
+    let text = format!(
+        "listen: 127.0.0.1:0\nadmin: 127.0.0.1:0\n{}",
+        relay_yaml(&coturn, Some(LOOPBACK_ALLOWED)).replace("{A}", "127.0.0.1:1")
+    );
+    assert!(sigmesh::reload::apply(
+        &p.shared,
+        std::path::Path::new("test.yaml"),
+        &text
+    ));
+    let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let m = c
+        .transact(
+            METHOD_CREATE_PERMISSION,
+            vec![Box::new(PeerAttr(peer.local_addr().unwrap()))],
+        )
+        .await;
+    assert_eq!(
+        m.typ.class,
+        CLASS_SUCCESS_RESPONSE,
+        "after the reload: {:?}",
+        code(&m)
+    );
+    p.drain().await;
+}
+
 /// End to end: two webrtc-ice agents (examples/ice-call) signal through sigmesh (to the demo's
 /// signaling server), take TURN REST credentials from sigmesh's endpoint, gather relay
 /// candidates only, from coturn through sigmesh's TURN relay, connect and exchange data. Then
@@ -609,7 +669,7 @@ async fn default_policy_denies_non_global_peers_that_coturn_would_allow() {
 async fn webrtc_ice_call_goes_through_sigmesh_turn_relay() {
     use sigmesh_ice_call::{Peer, TurnCredential, fetch_credential, run};
     let coturn = Coturn::start().await;
-    let (p, relay) = relay_proxy(&coturn, Some("[10.0.0.0/8]")).await;
+    let (p, relay) = relay_proxy(&coturn, Some(LOOPBACK_ALLOWED)).await;
     let mut calls = Vec::new();
     for (name, caller) in [("alice", true), ("bob", false)] {
         let credential = fetch_credential(&p.listen.to_string(), "/turn-credentials", name)

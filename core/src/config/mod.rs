@@ -281,9 +281,14 @@ pub struct TurnRelay {
     pub listen: SocketAddr,
     /// The TURN server.
     pub upstream: SocketAddr,
-    /// Denied peer ranges, as CIDRs. `None`: every non-global range is denied.
+    /// Denied peer ranges, as CIDRs, added to the always-denied ones (loopback, link-local,
+    /// unspecified, cloud metadata). `None`: every non-global range is denied.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub deny_peers: Option<Vec<Cidr>>,
+    /// Peer ranges reachable whatever the deny lists say (coturn's `allowed-peer-ip`): for a
+    /// TURN server's own tests on loopback, say. A warning at start.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub allow_peers: Vec<Cidr>,
 }
 
 /// An IPv4 or IPv6 network, `10.0.0.0/8`. Host bits are cleared.

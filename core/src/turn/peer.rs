@@ -10,7 +10,10 @@
 //! - a CIDR denies every address it contains, whichever way the address is written.
 //!
 //! Without `deny_peers` the default denies every range that is not globally routable
-//! ([`default_deny`]).
+//! ([`default_deny`]). A `deny_peers` list is **added** to [`ALWAYS_DENY`] (unspecified,
+//! loopback, link-local, the cloud metadata addresses), never instead of it: `[10.0.0.0/8]`
+//! alone used to leave 127/8, 169.254.169.254, `::1` and `fe80::/10` open. Only an explicit
+//! `allow_peers` entry (coturn's `allowed-peer-ip`) reaches an address these deny.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
@@ -41,6 +44,8 @@ impl PeerVerdict {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerPolicy {
     deny: Vec<Cidr>,
+    /// Explicit exceptions (`allow_peers`), checked first.
+    allow: Vec<Cidr>,
 }
 
 const fn v4(a: u8, b: u8, c: u8, d: u8, prefix: u8) -> Cidr {
@@ -94,6 +99,19 @@ pub const DEFAULT_DENY: &[Cidr] = &[
     v6([0xff00, 0, 0, 0, 0, 0, 0, 0], 8),      // multicast
 ];
 
+/// Denied whatever `deny_peers` says: "this network", loopback, link-local (cloud metadata
+/// 169.254.169.254 among it), the other clouds' metadata addresses.
+pub const ALWAYS_DENY: &[Cidr] = &[
+    v4(0, 0, 0, 0, 8),                               // "this network", incl. 0.0.0.0
+    v4(127, 0, 0, 0, 8),                             // loopback
+    v4(169, 254, 0, 0, 16),                          // link-local, metadata
+    v4(100, 100, 100, 200, 32),                      // Alibaba Cloud metadata
+    v6([0, 0, 0, 0, 0, 0, 0, 0], 128),               // unspecified
+    v6([0, 0, 0, 0, 0, 0, 0, 1], 128),               // loopback
+    v6([0xfe80, 0, 0, 0, 0, 0, 0, 0], 10),           // link-local
+    v6([0xfd00, 0x0ec2, 0, 0, 0, 0, 0, 0x254], 128), // AWS metadata (IPv6)
+];
+
 /// [`DEFAULT_DENY`] as a vector.
 pub fn default_deny() -> Vec<Cidr> {
     DEFAULT_DENY.to_vec()
@@ -114,6 +132,14 @@ pub fn embedded_v4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
     if s[..5] == [0; 5] && (s[5] == 0xffff || (s[5] == 0 && u32::from(tail) > 1)) {
         return Some(tail);
     }
+    // IPv4-translated (SIIT, RFC 2765): `::ffff:0:a.b.c.d`.
+    if s[..4] == [0; 4] && s[4] == 0xffff && s[5] == 0 {
+        return Some(tail);
+    }
+    // Teredo (RFC 4380): `2001:0:…`, the client's address in the last 32 bits, inverted.
+    if s[0] == 0x2001 && s[1] == 0 {
+        return Some(Ipv4Addr::from(!u32::from(tail)));
+    }
     if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
         return Some(tail);
     }
@@ -132,10 +158,21 @@ pub fn normalise(ip: IpAddr) -> (IpAddr, Option<IpAddr>) {
 }
 
 impl PeerPolicy {
-    /// A policy denying `deny`, or [`DEFAULT_DENY`] when `None`.
+    /// A policy denying [`ALWAYS_DENY`] and `deny`, or [`DEFAULT_DENY`] when `None`.
     pub fn new(deny: Option<&[Cidr]>) -> PeerPolicy {
+        PeerPolicy::with_exceptions(deny, &[])
+    }
+
+    /// [`PeerPolicy::new`], with `allow` (`allow_peers`) reachable whatever the deny lists say
+    /// (but the unspecified addresses, never).
+    pub fn with_exceptions(deny: Option<&[Cidr]>, allow: &[Cidr]) -> PeerPolicy {
+        let deny = match deny {
+            None => default_deny(),
+            Some(user) => ALWAYS_DENY.iter().chain(user).copied().collect(),
+        };
         PeerPolicy {
-            deny: deny.map_or_else(default_deny, <[Cidr]>::to_vec),
+            deny,
+            allow: allow.to_vec(),
         }
     }
 
@@ -158,6 +195,9 @@ impl PeerPolicy {
                     checked: candidate,
                     by: None,
                 };
+            }
+            if self.allow.iter().any(|c| contains(c, candidate)) {
+                continue;
             }
             if let Some(c) = self.deny.iter().find(|c| contains(c, candidate)) {
                 return PeerVerdict::Deny {
@@ -240,8 +280,40 @@ mod tests {
         assert!(p.check_ip(ip("::10.255.0.1")).is_denied());
         assert!(p.check_ip(ip("0.0.0.0")).is_denied());
         assert!(p.check_ip(ip("::")).is_denied());
-        assert_eq!(p.check_ip(ip("127.0.0.1")), PeerVerdict::Allow);
         assert_eq!(p.check_ip(ip("11.0.0.1")), PeerVerdict::Allow);
+        // A user's list adds to the always-denied ranges, never replaces them.
+        for a in [
+            "127.0.0.1",
+            "169.254.169.254",
+            "::1",
+            "fe80::1",
+            "fd00:ec2::254",
+            "100.100.100.200",
+            "::ffff:0:127.0.0.1",
+            // Teredo whose (inverted) client address is 10.0.0.1.
+            "2001:0:4136:e378:8000:63bf:f5ff:fffe",
+        ] {
+            assert!(p.check_ip(ip(a)).is_denied(), "{a}");
+        }
+        // Explicit exceptions reach them; the unspecified addresses never.
+        let local = [Cidr {
+            addr: ip("127.0.0.1"),
+            prefix: 32,
+        }];
+        let p = PeerPolicy::with_exceptions(Some(&deny), &local);
+        assert_eq!(p.check_ip(ip("127.0.0.1")), PeerVerdict::Allow);
+        assert!(p.check_ip(ip("127.0.0.2")).is_denied());
+        assert!(
+            PeerPolicy::with_exceptions(
+                Some(&deny),
+                &[Cidr {
+                    addr: ip("0.0.0.0"),
+                    prefix: 0
+                }]
+            )
+            .check_ip(ip("0.0.0.0"))
+            .is_denied()
+        );
         let empty = PeerPolicy::new(Some(&[]));
         assert!(
             empty.check_ip(ip("0.0.0.0")).is_denied(),

@@ -208,6 +208,12 @@ impl Tracker {
         &self.policy
     }
 
+    /// Replaces the peer policy (a reload): later requests are checked against it. Permissions
+    /// already granted stay until they expire (at most 300 s, RFC 8656).
+    pub fn set_policy(&mut self, policy: PeerPolicy) {
+        self.policy = policy;
+    }
+
     /// Removes allocations whose lifetime ran out and forgets unanswered requests.
     pub fn expire(&mut self, now: Duration) -> Vec<Allocation> {
         self.trim_pending(now);

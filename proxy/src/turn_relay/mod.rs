@@ -129,6 +129,26 @@ impl TurnState {
         out
     }
 
+    /// A reload: the new relay section's peer policy applies to later requests at once (a
+    /// tightened deny list must not wait for a restart); a new `listen` or `upstream` only on
+    /// restart, which is logged.
+    pub fn reconfigure(&self, old: Option<&TurnRelay>, new: Option<&TurnRelay>) {
+        if old == new {
+            return;
+        }
+        match (old, new) {
+            (Some(o), Some(n)) => {
+                if o.listen != n.listen || o.upstream != n.upstream {
+                    tracing::warn!("turn.relay.listen and .upstream change only on restart");
+                }
+                let policy = PeerPolicy::with_exceptions(n.deny_peers.as_deref(), &n.allow_peers);
+                self.with(|tr| tr.set_policy(policy));
+                tracing::info!("TURN relay peer policy reloaded");
+            }
+            _ => tracing::warn!("turn.relay is started or stopped only on restart"),
+        }
+    }
+
     /// Whether `ft` has a live allocation.
     pub fn has_allocation(&self, ft: &FiveTuple) -> bool {
         self.with(|tr| tr.table().get(ft).is_some())
@@ -256,7 +276,7 @@ pub fn serve(
     relay: TurnRelay,
     secret: Option<String>,
 ) -> impl std::future::Future<Output = ()> + Send + 'static {
-    let policy = PeerPolicy::new(relay.deny_peers.as_deref());
+    let policy = PeerPolicy::with_exceptions(relay.deny_peers.as_deref(), &relay.allow_peers);
     {
         let mut g = turn.tracker.lock().unwrap_or_else(|p| p.into_inner());
         *g = Some(Tracker::new(policy, secret, Limits::default()));

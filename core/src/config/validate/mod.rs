@@ -102,7 +102,7 @@ const UPSTREAM_PROXY: &[&str] = &["name", "url", "weight"];
 const UPSTREAM_FILTER: &[&str] = &["name", "weight"];
 const TURN_PROXY: &[&str] = &["secret", "ttl", "uris", "credentials_path", "relay"];
 const TURN_FILTER: &[&str] = &["secret", "ttl", "uris", "credentials_path"];
-const RELAY: &[&str] = &["listen", "upstream", "deny_peers"];
+const RELAY: &[&str] = &["listen", "upstream", "deny_peers", "allow_peers"];
 const TRACING: &[&str] = &["otlp_endpoint", "protocol", "service_name", "sample_ratio"];
 
 // === the document ===

@@ -78,11 +78,16 @@ pub(super) fn turn(cx: &mut Validator, node: &Node, path: &str) -> Option<Turn> 
             let deny_peers = r
                 .value("deny_peers")
                 .map(|n| cidr_list(cx, n, &r.path("deny_peers")));
+            let allow_peers = r
+                .value("allow_peers")
+                .map(|n| cidr_list(cx, n, &r.path("allow_peers")))
+                .unwrap_or_default();
             if let (Some(listen), Some(upstream)) = (listen, upstream) {
                 relay = Some(TurnRelay {
                     listen,
                     upstream,
                     deny_peers,
+                    allow_peers,
                 });
             }
         }
