@@ -1377,3 +1377,23 @@ fn duration_strings_are_exact() {
         assert_eq!(format(parse(d).unwrap()), d);
     }
 }
+
+#[test]
+fn redacted_config_hides_url_userinfo_and_max_message_bytes_is_bounded() {
+    let text = r#"
+listen: 127.0.0.1:0
+routes:
+  - name: a
+    match: { path_prefix: /ws }
+    websocket: {}
+    upstreams: [{ name: s, url: "ws://bob:hunter2@10.0.0.1:9/ws" }]
+tracing: { otlp_endpoint: "http://u:p@otel:4318", protocol: http }
+"#;
+    let c = load(text).unwrap();
+    let json = serde_json::to_string(&c.redacted()).unwrap();
+    assert!(!json.contains("hunter2") && !json.contains("u:p@"), "{json}");
+    assert!(json.contains("ws://[redacted]@10.0.0.1:9/ws"), "{json}");
+    let big = text.replace("websocket: {}", "websocket: { max_message_bytes: 1000000000 }");
+    let e = load(&big).unwrap_err();
+    assert!(e.to_string().contains("at most 16777216"), "{e}");
+}

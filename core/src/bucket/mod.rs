@@ -166,7 +166,9 @@ impl TokenBucket {
             }
         } else {
             BucketVerdict::Limited {
-                retry_after: s.time_for(s.per - self.frac),
+                // `frac` may exceed a shorter `per` (a filter slot outlives a rate change; bytes
+                // from shared data): never underflow.
+                retry_after: s.time_for(s.per.saturating_sub(self.frac).max(1)),
             }
         }
     }

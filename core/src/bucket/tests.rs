@@ -189,3 +189,35 @@ fn keyed_max_keys_one() {
 fn token_bucket_is_small() {
     assert!(std::mem::size_of::<TokenBucket>() <= 32);
 }
+
+#[test]
+fn a_stored_fraction_over_a_shorter_period_never_underflows() {
+    let long = Rate {
+        rate: 1,
+        per: Duration::from_secs(3600),
+        burst: 1,
+    };
+    let short = Rate {
+        rate: 1,
+        per: Duration::from_millis(1),
+        burst: 1,
+    };
+    let now = Duration::from_secs(10);
+    let mut b = TokenBucket::new(&long, now);
+    assert!(b.try_take(&long, now).is_allowed());
+    // Half an hour of credit under the long period, then read under the 1 ms one, at the
+    // same instant (no refill): frac > per.
+    let mut b = TokenBucket::from_bytes(&b.to_bytes()).unwrap_or(b);
+    let t = now + Duration::from_secs(1800);
+    let _ = b.try_take(&long, t);
+    let v = b.try_take(&short, t);
+    assert!(matches!(v, BucketVerdict::Limited { .. } | BucketVerdict::Allow { .. }));
+    // Arbitrary bytes (shared data is writable by every VM) never panic either.
+    for fill in [0u8, 0x7f, 0xff] {
+        let bytes = [fill; TokenBucket::ENCODED_LEN];
+        if let Some(mut b) = TokenBucket::from_bytes(&bytes) {
+            let _ = b.try_take(&short, Duration::ZERO);
+            let _ = b.time_to_full(&short, Duration::ZERO);
+        }
+    }
+}

@@ -48,6 +48,10 @@ pub struct Config {
     pub admin_hosts: Vec<String>,
 }
 
+/// The largest `websocket.max_message_bytes` accepted: a message is held whole only when a
+/// room bucket needs its room, and read whole; 16 MiB per client is the most either may cost.
+pub const MAX_MESSAGE_BYTES: usize = 16 << 20;
+
 /// `admin_auth:`
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct AdminAuth {
@@ -330,12 +334,32 @@ impl Config {
         if let Some(t) = c.turn.as_mut() {
             t.secret = "[redacted]".to_owned();
         }
+        for u in c.routes.iter_mut().flat_map(|r| r.upstreams.iter_mut()) {
+            if let Some(url) = u.url.as_mut() {
+                *url = redact_userinfo(url);
+            }
+        }
+        if let Some(t) = c.tracing.as_mut() {
+            t.otlp_endpoint = redact_userinfo(&t.otlp_endpoint);
+        }
         c
     }
 
     /// The route named `name`.
     pub fn route(&self, name: &str) -> Option<&Route> {
         self.routes.iter().find(|r| r.name == name)
+    }
+}
+
+/// `scheme://user:pass@host/…` → `scheme://[redacted]@host/…`.
+fn redact_userinfo(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..end].rfind('@') {
+        Some(at) => format!("{scheme}://[redacted]{}", &rest[at..]),
+        None => url.to_owned(),
     }
 }
 

@@ -235,13 +235,12 @@ fn websocket(cx: &mut Validator, node: &Node, path: &str) -> WebSocket {
         return w;
     };
     if let Some(n) = f.value("max_message_bytes") {
-        let max = i64::try_from(usize::MAX).unwrap_or(i64::MAX);
         if let Some(v) = int_in(
             cx,
             n,
             &f.path("max_message_bytes"),
             1,
-            max,
+            super::super::MAX_MESSAGE_BYTES as i64,
             "`max_message_bytes`",
         ) {
             w.max_message_bytes = usize::try_from(v).unwrap_or(w.max_message_bytes);
