@@ -119,6 +119,71 @@ pub struct RequestHead<'a, H: Headers + ?Sized> {
     pub headers: &'a H,
 }
 
+/// A request path as routes see it (RFC 3986 §6, as Envoy's `normalize_path` and
+/// `merge_slashes`): percent-encoded unreserved characters decoded (`%2E` is `.`, `%7E` is `~`;
+/// `%2F` stays), empty segments merged (`//` is `/`), and `.` / `..` segments resolved (never
+/// above the root), so `/ws/../admin` is `/admin`, not a path under `/ws`. Borrows when the
+/// path is already normal; linear in its length.
+pub fn normalize_path(path: &str) -> std::borrow::Cow<'_, str> {
+    let plain = path.starts_with('/')
+        && !path.contains("//")
+        && !path.contains('%')
+        && !path.split('/').any(|seg| seg == "." || seg == "..");
+    if plain {
+        return std::borrow::Cow::Borrowed(path);
+    }
+    // Decode %XX of unreserved characters only; keep every other escape as it is.
+    let b = path.as_bytes();
+    let mut decoded = String::with_capacity(path.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%'
+            && i + 2 < b.len()
+            && let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2]))
+        {
+            let c = h * 16 + l;
+            if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~') {
+                decoded.push(char::from(c));
+                i += 3;
+                continue;
+            }
+        }
+        // Not an escape to decode: copy the next character whole.
+        let ch_len = path[i..].chars().next().map_or(1, char::len_utf8);
+        decoded.push_str(&path[i..i + ch_len]);
+        i += ch_len;
+    }
+    let mut out: Vec<&str> = Vec::new();
+    for seg in decoded.split('/') {
+        match seg {
+            "" | "." => {}
+            ".." => {
+                out.pop();
+            }
+            s => out.push(s),
+        }
+    }
+    let trailing = decoded.ends_with('/') || decoded.ends_with("/.") || decoded.ends_with("/..");
+    let mut norm = String::with_capacity(decoded.len() + 1);
+    for seg in &out {
+        norm.push('/');
+        norm.push_str(seg);
+    }
+    if norm.is_empty() || (trailing && !out.is_empty()) {
+        norm.push('/');
+    }
+    std::borrow::Cow::Owned(norm)
+}
+
+fn hex(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
 /// The host part of a `Host` header or `:authority`: without the port, the IPv6 brackets and a
 /// trailing dot; case is kept. `Example.com.:8080` → `Example.com`, `[::1]:8080` → `::1`.
 /// No allocation.
@@ -294,6 +359,26 @@ mod tests {
             path,
             headers,
         })
+    }
+
+    #[test]
+    fn paths_are_normalized_before_matching() {
+        for (raw, norm) in [
+            ("/ws", "/ws"),
+            ("/ws/../admin", "/admin"),
+            ("/ws/%2e%2e/admin", "/admin"),
+            ("/ws/%2E./admin", "/admin"),
+            ("//ws//x", "/ws/x"),
+            ("/a/./b/", "/a/b/"),
+            ("/../../etc", "/etc"),
+            ("/..", "/"),
+            ("", "/"),
+            ("/a%2Fb", "/a%2Fb"),
+            ("/%7euser", "/~user"),
+            ("/é/%zz/%4", "/é/%zz/%4"),
+        ] {
+            assert_eq!(normalize_path(raw), norm, "{raw}");
+        }
     }
 
     #[test]

@@ -102,12 +102,8 @@ impl Forwarder {
             failed(UpstreamErrorKind::Config);
             return http_util::text(StatusCode::BAD_GATEWAY, "bad upstream url");
         };
-        let pq = req
-            .uri()
-            .path_and_query()
-            .map(|p| p.as_str())
-            .unwrap_or("/");
-        let uri = target.request_uri("http", route.matcher.path_prefix.as_deref(), pq);
+        let pq = http_util::upstream_path_and_query(req.uri());
+        let uri = target.request_uri("http", route.matcher.path_prefix.as_deref(), &pq);
         let Ok(uri) = uri.parse::<Uri>() else {
             return http_util::text(StatusCode::BAD_REQUEST, "bad request path");
         };

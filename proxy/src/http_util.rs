@@ -147,3 +147,13 @@ pub fn apply_edits(headers: &mut HeaderMap, edits: &sigmesh_core::request::Heade
         }
     }
 }
+
+/// The path and query a request goes upstream with: the path as routes saw it (normalised by
+/// core: `/ws/../admin` is `/admin`), the query as sent.
+pub fn upstream_path_and_query(uri: &http::Uri) -> String {
+    let path = sigmesh_core::route::normalize_path(uri.path());
+    match uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path.into_owned(),
+    }
+}

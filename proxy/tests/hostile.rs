@@ -137,3 +137,28 @@ routes:
     );
     p.drain().await;
 }
+
+/// Item 11: `/ws/../admin` matched the `/ws` route (and went upstream as written); routes now
+/// see the normalised path, and so does the upstream.
+#[tokio::test]
+async fn dot_segments_do_not_climb_out_of_a_route() {
+    let http_up = signaling("web").await;
+    let config = r#"
+routes:
+  - name: ws
+    match: { path_prefix: /ws }
+    upstreams: [{ name: web, url: "http://{A}" }]
+  - name: health
+    match: { path_prefix: /health }
+    upstreams: [{ name: web, url: "http://{A}" }]
+"#;
+    let p = proxy(config, &[http_up.local_addr]).await;
+    for path in ["/ws/../admin", "/ws/%2e%2e/admin", "//admin", "/ws/./../admin"] {
+        let (status, _, _) = http(p.listen, "GET", path, &[], "").await;
+        assert_eq!(status, 404, "{path}");
+    }
+    // Inside a route, the upstream gets the normalised path (`/healthz`, which it serves).
+    let (status, _, body) = http(p.listen, "GET", "/health/x/../../healthz", &[], "").await;
+    assert_eq!((status, body.trim()), (200, "ok"));
+    p.drain().await;
+}

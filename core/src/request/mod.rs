@@ -35,7 +35,7 @@ use std::net::IpAddr;
 use crate::config::{Rate, Route, Sticky, WebSocket};
 use crate::frame::strip_extension;
 use crate::label::LimitKind;
-use crate::route::{Headers, RequestHead};
+use crate::route::{Headers, RequestHead, normalize_path};
 use crate::signal::{pointer_value, sticky_key};
 use crate::split::{Pick, Reason, Splitter};
 
@@ -189,14 +189,16 @@ pub fn decide<H: Headers + ?Sized>(
                 .refusing(Refusal::Draining, None),
         );
     }
+    // Routes see the normalised path: `/ws/../admin` is not under `/ws`.
+    let path = normalize_path(req.path);
     let head = RequestHead {
         host: req.host,
-        path: req.path,
+        path: &path,
         headers: req.headers,
     };
     let index = c.table.find(&head);
     if let Some(turn) = &c.config.turn
-        && req.path == turn.credentials_path
+        && *path == *turn.credentials_path
     {
         return Verdict::Respond(credentials(c, turn, req, index, buckets));
     }

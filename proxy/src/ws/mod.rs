@@ -73,10 +73,7 @@ impl ClientHandshake {
             key,
             on_upgrade: hyper::upgrade::on(&mut *req),
             headers: upstream_headers(req.headers(), client, edits),
-            path_and_query: req
-                .uri()
-                .path_and_query()
-                .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned()),
+            path_and_query: http_util::upstream_path_and_query(req.uri()),
         })
     }
 }
