@@ -1391,9 +1391,15 @@ tracing: { otlp_endpoint: "http://u:p@otel:4318", protocol: http }
 "#;
     let c = load(text).unwrap();
     let json = serde_json::to_string(&c.redacted()).unwrap();
-    assert!(!json.contains("hunter2") && !json.contains("u:p@"), "{json}");
+    assert!(
+        !json.contains("hunter2") && !json.contains("u:p@"),
+        "{json}"
+    );
     assert!(json.contains("ws://[redacted]@10.0.0.1:9/ws"), "{json}");
-    let big = text.replace("websocket: {}", "websocket: { max_message_bytes: 1000000000 }");
+    let big = text.replace(
+        "websocket: {}",
+        "websocket: { max_message_bytes: 1000000000 }",
+    );
     let e = load(&big).unwrap_err();
     assert!(e.to_string().contains("at most 16777216"), "{e}");
 }

@@ -384,3 +384,16 @@ fn the_override_needs_an_allowed_client_and_a_live_upstream() {
             .any(|w| w.starts_with("routes[1].split.override_from"))
     );
 }
+
+#[test]
+fn client_chosen_keys_are_bounded_in_bytes() {
+    use sigmesh_core::request::{MAX_KEY_BYTES, bucket_key, shown};
+    let short = "room-1";
+    assert_eq!(bucket_key(short), short);
+    let a = format!("{}a", "x".repeat(60_000));
+    let b = format!("{}b", "x".repeat(60_000));
+    assert!(bucket_key(&a).len() <= MAX_KEY_BYTES);
+    assert_ne!(bucket_key(&a), bucket_key(&b));
+    assert_eq!(bucket_key(&a), bucket_key(&a.clone()));
+    assert_eq!(shown(&"é".repeat(200)).len(), 256);
+}

@@ -153,12 +153,50 @@ routes:
     upstreams: [{ name: web, url: "http://{A}" }]
 "#;
     let p = proxy(config, &[http_up.local_addr]).await;
-    for path in ["/ws/../admin", "/ws/%2e%2e/admin", "//admin", "/ws/./../admin"] {
+    for path in [
+        "/ws/../admin",
+        "/ws/%2e%2e/admin",
+        "//admin",
+        "/ws/./../admin",
+    ] {
         let (status, _, _) = http(p.listen, "GET", path, &[], "").await;
         assert_eq!(status, 404, "{path}");
     }
     // Inside a route, the upstream gets the normalised path (`/healthz`, which it serves).
     let (status, _, body) = http(p.listen, "GET", "/health/x/../../healthz", &[], "").await;
     assert_eq!((status, body.trim()), (200, "ok"));
+    p.drain().await;
+}
+
+/// Item 8: room names and header values were bounded in count but not in length (unique 60 KB
+/// room names grew memory without bound). A long key is stored as its digest, and shown cut.
+#[tokio::test]
+async fn long_room_names_are_digested_and_shown_cut() {
+    let up = scripted_upstream().await.0;
+    let config = r#"
+routes:
+  - name: sig
+    match: { path_prefix: /ws }
+    websocket:
+      max_message_bytes: 262144
+      signaling: { room: /room }
+    limits:
+      rooms: { rate: 1, per: 1h, burst: 1 }
+    upstreams: [{ name: echo, url: "ws://{A}/ws" }]
+"#;
+    let p = proxy(config, &[up]).await;
+    let mut c = ws(p.listen, "/ws").await;
+    let long = |tail: char| format!("{}{tail}", "r".repeat(60_000));
+    let msg = |room: &str| format!(r#"{{"room":"{room}"}}"#);
+    // The first message of a 60 KB room passes; the second of the same room is over its bucket.
+    send(&mut c, &msg(&long('a'))).await;
+    assert_eq!(recv_text(&mut c).await.len(), 60_012);
+    send(&mut c, &msg(&long('a'))).await;
+    // A room that differs only in its last byte has a bucket of its own.
+    send(&mut c, &msg(&long('b'))).await;
+    assert!(recv_text(&mut c).await.ends_with("b\"}"));
+    let s = &sessions(&p).await[0];
+    assert_eq!(s["dropped"], 1);
+    assert_eq!(s["room"].as_str().unwrap().len(), 256);
     p.drain().await;
 }

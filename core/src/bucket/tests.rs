@@ -211,7 +211,10 @@ fn a_stored_fraction_over_a_shorter_period_never_underflows() {
     let t = now + Duration::from_secs(1800);
     let _ = b.try_take(&long, t);
     let v = b.try_take(&short, t);
-    assert!(matches!(v, BucketVerdict::Limited { .. } | BucketVerdict::Allow { .. }));
+    assert!(matches!(
+        v,
+        BucketVerdict::Limited { .. } | BucketVerdict::Allow { .. }
+    ));
     // Arbitrary bytes (shared data is writable by every VM) never panic either.
     for fill in [0u8, 0x7f, 0xff] {
         let bytes = [fill; TokenBucket::ENCODED_LEN];

@@ -42,7 +42,10 @@ use crate::split::{Pick, Reason, Splitter};
 mod reply;
 mod turn_credentials;
 
-pub use reply::{HeaderEdits, RateLimited, Refusal, Reply, connection_key};
+pub use reply::{
+    HeaderEdits, MAX_KEY_BYTES, MAX_SHOWN_BYTES, RateLimited, Refusal, Reply, bucket_key,
+    connection_key, shown,
+};
 use turn_credentials::credentials;
 
 /// The default bucket of the credentials endpoint per client IP, when no route lends one.

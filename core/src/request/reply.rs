@@ -156,11 +156,44 @@ impl RateLimited {
 }
 
 /// The key of a connection bucket (`limits.connections.key`): the client's IP, one key for the
-/// route, or a header's value (requests without the header share the empty key).
+/// route, or a header's value (requests without the header share the empty key), through
+/// [`bucket_key`].
 pub fn connection_key<H: Headers + ?Sized>(key: &LimitKey, client_ip: &str, headers: &H) -> String {
     match key {
         LimitKey::ClientIp => client_ip.to_owned(),
         LimitKey::Route => String::new(),
-        LimitKey::Header(name) => headers.get(name).unwrap_or_default().to_owned(),
+        LimitKey::Header(name) => bucket_key(headers.get(name).unwrap_or_default()).into_owned(),
     }
+}
+
+/// Longest client-chosen bucket key kept as it is (a room name, a header value); a longer one is
+/// replaced by its digest, so a bucket set's memory is bounded in bytes, not only in count.
+pub const MAX_KEY_BYTES: usize = 64;
+
+/// Longest room or peer name shown (`/sessions`, spans); longer ones are cut at a character.
+pub const MAX_SHOWN_BYTES: usize = 256;
+
+/// A bucket key: `key` itself up to [`MAX_KEY_BYTES`], else `sha1:` and its SHA-1 in hex (a
+/// digest nobody can aim at another room's bucket).
+pub fn bucket_key(key: &str) -> std::borrow::Cow<'_, str> {
+    use sha1::Digest;
+    if key.len() <= MAX_KEY_BYTES {
+        return std::borrow::Cow::Borrowed(key);
+    }
+    let digest = sha1::Sha1::digest(key.as_bytes());
+    let mut out = String::with_capacity(5 + 40);
+    out.push_str("sha1:");
+    for b in digest {
+        out.push_str(&format!("{b:02x}"));
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// `name` cut to [`MAX_SHOWN_BYTES`] at a character boundary.
+pub fn shown(name: &str) -> &str {
+    let mut end = name.len().min(MAX_SHOWN_BYTES);
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    &name[..end]
 }

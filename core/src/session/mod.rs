@@ -264,7 +264,10 @@ impl Session {
     /// A session on `route`.
     pub fn new(route: &Route, opts: SessionOptions) -> Session {
         let limiter = Limiter::new(route, opts.now);
-        let room = opts.sticky_room.filter(|r| !r.is_empty());
+        let room = opts
+            .sticky_room
+            .filter(|r| !r.is_empty())
+            .map(|r| crate::request::bucket_key(&r).into_owned());
         Session {
             client: FrameReader::new(client_reader_config(route, opts.deflate, opts.mask_key)),
             upstream: FrameReader::new(ReaderConfig {

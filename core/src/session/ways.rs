@@ -7,7 +7,7 @@ use super::{Decision, Event, Limit, Observer, Read, SessionEnv, State, Tally};
 use crate::config::{Route, Signaling};
 use crate::frame::{Handler, MessageAction, MessageInfo};
 use crate::label::{CandidateKind, CandidateProtocol, MessageDirection, MessageType, Party};
-use crate::request::Bucket;
+use crate::request::{Bucket, bucket_key, shown};
 use crate::signal::read_message_with;
 
 impl State {
@@ -31,20 +31,21 @@ impl State {
             if let Some(room) = &r.room {
                 if !self.room_seen {
                     self.room_seen = true;
-                    obs.event(Event::Room(room));
+                    obs.event(Event::Room(shown(room)));
                 }
                 if self.limiter.limits_rooms() {
+                    let key = bucket_key(room).into_owned();
                     if self.room.is_none() {
-                        self.room = Some(room.to_string());
+                        self.room = Some(key.clone());
                     }
-                    own_room = Some(room.to_string());
+                    own_room = Some(key);
                 }
             }
             if let Some(peer) = &r.peer
                 && !self.peer_seen
             {
                 self.peer_seen = true;
-                obs.event(Event::Peer(peer));
+                obs.event(Event::Peer(shown(peer)));
             }
         }
         let read = Read {

@@ -240,7 +240,7 @@ impl Start {
             self.client,
         ));
         if let Some(room) = &room {
-            let _ = info.room.set(room.clone());
+            let _ = info.room.set(sigmesh_core::request::shown(room).to_owned());
         }
         let opts = SessionOptions {
             sticky_room: room,
