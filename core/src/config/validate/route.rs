@@ -234,17 +234,17 @@ fn websocket(cx: &mut Validator, node: &Node, path: &str) -> WebSocket {
     let Some(f) = fields(cx, node, path, WEBSOCKET, &[]) else {
         return w;
     };
-    if let Some(n) = f.value("max_message_bytes") {
-        if let Some(v) = int_in(
+    if let Some(n) = f.value("max_message_bytes")
+        && let Some(v) = int_in(
             cx,
             n,
             &f.path("max_message_bytes"),
             1,
             super::super::MAX_MESSAGE_BYTES as i64,
             "`max_message_bytes`",
-        ) {
-            w.max_message_bytes = usize::try_from(v).unwrap_or(w.max_message_bytes);
-        }
+        )
+    {
+        w.max_message_bytes = usize::try_from(v).unwrap_or(w.max_message_bytes);
     }
     w.idle_timeout = positive_duration(cx, &f, "idle_timeout", w.idle_timeout);
     if let Some(n) = f.get("allowed_origins") {
