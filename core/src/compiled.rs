@@ -231,6 +231,14 @@ impl Compiled {
                         .into(),
                 });
             }
+            if !caps.dials_upstreams && route.limits.sessions.is_some() {
+                errors.push(CompileError {
+                    path: format!("routes[{i}].limits.sessions"),
+                    message: "session caps are counted by the standalone proxy; the Envoy filter \
+                              does not count sessions yet (use Envoy's circuit breakers)"
+                        .into(),
+                });
+            }
             let splitter = match Splitter::from_upstreams(&route.upstreams) {
                 Ok(s) => s,
                 Err(SplitError::ZeroTotal) => {

@@ -63,6 +63,8 @@ label_enum! {
         MessageSize => "message_size",
         /// The TURN credentials endpoint's own bucket.
         Credentials => "credentials",
+        /// A live-session cap (`limits.max_sessions`, `max_sessions_per_ip`, `limits.sessions`).
+        Sessions => "sessions",
     }
 }
 

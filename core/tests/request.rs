@@ -10,7 +10,7 @@ use std::time::Duration;
 use sigmesh_core::compiled::{Capabilities, Compiled, DeflatePolicy};
 use sigmesh_core::config::load;
 use sigmesh_core::label::{LimitKind, Outcome};
-use sigmesh_core::request::{Refusal, RequestFacts, Verdict, decide};
+use sigmesh_core::request::{Refusal, RequestFacts, Uncounted, Verdict, decide};
 use sigmesh_core::split::{Reason, bucket_of};
 
 const CONFIG: &str = r#"
@@ -90,7 +90,7 @@ fn run(c: &Compiled, b: &Buckets, r: &Req) -> Verdict {
         random: 0,
         draining: r.draining,
     };
-    decide(c, &facts, b, c)
+    decide(c, &facts, b, c, &Uncounted)
 }
 
 fn status(v: &Verdict) -> u16 {
@@ -235,7 +235,7 @@ fn message_stickiness_waits_for_the_first_message() {
     let c = compiled(Capabilities::PROXY);
     let b = Buckets::default();
     let v = run(&c, &b, &upgrade("/first", None));
-    let Verdict::AwaitFirstMessage(wait) = v else {
+    let Verdict::AwaitFirstMessage(mut wait) = v else {
         panic!("{v:?}")
     };
     let up = wait.pick(&c, &c, Some(r#"{"room":"room-42"}"#), 0);
@@ -304,7 +304,10 @@ fn http2_extended_connect_is_an_upgrade_without_a_key() {
         random: 0,
         draining: false,
     };
-    assert!(matches!(decide(&c, &facts, &b, &c), Verdict::Upgrade(_)));
+    assert!(matches!(
+        decide(&c, &facts, &b, &c, &Uncounted),
+        Verdict::Upgrade(_)
+    ));
 }
 
 #[test]
@@ -356,7 +359,7 @@ fn the_override_needs_an_allowed_client_and_a_live_upstream() {
             random: 0,
             draining: false,
         };
-        match decide(&c, &facts, &b, &c) {
+        match decide(&c, &facts, &b, &c, &Uncounted) {
             Verdict::Upgrade(u) => (u.upstream, u.reason, u.edits.set),
             v => panic!("{v:?}"),
         }

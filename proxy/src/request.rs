@@ -81,7 +81,13 @@ fn decide(
         random: rand::random(),
         draining: shared.is_draining(),
     };
-    request::decide(runtime.compiled(), &facts, runtime, runtime)
+    request::decide(
+        runtime.compiled(),
+        &facts,
+        runtime,
+        runtime,
+        &**shared.counts(),
+    )
 }
 
 /// A local answer: counted (the one place a refusal becomes metrics), traced as a refused

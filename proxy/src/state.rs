@@ -16,7 +16,9 @@ use arc_swap::ArcSwap;
 use sigmesh_core::bucket::{BucketVerdict, KeyedBuckets};
 use sigmesh_core::compiled::{Capabilities, CompileError, Compiled, CompiledRoute};
 use sigmesh_core::config::{Config, Rate};
-use sigmesh_core::request::{Bucket, BucketStore, CREDENTIALS_RATE, Weights};
+use sigmesh_core::request::{
+    Bucket, BucketStore, CREDENTIALS_RATE, Cap, Lease, SessionCounts, Weights,
+};
 use sigmesh_core::split::Splitter;
 use tokio_util::sync::CancellationToken;
 
@@ -220,6 +222,61 @@ impl Weights for Runtime {
     }
 }
 
+/// Live-session counts (`limits.max_sessions`, `max_sessions_per_ip`, `routes[].limits.sessions`)
+/// for the whole process, across reloads. An entry exists only while a session holds a place,
+/// so the table is bounded by the live sessions.
+#[derive(Default)]
+pub struct SessionCounter {
+    taken: Mutex<std::collections::HashMap<(Cap, String), u32>>,
+}
+
+impl SessionCounts for SessionCounter {
+    fn acquire(&self, cap: &Cap, key: &str, max: u32) -> bool {
+        let mut t = self.taken.lock().unwrap_or_else(|p| p.into_inner());
+        let n = t.entry((cap.clone(), key.to_owned())).or_insert(0);
+        if *n >= max {
+            if *n == 0 {
+                t.remove(&(cap.clone(), key.to_owned()));
+            }
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    fn release(&self, cap: &Cap, key: &str) {
+        let mut t = self.taken.lock().unwrap_or_else(|p| p.into_inner());
+        let k = (cap.clone(), key.to_owned());
+        if let Some(n) = t.get_mut(&k) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                t.remove(&k);
+            }
+        }
+    }
+}
+
+/// The places a session holds in the counts; given back on drop (the session ended, or its
+/// upstream handshake failed).
+pub struct Places {
+    counter: Arc<SessionCounter>,
+    leases: Vec<Lease>,
+}
+
+impl Places {
+    pub fn new(counter: Arc<SessionCounter>, leases: Vec<Lease>) -> Places {
+        Places { counter, leases }
+    }
+}
+
+impl Drop for Places {
+    fn drop(&mut self) {
+        for l in &self.leases {
+            self.counter.release(&l.cap, &l.key);
+        }
+    }
+}
+
 /// Timeouts that are not part of the config file (defaults suit production; tests shorten them).
 #[derive(Debug, Clone, Copy)]
 pub struct Tuning {
@@ -259,6 +316,8 @@ pub struct Shared {
     telemetry: Telemetry,
     /// The TURN relay's tracker and allocation table (empty while `turn.relay` is off).
     turn: Arc<TurnState>,
+    /// Live-session counts.
+    counts: Arc<SessionCounter>,
 }
 
 impl Shared {
@@ -276,7 +335,13 @@ impl Shared {
             config_path,
             telemetry,
             turn,
+            counts: Arc::default(),
         })
+    }
+
+    /// The live-session counts.
+    pub fn counts(&self) -> &Arc<SessionCounter> {
+        &self.counts
     }
 
     /// The config generation in force.

@@ -200,3 +200,62 @@ routes:
     assert_eq!(s["room"].as_str().unwrap().len(), 256);
     p.drain().await;
 }
+
+/// Item 9: no cap on live sessions, in total, per IP or per room. Over `max_sessions` 503, over
+/// `max_sessions_per_ip` or `limits.sessions` 429; a closed session gives its place back, and so
+/// does a handshake that fails upstream.
+#[tokio::test]
+async fn live_sessions_are_capped_and_places_come_back() {
+    let up = signaling("stable").await;
+    let route = r#"
+routes:
+  - name: sig
+    match: { path_prefix: /ws }
+    websocket: {}
+    split: { sticky: "query:room" }
+    limits:
+      sessions: { max: 2, key: room }
+    upstreams: [{ name: stable, url: "ws://{A}/ws" }]
+"#;
+    let p = proxy(route, &[up.local_addr]).await;
+    let mut a1 = ws(p.listen, "/ws?room=a").await;
+    let _a2 = ws(p.listen, "/ws?room=a").await;
+    let (status, _) = refused_status(p.listen, "/ws?room=a", &[]).await;
+    assert_eq!(status, 429);
+    let _b = ws(p.listen, "/ws?room=b").await;
+    let _ = a1.close(None).await;
+    while let Some(Ok(_)) = within(futures_util::StreamExt::next(&mut a1)).await {}
+    eventually(|| async { connect(p.listen, "/ws?room=a", &[]).await.is_ok() }).await;
+    let m = metrics(&p).await;
+    assert!(
+        metric(
+            &m,
+            r#"sigmesh_rate_limited_total{route="sig",limit="sessions"}"#
+        ) >= Some(1.0),
+        "{m}"
+    );
+    p.drain().await;
+
+    let process = format!("limits: {{ max_sessions: 2, max_sessions_per_ip: 5 }}\n{route}");
+    let p = proxy(&process, &[up.local_addr]).await;
+    let _s1 = ws(p.listen, "/ws?room=x").await;
+    let _s2 = ws(p.listen, "/ws?room=y").await;
+    let (status, headers) = refused_status(p.listen, "/ws?room=z", &[]).await;
+    assert_eq!(status, 503);
+    assert_eq!(headers["retry-after"], "1");
+    p.drain().await;
+
+    let per_ip = format!("limits: {{ max_sessions_per_ip: 1 }}\n{route}");
+    let p = proxy(&per_ip, &[up.local_addr]).await;
+    let _s1 = ws(p.listen, "/ws?room=x").await;
+    assert_eq!(refused_status(p.listen, "/ws?room=y", &[]).await.0, 429);
+    p.drain().await;
+
+    // A failed upstream handshake (502) gives its place back.
+    let dead = route.replace("ws://{A}/ws", "ws://127.0.0.1:1/ws");
+    let p = proxy(&format!("limits: {{ max_sessions: 1 }}\n{dead}"), &[]).await;
+    for _ in 0..3 {
+        assert_eq!(refused_status(p.listen, "/ws?room=x", &[]).await.0, 502);
+    }
+    p.drain().await;
+}

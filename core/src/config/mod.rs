@@ -42,6 +42,9 @@ pub struct Config {
     /// `admin_auth:`: a bearer token that every admin path but `/healthz` and `/readyz` needs.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub admin_auth: Option<AdminAuth>,
+    /// Top-level `limits:`: process-wide session caps.
+    #[serde(skip_serializing_if = "is_default")]
+    pub limits: ProcessLimits,
     /// `admin_hosts:`: `Host` names the admin listener answers, besides IP literals and
     /// `localhost` (DNS rebinding: a browser page cannot reach it through a name of its own).
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -163,6 +166,41 @@ pub struct Limits {
     /// Messages per room (needs `websocket.signaling.room` or a sticky room key).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rooms: Option<Rate>,
+    /// Live sessions per key (`limits.sessions`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sessions: Option<SessionCap>,
+}
+
+/// `limits.sessions`: at most `max` live sessions per `key`; over it, 429.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SessionCap {
+    /// Most live sessions per key.
+    pub max: u32,
+    /// What is counted.
+    pub key: SessionKey,
+}
+
+/// `limits.sessions.key`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionKey {
+    /// The room, from the sticky key (`query:`, `header:`, `cookie:`).
+    Room,
+    /// The client's IP address.
+    ClientIp,
+    /// A request header's value.
+    Header(String),
+}
+
+/// Top-level `limits:`: process-wide session caps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub struct ProcessLimits {
+    /// Most live sessions in the process; over it, 503 with `retry-after`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_sessions: Option<u32>,
+    /// Most live sessions per client IP; over it, 429.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_sessions_per_ip: Option<u32>,
 }
 
 /// A token bucket's shape: `rate` tokens every `per`, holding at most `burst`.
@@ -349,6 +387,10 @@ impl Config {
     pub fn route(&self, name: &str) -> Option<&Route> {
         self.routes.iter().find(|r| r.name == name)
     }
+}
+
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
 }
 
 /// `scheme://user:pass@host/…` → `scheme://[redacted]@host/…`.

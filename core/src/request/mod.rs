@@ -32,7 +32,7 @@ use crate::bucket::BucketVerdict as Taken;
 use crate::compiled::{Compiled, DeflatePolicy};
 use std::net::IpAddr;
 
-use crate::config::{Rate, Route, Sticky, WebSocket};
+use crate::config::{Rate, Route, SessionKey, Sticky, WebSocket};
 use crate::frame::strip_extension;
 use crate::label::LimitKind;
 use crate::route::{Headers, RequestHead, normalize_path};
@@ -92,6 +92,46 @@ impl Weights for Compiled {
     }
 }
 
+/// A live-session count a WebSocket upgrade takes a place in.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Cap {
+    /// `limits.max_sessions`: every session of the process.
+    Process,
+    /// `limits.max_sessions_per_ip`: the sessions of one client IP.
+    ClientIp,
+    /// `routes[].limits.sessions` of the route with this name (counts survive reloads).
+    Route(String),
+}
+
+/// A place taken in a count; the front end gives it back when the session ends (or never
+/// opens).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Lease {
+    /// The count.
+    pub cap: Cap,
+    /// Its key (empty for [`Cap::Process`]).
+    pub key: String,
+}
+
+/// Where live-session counts live (the proxy: in memory; the fleet issue adds Redis).
+pub trait SessionCounts {
+    /// Takes a place for `key` in `cap` if fewer than `max` are taken; whether it did.
+    fn acquire(&self, cap: &Cap, key: &str, max: u32) -> bool;
+    /// Gives a place back.
+    fn release(&self, cap: &Cap, key: &str);
+}
+
+/// For a front end without session caps (the Envoy filter: refused at compile time).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Uncounted;
+
+impl SessionCounts for Uncounted {
+    fn acquire(&self, _: &Cap, _: &str, _: u32) -> bool {
+        true
+    }
+    fn release(&self, _: &Cap, _: &str) {}
+}
+
 /// What a front end knows about a request.
 pub struct RequestFacts<'a, H: Headers + ?Sized> {
     /// `GET`, `CONNECT`, ...
@@ -135,6 +175,8 @@ pub struct Upgrade {
     pub edits: HeaderEdits,
     /// `permessage-deflate` may be negotiated end to end (the readers must know).
     pub deflate: bool,
+    /// The places the session holds in the live-session counts, to give back when it ends.
+    pub leases: Vec<Lease>,
 }
 
 /// A WebSocket upgrade whose upstream is picked from the client's first message.
@@ -148,6 +190,8 @@ pub struct AwaitFirst {
     pub edits: HeaderEdits,
     /// As [`Upgrade::deflate`].
     pub deflate: bool,
+    /// As [`Upgrade::leases`] (moved to the upgrade by [`AwaitFirst::pick`]).
+    pub leases: Vec<Lease>,
 }
 
 /// A plain HTTP request to forward.
@@ -184,6 +228,7 @@ pub fn decide<H: Headers + ?Sized>(
     req: &RequestFacts<'_, H>,
     buckets: &dyn BucketStore,
     weights: &dyn Weights,
+    sessions: &dyn SessionCounts,
 ) -> Verdict {
     if req.draining {
         return Verdict::Respond(
@@ -221,6 +266,13 @@ pub fn decide<H: Headers + ?Sized>(
     if let Some(reply) = connection_limit(c, index, req, buckets) {
         return Verdict::Respond(reply.of_upgrade(upgrade.is_some()));
     }
+    let leases = match upgrade {
+        Some(_) => match take_places(c, index, req, sessions) {
+            Ok(leases) => leases,
+            Err(reply) => return Verdict::Respond(reply.of_upgrade(true)),
+        },
+        None => Vec::new(),
+    };
     let override_name = allowed_override(route, req);
     let mut edits = HeaderEdits::default();
     let deflate = upgrade.is_some() && extension_edits(c.caps.deflate, req.headers, &mut edits);
@@ -232,6 +284,7 @@ pub fn decide<H: Headers + ?Sized>(
             override_name: override_name.map(str::to_owned),
             edits,
             deflate,
+            leases,
         });
     }
     let room = sticky_key(&route.split.sticky, req.query, req.headers);
@@ -251,6 +304,7 @@ pub fn decide<H: Headers + ?Sized>(
             room,
             edits,
             deflate,
+            leases,
         }),
         None => Verdict::Forward(Forward {
             route: index,
@@ -266,7 +320,7 @@ impl AwaitFirst {
     /// it is a text message in UTF-8). The override header still wins; a message without the
     /// key is split at random.
     pub fn pick(
-        &self,
+        &mut self,
         c: &Compiled,
         weights: &dyn Weights,
         text: Option<&str>,
@@ -295,6 +349,7 @@ impl AwaitFirst {
             room: None,
             edits,
             deflate: self.deflate,
+            leases: std::mem::take(&mut self.leases),
         }
     }
 }
@@ -341,6 +396,59 @@ fn pick(
     };
     weights.with_splitter(route, &mut |s| picked = s.pick(override_name, key, random));
     picked
+}
+
+/// The live-session caps of an upgrade, in order: the process (503), the client IP (429), the
+/// route's `limits.sessions` (429). A place is taken in each; when one is full, those taken
+/// are given back.
+fn take_places<H: Headers + ?Sized>(
+    c: &Compiled,
+    route: usize,
+    req: &RequestFacts<'_, H>,
+    sessions: &dyn SessionCounts,
+) -> Result<Vec<Lease>, Reply> {
+    let l = &c.config.limits;
+    let r = &c.routes[route].route;
+    let mut wanted: Vec<(Cap, String, u32, u16)> = Vec::new();
+    if let Some(max) = l.max_sessions {
+        wanted.push((Cap::Process, String::new(), max, 503));
+    }
+    if let Some(max) = l.max_sessions_per_ip {
+        wanted.push((Cap::ClientIp, req.client_ip.to_owned(), max, 429));
+    }
+    if let Some(cap) = &r.limits.sessions {
+        let key = match &cap.key {
+            SessionKey::Room => sticky_key(&r.split.sticky, req.query, req.headers),
+            SessionKey::ClientIp => Some(req.client_ip.to_owned()),
+            SessionKey::Header(name) => req.headers.get(name).map(str::to_owned),
+        };
+        // Without the key (no room in the request) the cap has nothing to count.
+        if let Some(key) = key {
+            wanted.push((
+                Cap::Route(r.name.clone()),
+                bucket_key(&key).into_owned(),
+                cap.max,
+                429,
+            ));
+        }
+    }
+    let mut leases = Vec::with_capacity(wanted.len());
+    for (cap, key, max, status) in wanted {
+        if !sessions.acquire(&cap, &key, max) {
+            for l in &leases {
+                let l: &Lease = l;
+                sessions.release(&l.cap, &l.key);
+            }
+            let reply = if status == 503 {
+                Reply::text(503, "too many sessions").header("retry-after", "1")
+            } else {
+                Reply::text(429, "too many sessions").header("retry-after", "1")
+            };
+            return Err(reply.refusing(Refusal::Limited(LimitKind::Sessions), Some(route)));
+        }
+        leases.push(Lease { cap, key });
+    }
+    Ok(leases)
 }
 
 /// HTTP/1.1 `Upgrade: websocket` with `Connection: upgrade`, or HTTP/2 extended CONNECT with

@@ -106,7 +106,7 @@ pub fn on_request_headers(
     let buckets = s.buckets(store);
     let c = &s.compiled;
     let mut m = Metrics { sink };
-    match request::decide(c, &facts, &buckets, c) {
+    match request::decide(c, &facts, &buckets, c, &request::Uncounted) {
         // Envoy's own routes take it.
         Verdict::NoRoute => HeadersVerdict::Pass,
         Verdict::Respond(reply) => respond(s, &mut m, reply),

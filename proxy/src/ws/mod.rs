@@ -34,7 +34,7 @@ use tungstenite::handshake::derive_accept_key;
 
 use crate::http_util::{self, Body};
 use crate::sessions::SessionInfo;
-use crate::state::{Runtime, Shared};
+use crate::state::{Places, Runtime, Shared};
 use crate::telemetry::SessionTrace;
 
 mod connect;
@@ -89,13 +89,16 @@ struct Start {
     route: usize,
     client: SocketAddr,
     trace: Option<Arc<SessionTrace>>,
+    /// The session's places in the live-session counts: given back when the session ends, or
+    /// when it never starts (this is dropped).
+    places: Places,
 }
 
 /// An upgrade to the upstream core picked: its handshake first, then 101 and the session.
 pub async fn upgrade(
     shared: Arc<Shared>,
     runtime: Arc<Runtime>,
-    up: Upgrade,
+    mut up: Upgrade,
     mut req: Request<Incoming>,
     client: SocketAddr,
     trace: Option<Arc<SessionTrace>>,
@@ -103,12 +106,14 @@ pub async fn upgrade(
     let Some(hs) = ClientHandshake::take(&mut req, client, &up.edits) else {
         return missing_key();
     };
+    let places = Places::new(shared.counts().clone(), std::mem::take(&mut up.leases));
     let start = Start {
         shared,
         runtime,
         route: up.route,
         client,
         trace,
+        places,
     };
     let conn = start
         .connect(
@@ -148,7 +153,7 @@ pub async fn upgrade(
 pub fn await_first(
     shared: Arc<Shared>,
     runtime: Arc<Runtime>,
-    wait: AwaitFirst,
+    mut wait: AwaitFirst,
     mut req: Request<Incoming>,
     client: SocketAddr,
     trace: Option<Arc<SessionTrace>>,
@@ -159,12 +164,14 @@ pub fn await_first(
     if let Some(t) = &trace {
         t.accepted();
     }
+    let places = Places::new(shared.counts().clone(), std::mem::take(&mut wait.leases));
     let start = Start {
         shared,
         runtime,
         route: wait.route,
         client,
         trace,
+        places,
     };
     let (on_upgrade, headers, pq) = (hs.on_upgrade, hs.headers, hs.path_and_query);
     tokio::spawn(async move {
@@ -256,14 +263,14 @@ impl Start {
             info,
             legs,
             self.trace,
-            opts,
+            (opts, self.places),
         )
     }
 
     /// Waits for the client's first message (bounded in time and size), picks, connects, runs.
     async fn first_message(
         self,
-        wait: AwaitFirst,
+        mut wait: AwaitFirst,
         mut client_leg: Leg,
         headers: HeaderMap,
         pq: String,

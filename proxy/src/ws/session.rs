@@ -33,7 +33,7 @@ use super::relay::{Push, Way, WayEvent};
 use crate::clock;
 use crate::metrics::RouteUpstream;
 use crate::sessions::SessionInfo;
-use crate::state::{Runtime, Shared};
+use crate::state::{Places, Runtime, Shared};
 use crate::telemetry::SessionTrace;
 
 /// An upgraded connection: its socket, and what was read past the handshake.
@@ -83,8 +83,10 @@ pub(super) async fn run(
     info: Arc<SessionInfo>,
     (client, upstream): (Leg, Leg),
     trace: Option<Arc<SessionTrace>>,
-    opts: SessionOptions,
+    (opts, places): (SessionOptions, Places),
 ) {
+    // Held for the session's life: its places in the live-session counts.
+    let _places = places;
     let metrics = shared.metrics();
     let active = metrics
         .connections_active

@@ -3,10 +3,12 @@
 use std::time::Duration;
 
 use super::super::tree::Node;
-use super::super::{ConnectionLimit, LimitKey, Limits, MessageLimit, OnExceed, Rate};
+use super::super::{
+    ConnectionLimit, LimitKey, Limits, MessageLimit, OnExceed, Rate, SessionCap, SessionKey,
+};
 use super::fields::{Fields, fields};
 use super::scalars::{header_name, int_in, positive_duration, string};
-use super::{CONNECTIONS, LIMITS, MESSAGES, ROOMS, Validator};
+use super::{CONNECTIONS, LIMITS, MESSAGES, ROOMS, SESSIONS, Validator};
 
 // === limits ===
 
@@ -16,6 +18,7 @@ pub(super) fn limits(
     path: &str,
     is_ws: bool,
     room_source: bool,
+    sticky_room: bool,
 ) -> Limits {
     let mut l = Limits::default();
     let Some(f) = fields(cx, node, path, LIMITS, &[]) else {
@@ -95,7 +98,83 @@ pub(super) fn limits(
             l.rooms = rate(cx, &r);
         }
     }
+    if let Some(n) = f.get("sessions") {
+        let p = f.path("sessions");
+        if !is_ws {
+            cx.err(&p, f.key_line("sessions"), "session caps count WebSocket sessions: add a `websocket:` section to this route, or remove `sessions`");
+        } else if let Some(sf) = fields(cx, n, &p, SESSIONS, &[]) {
+            l.sessions = session_cap(cx, &sf, sticky_room);
+        }
+    }
     l
+}
+
+/// `limits.sessions: { max, key, scope }`.
+fn session_cap(cx: &mut Validator, f: &Fields<'_>, sticky_room: bool) -> Option<SessionCap> {
+    let max = match f.value("max") {
+        None => {
+            cx.err(
+                &f.path("max"),
+                f.key_line("max"),
+                "missing `max` (live sessions per key)",
+            );
+            None
+        }
+        Some(n) => int_in(cx, n, &f.path("max"), 1, i64::from(u32::MAX), "`max`"),
+    };
+    let mut key = SessionKey::Room;
+    if let Some(n) = f.value("key") {
+        let kp = f.path("key");
+        if let Some(v) = string(cx, n, &kp) {
+            match v.trim() {
+                "room" => {}
+                "client_ip" => key = SessionKey::ClientIp,
+                "peer" => cx.err(
+                    &kp,
+                    n.line,
+                    "`peer` is not known when the session opens (it comes with the messages); \
+                     use `room`, `client_ip` or `header:NAME`",
+                ),
+                other => match other.strip_prefix("header:") {
+                    Some(h) => {
+                        if let Some(h) = header_name(cx, h.trim(), &kp, n.line) {
+                            key = SessionKey::Header(h);
+                        }
+                    }
+                    None => cx.err(
+                        &kp,
+                        n.line,
+                        format!("`{other}`: expected `room`, `client_ip` or `header:NAME`"),
+                    ),
+                },
+            }
+        }
+    }
+    if key == SessionKey::Room && !sticky_room {
+        cx.err(
+            &f.path("key"),
+            f.key_line("key"),
+            "counting sessions per room needs the room when the session opens: set \
+             `split.sticky` to `query:`, `header:` or `cookie:`",
+        );
+    }
+    if let Some(n) = f.value("scope")
+        && let Some(v) = string(cx, n, &f.path("scope"))
+        && v.trim() != "local"
+    {
+        cx.err(
+            &f.path("scope"),
+            n.line,
+            format!(
+                "`{}`: only `local` is available in this build (`global` needs `cluster.redis`)",
+                v.trim()
+            ),
+        );
+    }
+    Some(SessionCap {
+        max: u32::try_from(max?).ok()?,
+        key,
+    })
 }
 
 /// `rate`, `per`, `burst` of a bucket.

@@ -76,6 +76,7 @@ const TOP_PROXY: &[&str] = &[
     "admin",
     "admin_auth",
     "admin_hosts",
+    "limits",
     "shutdown",
     "routes",
     "turn",
@@ -93,7 +94,9 @@ const WEBSOCKET: &[&str] = &[
     "signaling",
 ];
 const SIGNALING: &[&str] = &["type", "room", "peer"];
-const LIMITS: &[&str] = &["connections", "messages", "rooms"];
+const LIMITS: &[&str] = &["connections", "messages", "rooms", "sessions"];
+const SESSIONS: &[&str] = &["max", "key", "scope"];
+const PROCESS_LIMITS: &[&str] = &["max_sessions", "max_sessions_per_ip"];
 const CONNECTIONS: &[&str] = &["rate", "per", "burst", "key"];
 const MESSAGES: &[&str] = &["rate", "per", "burst", "on_exceed"];
 const ROOMS: &[&str] = &["rate", "per", "burst"];
@@ -136,6 +139,11 @@ pub(crate) fn config(cx: &mut Validator, root: &Node) -> Config {
                     "not used by the Wasm filter: protect Envoy's admin interface in Envoy; remove it",
                 ),
                 (
+                    "limits",
+                    "process-wide session caps are the standalone proxy's; in Envoy use its \
+                     overload manager and circuit breakers; remove it",
+                ),
+                (
                     "admin_hosts",
                     "not used by the Wasm filter: the filter has no admin listener; remove it",
                 ),
@@ -151,6 +159,7 @@ pub(crate) fn config(cx: &mut Validator, root: &Node) -> Config {
         tracing: None,
         admin_auth: None,
         admin_hosts: Vec::new(),
+        limits: super::ProcessLimits::default(),
     };
     let Some(f) = fields(cx, root, "", allowed, extra) else {
         return c;
@@ -182,6 +191,24 @@ pub(crate) fn config(cx: &mut Validator, root: &Node) -> Config {
         }
         if let Some(n) = f.value("admin_hosts") {
             c.admin_hosts = admin_hosts(cx, n, "admin_hosts");
+        }
+        if let Some(n) = f.get("limits")
+            && let Some(l) = fields(cx, n, "limits", PROCESS_LIMITS, &[])
+        {
+            let cap = |cx: &mut Validator, key: &str| {
+                let n = l.value(key)?;
+                let v = scalars::int_in(
+                    cx,
+                    n,
+                    &l.path(key),
+                    1,
+                    i64::from(u32::MAX),
+                    &format!("`{key}`"),
+                )?;
+                u32::try_from(v).ok()
+            };
+            c.limits.max_sessions = cap(cx, "max_sessions");
+            c.limits.max_sessions_per_ip = cap(cx, "max_sessions_per_ip");
         }
     }
     match f.value("routes") {

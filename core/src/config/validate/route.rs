@@ -76,15 +76,16 @@ fn route(cx: &mut Validator, node: &Node, path: &str) -> Option<Route> {
         Some(n) => split(cx, n, &f.path("split"), is_ws),
         None => Split::default(),
     };
+    let sticky_room = matches!(
+        split.sticky,
+        Sticky::Query(_) | Sticky::Header(_) | Sticky::Cookie(_)
+    );
     let room_source = websocket
         .as_ref()
         .is_some_and(|w| w.signaling.room.is_some())
-        || matches!(
-            split.sticky,
-            Sticky::Query(_) | Sticky::Header(_) | Sticky::Cookie(_)
-        );
+        || sticky_room;
     let limits = match f.get("limits") {
-        Some(n) => limits(cx, n, &f.path("limits"), is_ws, room_source),
+        Some(n) => limits(cx, n, &f.path("limits"), is_ws, room_source, sticky_room),
         None => Limits::default(),
     };
     let upstreams = match f.value("upstreams") {
