@@ -293,9 +293,20 @@ fn unreadable_peer_bearing_requests_fail_closed() {
         tr.from_client(ft(), &bad, t(0)).action,
         TurnAction::Reply(_)
     ));
-    // Other garbage passes through, not understood.
-    let out = tr.from_client(ft(), b"\xc0hello", t(0));
-    assert_eq!((out.action, out.understood), (TurnAction::Forward, false));
+    // Other garbage is not understood, and never reaches the TURN server (fail closed): not
+    // STUN, a STUN header without the cookie, ChannelData of a client without an allocation.
+    for garbage in [
+        &b"\xc0hello"[..],
+        &b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03rest of a TLS hello"[..],
+        &[0x40, 0, 0, 1, 7, 0, 0, 0][..],
+    ] {
+        let out = tr.from_client(ft(), garbage, t(0));
+        assert_eq!(
+            (out.action, out.understood),
+            (TurnAction::Drop, false),
+            "{garbage:?}"
+        );
+    }
 }
 
 proptest! {
@@ -310,11 +321,15 @@ proptest! {
         let _ = tr.from_server(ft(), &bytes, t(0));
         let mut f = Framer::new();
         f.push(&bytes);
+        // Every byte is framed, still buffered, or the stream was refused.
         let mut total = 0;
+        let mut refused = false;
         while let Some(fr) = f.next_frame() {
+            refused |= fr == Frame::Invalid;
             total += fr.bytes().len();
         }
-        prop_assert_eq!(total + f.buffered(), bytes.len());
+        prop_assert!(refused || total + f.buffered() == bytes.len());
+        prop_assert!(f.buffered() <= bytes.len());
     }
 
     #[test]

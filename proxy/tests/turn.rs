@@ -770,3 +770,80 @@ async fn webrtc_ice_call_goes_through_sigmesh_turn_relay() {
     }
     p.drain().await;
 }
+
+/// Issue 11, items 3 and 4: the relay failed open (bytes it could not parse went straight to
+/// the TURN server: TURN tunnelled inside reached it with no peer check) and framed TCP frames
+/// over 65,535 bytes, which TURN servers parse differently. Against a recording upstream in
+/// coturn's place: nothing of it arrives; a TCP stream that breaks framing is closed; and a
+/// valid message from the same client still goes through.
+#[tokio::test]
+async fn the_relay_fails_closed_on_what_it_cannot_read() {
+    // The "TURN server": records every byte, UDP and TCP, on one port.
+    let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let upstream = udp.local_addr().unwrap();
+    let tcp = tokio::net::TcpListener::bind(upstream).await.unwrap();
+    let sig = signaling("stable").await;
+    let yaml = format!(
+        "routes:\n  - name: s\n    match: {{ path_prefix: /ws }}\n    websocket: {{}}\n    upstreams: [{{ name: stable, url: \"ws://{{A}}/ws\" }}]\n\
+         turn:\n  secret: {SECRET}\n  uris: [turn:127.0.0.1:3478]\n  relay:\n    listen: 127.0.0.1:0\n    upstream: {upstream}\n"
+    );
+    let p = proxy(&yaml, &[sig.local_addr]).await;
+    let relay = *p.shared.turn().addr.get().unwrap();
+
+    // UDP: a leading 0xFF, a TLS ClientHello, DTLS, ChannelData without an allocation, from one
+    // client; then a valid Binding request from the same one. Only the Binding arrives.
+    let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    for garbage in [
+        &b"\xffTURN inside"[..],
+        &[
+            0x16, 0x03, 0x01, 0x00, 0x2a, 0x01, 0x00, 0x00, 0x26, 0x03, 0x03, 0, 0, 0, 0, 0, 0, 0,
+            0, 0,
+        ][..],
+        &[0x16, 0xfe, 0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x20][..],
+        &[0x40, 0x00, 0x00, 0x04, 1, 2, 3, 4][..],
+    ] {
+        client.send_to(garbage, relay).await.unwrap();
+    }
+    let mut binding = Message::new();
+    binding
+        .build(&[Box::new(TransactionId::new()), Box::new(BINDING_REQUEST)])
+        .unwrap();
+    client.send_to(&binding.raw, relay).await.unwrap();
+    let mut buf = vec![0u8; 2048];
+    let (n, _) = within(udp.recv_from(&mut buf)).await.unwrap();
+    assert_eq!(
+        &buf[..n],
+        &binding.raw[..],
+        "the first datagram upstream is the Binding"
+    );
+
+    // TCP: garbage closes the connection, and the upstream connection gets none of it.
+    for garbage in [
+        b"\xffGET / HTTP/1.1\r\n\r\n".to_vec(),
+        // ChannelData of 0xFFFF bytes: 65,540 in all.
+        [&[0x40u8, 0x00, 0xff, 0xff][..], &[0u8; 0xffff + 1][..]].concat(),
+    ] {
+        let mut c = TcpStream::connect(relay).await.unwrap();
+        let (mut up, _) = within(tcp.accept()).await.unwrap();
+        let _ = c.write_all(&garbage).await;
+        let mut rest = Vec::new();
+        within(c.read_to_end(&mut rest)).await.ok();
+        assert!(rest.is_empty());
+        let mut seen = Vec::new();
+        within(up.read_to_end(&mut seen)).await.ok();
+        assert!(
+            seen.is_empty(),
+            "{} bytes reached the TURN server",
+            seen.len()
+        );
+    }
+    let m = metrics(&p).await;
+    assert!(
+        metric(
+            &m,
+            r#"sigmesh_turn_messages_total{type="unknown",action="dropped"}"#
+        ) >= Some(5.0),
+        "{m}"
+    );
+    p.drain().await;
+}

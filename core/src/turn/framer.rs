@@ -2,16 +2,18 @@
 //!
 //! Over TCP, STUN messages and ChannelData messages follow one another; each is framed by its
 //! own length field, and ChannelData is padded to a multiple of 4 bytes. The framer buffers at
-//! most one frame (at most [`MAX_FRAME`] bytes); when the stream stops looking like TURN (first
-//! two bits `10`/`11`, a STUN header without the magic cookie) it turns [`Framer::opaque`] and
-//! hands the rest of the stream through untouched, since the boundaries can no longer be known.
-//! After an RFC 6062 ConnectionBind succeeds the data connection carries raw peer bytes: the
-//! caller calls [`Framer::set_opaque`].
+//! most one frame (at most [`MAX_FRAME`] bytes). It fails closed: when the stream stops looking
+//! like TURN (first two bits `10`/`11`, a STUN header without the magic cookie), or a frame
+//! would be longer than 65,535 bytes in all (which TURN servers parse differently: request
+//! smuggling past the deny list), it yields [`Frame::Invalid`] once and nothing after; the
+//! caller ends the connection. After an RFC 6062 ConnectionBind succeeds the data connection
+//! carries raw peer bytes: the caller calls [`Framer::set_opaque`], and the rest of the stream
+//! passes as [`Frame::Opaque`].
 
-use super::stun::{self, CHANNEL_HEADER_LEN, FrameKind, HEADER_LEN};
+use super::stun::{self, CHANNEL_HEADER_LEN, FrameKind};
 
-/// Largest frame: a STUN message or ChannelData is at most 4 + 65,535 (+ padding) bytes.
-pub const MAX_FRAME: usize = HEADER_LEN + 0xFFFF + 3;
+/// Largest frame accepted, in all (header, body, padding): longer ones end the stream.
+pub const MAX_FRAME: usize = 0xFFFF;
 
 /// One piece of a stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,8 +22,10 @@ pub enum Frame {
     Stun(Vec<u8>),
     /// One whole ChannelData message, padding included.
     ChannelData(Vec<u8>),
-    /// Bytes that are not TURN framing; passed through untouched.
+    /// Peer data after a ConnectionBind ([`Framer::set_opaque`]); passed through untouched.
     Opaque(Vec<u8>),
+    /// Not TURN framing, or a frame over [`MAX_FRAME`]: never forwarded; the stream is over.
+    Invalid,
 }
 
 impl Frame {
@@ -29,6 +33,7 @@ impl Frame {
     pub fn bytes(&self) -> &[u8] {
         match self {
             Frame::Stun(b) | Frame::ChannelData(b) | Frame::Opaque(b) => b,
+            Frame::Invalid => &[],
         }
     }
 }
@@ -38,6 +43,8 @@ impl Frame {
 pub struct Framer {
     buf: Vec<u8>,
     opaque: bool,
+    /// The stream was refused: nothing more is framed.
+    invalid: bool,
 }
 
 impl Framer {
@@ -61,9 +68,11 @@ impl Framer {
         self.buf.len()
     }
 
-    /// Adds bytes read from the stream.
+    /// Adds bytes read from the stream (none once it was refused).
     pub fn push(&mut self, bytes: &[u8]) {
-        self.buf.extend_from_slice(bytes);
+        if !self.invalid {
+            self.buf.extend_from_slice(bytes);
+        }
     }
 
     /// The next whole frame, if there is one. Call until `None` after each [`Framer::push`].
@@ -89,6 +98,9 @@ impl Framer {
             }
             FrameKind::Other => return self.give_up(),
         };
+        if len > MAX_FRAME {
+            return self.give_up();
+        }
         if self.buf.len() < len {
             return None;
         }
@@ -101,8 +113,12 @@ impl Framer {
     }
 
     fn give_up(&mut self) -> Option<Frame> {
-        self.opaque = true;
-        Some(Frame::Opaque(std::mem::take(&mut self.buf)))
+        if self.invalid {
+            return None;
+        }
+        self.invalid = true;
+        self.buf = Vec::new();
+        Some(Frame::Invalid)
     }
 }
 
@@ -142,15 +158,53 @@ mod tests {
     }
 
     #[test]
-    fn garbage_turns_opaque_and_keeps_every_byte() {
+    fn garbage_is_refused_once_and_nothing_after_it_passes() {
+        for garbage in [
+            &b"\xffGET / HTTP/1.1\r\n"[..],
+            // A TLS ClientHello: 0x16 0x03 0x01 reads as a STUN header without the cookie.
+            &[
+                0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03, 0, 0, 0, 0, 0, 0,
+                0, 0, 0,
+            ][..],
+        ] {
+            let mut f = Framer::new();
+            f.push(garbage);
+            assert_eq!(f.next_frame(), Some(Frame::Invalid));
+            f.push(b"more");
+            assert_eq!(f.next_frame(), None);
+            assert_eq!(f.buffered(), 0);
+        }
+    }
+
+    #[test]
+    fn frames_over_65535_bytes_in_all_are_refused() {
+        // ChannelData of 0xFFFF bytes: 4 + 65,535 + 1 padding.
         let mut f = Framer::new();
-        f.push(b"\xffGET / HTTP/1.1\r\n");
+        f.push(&[0x40, 0x00, 0xff, 0xff]);
+        assert_eq!(f.next_frame(), Some(Frame::Invalid));
+        // STUN announcing 0xFFEC body bytes: 20 + 65,516 = 65,536.
+        let mut f = Framer::new();
+        let mut h = Builder::new(method::SEND, Class::Indication, &[3; 12]).finish();
+        h[2] = 0xff;
+        h[3] = 0xec;
+        f.push(&h);
+        assert_eq!(f.next_frame(), Some(Frame::Invalid));
+        // The largest accepted ChannelData: 4 + 65,528 = 65,532 bytes, padded already.
+        let mut f = Framer::new();
+        let mut cd = vec![0x40, 0x00, 0xff, 0xf8];
+        cd.resize(4 + 0xfff8, 7);
+        f.push(&cd);
+        assert_eq!(f.next_frame(), Some(Frame::ChannelData(cd)));
+    }
+
+    #[test]
+    fn after_a_connection_bind_the_stream_is_opaque() {
+        let mut f = Framer::new();
+        f.set_opaque();
+        f.push(b"\xffraw peer bytes");
         assert_eq!(
             f.next_frame(),
-            Some(Frame::Opaque(b"\xffGET / HTTP/1.1\r\n".to_vec()))
+            Some(Frame::Opaque(b"\xffraw peer bytes".to_vec()))
         );
-        f.push(b"more");
-        assert_eq!(f.next_frame(), Some(Frame::Opaque(b"more".to_vec())));
-        assert!(f.opaque());
     }
 }

@@ -5,13 +5,17 @@
 //! frame cut by [`super::Framer`]) and return an [`TurnOutcome`]. Only client-to-server messages can
 //! be refused or dropped; server-to-client messages are always forwarded.
 //!
-//! ## Messages that are not understood
-//! Bytes that are not STUN or ChannelData, STUN without the magic cookie, methods sigmesh does
-//! not know, and malformed messages of methods that name no peer pass through untouched and are
-//! reported as `understood: false` (the proxy counts them). The exception is fail-closed on
-//! purpose: a CreatePermission, ChannelBind, Connect or Send whose header is readable but whose
-//! attributes are not (so its peer address cannot be checked) is answered 400 (requests) or
-//! dropped (indications), and never reaches the TURN server.
+//! ## Messages that are not understood: fail closed
+//! From the client, only what sigmesh can read reaches the TURN server: a well-formed STUN
+//! message (of any method; an unknown one is answered by the server), or ChannelData of a client
+//! that has an allocation. Everything else is dropped and reported as `understood: false` (the
+//! proxy counts it): bytes that are not STUN or ChannelData (a leading `0xFF`, a TLS
+//! ClientHello, DTLS), STUN without the magic cookie or with a broken body, ChannelData that
+//! does not parse or comes from a client without an allocation. Otherwise TURN tunnelled inside
+//! them would reach the server with no peer check. A CreatePermission, ChannelBind, Connect or
+//! Send request whose header is readable but whose attributes are not is answered 400.
+//!
+//! From the server, everything is forwarded (and read where it can be).
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
@@ -134,10 +138,20 @@ impl TurnOutcome {
         }
     }
 
+    /// From the server: not understood, forwarded.
     fn unknown() -> TurnOutcome {
         TurnOutcome {
             understood: false,
             ..TurnOutcome::forward(TurnKind::Unknown)
+        }
+    }
+
+    /// From the client: not understood, so never forwarded.
+    fn unreadable(kind: TurnKind) -> TurnOutcome {
+        TurnOutcome {
+            action: TurnAction::Drop,
+            understood: false,
+            ..TurnOutcome::forward(kind)
         }
     }
 }
@@ -296,8 +310,16 @@ impl Tracker {
         to_peers: bool,
     ) -> TurnOutcome {
         let Ok(cd) = ChannelData::parse(bytes) else {
-            return TurnOutcome::unknown();
+            return if to_peers {
+                TurnOutcome::unreadable(TurnKind::ChannelData)
+            } else {
+                TurnOutcome::unknown()
+            };
         };
+        if to_peers && self.table.get(&ft).is_none() {
+            // No allocation, so no channel: nothing the server should read.
+            return TurnOutcome::unreadable(TurnKind::ChannelData);
+        }
         let n = cd.data.len() as u64;
         if let Some(a) = self.table.get_mut(&ft) {
             if to_peers {
@@ -316,11 +338,11 @@ impl Tracker {
     /// A message from the client towards the TURN server.
     pub fn from_client(&mut self, ft: FiveTuple, bytes: &[u8], now: Duration) -> TurnOutcome {
         let Some(&first) = bytes.first() else {
-            return TurnOutcome::unknown();
+            return TurnOutcome::unreadable(TurnKind::Unknown);
         };
         match stun::frame_kind(first) {
             FrameKind::ChannelData => self.channel_data(ft, bytes, now, true),
-            FrameKind::Other => TurnOutcome::unknown(),
+            FrameKind::Other => TurnOutcome::unreadable(TurnKind::Unknown),
             FrameKind::Stun => self.client_stun(ft, bytes, now),
         }
     }
@@ -422,7 +444,7 @@ impl Tracker {
                 };
             }
         }
-        TurnOutcome::unknown()
+        TurnOutcome::unreadable(TurnKind::Unknown)
     }
 
     /// A message from the TURN server towards the client. Always forwarded.

@@ -33,6 +33,8 @@ use crate::sessions::Sessions;
 pub const FLOW_IDLE: Duration = Duration::from_secs(60);
 /// Most concurrent UDP flows; packets from further clients are dropped and counted.
 pub const MAX_FLOWS: usize = 10_000;
+/// Most concurrent UDP flows from one client IP (one NAT may hide many clients).
+pub const MAX_FLOWS_PER_IP: usize = 100;
 /// Most concurrent TCP connections; further ones are closed at once.
 pub const MAX_CONNECTIONS: usize = 10_000;
 /// Largest datagram read.

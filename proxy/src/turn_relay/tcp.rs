@@ -16,6 +16,19 @@ use super::{CONNECT_TIMEOUT, Dir, FLOW_IDLE, MAX_CONNECTIONS};
 /// Bytes read at a time from each side.
 const READ_CHUNK: usize = 16 * 1024;
 
+/// A write that does not finish within this ends the connection: a peer that never reads must
+/// not pin its slot (and the other side's buffer) for ever.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Writes all of `bytes`; `false` when the peer is gone or did not take them within
+/// [`WRITE_TIMEOUT`].
+async fn write(w: &mut (impl tokio::io::AsyncWrite + Unpin), bytes: &[u8]) -> bool {
+    matches!(
+        tokio::time::timeout(WRITE_TIMEOUT, w.write_all(bytes)).await,
+        Ok(Ok(()))
+    )
+}
+
 /// Accepts TCP clients until dropped; dropping it closes every connection.
 pub async fn serve(
     turn: Arc<TurnState>,
@@ -75,11 +88,18 @@ async fn relay(turn: &TurnState, client: TcpStream, up: TcpStream, ft: FiveTuple
                 while let Some(frame) = cf.next_frame() {
                     let action = match &frame {
                         Frame::Opaque(_) => TurnAction::Forward,
+                        Frame::Invalid => {
+                            // Not TURN, or a frame over 65,535 bytes: fail closed (counted as
+                            // an unknown message dropped) and end the connection.
+                            let _ = turn.handle(Dir::FromClient, ft, &[]);
+                            tracing::debug!(client = %ft.client, "TURN relay: not TURN framing; connection closed");
+                            return;
+                        }
                         f => turn.handle(Dir::FromClient, ft, f.bytes()).action,
                     };
                     let ok = match action {
-                        TurnAction::Forward => uw.write_all(frame.bytes()).await.is_ok(),
-                        TurnAction::Reply(resp) => cw.write_all(&resp).await.is_ok(),
+                        TurnAction::Forward => write(&mut uw, frame.bytes()).await,
+                        TurnAction::Reply(resp) => write(&mut cw, &resp).await,
                         TurnAction::Drop => true,
                     };
                     if !ok { return; }
@@ -90,6 +110,10 @@ async fn relay(turn: &TurnState, client: TcpStream, up: TcpStream, ft: FiveTuple
                 last = tokio::time::Instant::now();
                 uf.push(&ubuf[..n]);
                 while let Some(frame) = uf.next_frame() {
+                    if frame == Frame::Invalid {
+                        tracing::debug!(client = %ft.client, "TURN relay: the server broke TURN framing; connection closed");
+                        return;
+                    }
                     if !matches!(frame, Frame::Opaque(_)) {
                         let out = turn.handle(Dir::FromServer, ft, frame.bytes());
                         if out.raw_after {
@@ -98,7 +122,7 @@ async fn relay(turn: &TurnState, client: TcpStream, up: TcpStream, ft: FiveTuple
                             uf.set_opaque();
                         }
                     }
-                    if cw.write_all(frame.bytes()).await.is_err() { return; }
+                    if !write(&mut cw, frame.bytes()).await { return; }
                 }
             }
             _ = sweep.tick() => {

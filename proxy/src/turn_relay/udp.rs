@@ -11,7 +11,7 @@ use tokio::net::UdpSocket;
 use tokio::task::{AbortHandle, JoinSet};
 
 use super::TurnState;
-use super::{Dir, FLOW_IDLE, MAX_DATAGRAM, MAX_FLOWS};
+use super::{Dir, FLOW_IDLE, MAX_DATAGRAM, MAX_FLOWS, MAX_FLOWS_PER_IP};
 use crate::clock::now;
 
 struct Flow {
@@ -32,6 +32,8 @@ pub async fn serve(turn: Arc<TurnState>, sock: UdpSocket, local: SocketAddr, ups
     let mut tasks: JoinSet<SocketAddr> = JoinSet::new();
     let mut buf = vec![0u8; MAX_DATAGRAM];
     let mut sweep = tokio::time::interval(Duration::from_secs(1));
+    let mut warned = tokio::time::Instant::now() - Duration::from_secs(2);
+    let mut per_ip: HashMap<IpAddr, usize> = HashMap::new();
     loop {
         tokio::select! {
             r = sock.recv_from(&mut buf) => {
@@ -47,13 +49,22 @@ pub async fn serve(turn: Arc<TurnState>, sock: UdpSocket, local: SocketAddr, ups
                     }
                     TurnAction::Drop => continue,
                 }
+                // Only a datagram the tracker let through (a valid STUN message, or ChannelData of
+                // an allocation) opens a flow: one-byte floods from new ports open none.
                 if !flows.contains_key(&client) {
-                    if flows.len() >= MAX_FLOWS {
-                        tracing::warn!(%client, "TURN relay: too many UDP flows; packet dropped");
+                    let from_ip = per_ip.get(&client.ip()).copied().unwrap_or(0);
+                    if flows.len() >= MAX_FLOWS || from_ip >= MAX_FLOWS_PER_IP {
+                        if warned.elapsed() >= Duration::from_secs(1) {
+                            warned = tokio::time::Instant::now();
+                            tracing::warn!(%client, flows = flows.len(), from_ip, "TURN relay: too many UDP flows; packets dropped (logged once a second)");
+                        }
                         continue;
                     }
                     match open(&turn, &sock, &mut tasks, ft, upstream).await {
-                        Ok(f) => { flows.insert(client, f); }
+                        Ok(f) => {
+                            flows.insert(client, f);
+                            *per_ip.entry(client.ip()).or_insert(0) += 1;
+                        }
                         Err(e) => {
                             tracing::warn!(%client, error = %e, "TURN relay: cannot open an upstream socket");
                             continue;
@@ -66,8 +77,10 @@ pub async fn serve(turn: Arc<TurnState>, sock: UdpSocket, local: SocketAddr, ups
                 }
             }
             Some(done) = tasks.join_next() => {
-                if let Ok(client) = done {
-                    flows.remove(&client);
+                if let Ok(client) = done
+                    && flows.remove(&client).is_some()
+                {
+                    release(&mut per_ip, client.ip());
                 }
             }
             _ = sweep.tick() => {
@@ -79,10 +92,21 @@ pub async fn serve(turn: Arc<TurnState>, sock: UdpSocket, local: SocketAddr, ups
                         || turn.has_allocation(&ft);
                     if !keep {
                         f.task.abort();
+                        release(&mut per_ip, client.ip());
                     }
                     keep
                 });
             }
+        }
+    }
+}
+
+/// One flow of `ip` fewer.
+fn release(per_ip: &mut HashMap<IpAddr, usize>, ip: IpAddr) {
+    if let Some(n) = per_ip.get_mut(&ip) {
+        *n -= 1;
+        if *n == 0 {
+            per_ip.remove(&ip);
         }
     }
 }
