@@ -467,7 +467,7 @@ tracing: { otlp_endpoint: http://h, sample: 1 }
         &errs,
         "listne",
         1,
-        "allowed here: listen, admin, admin_auth, admin_hosts, limits, shutdown, routes, turn, tracing",
+        "allowed here: listen, admin, admin_auth, admin_hosts, limits, trust_forwarded_from, shutdown, routes, turn, tracing",
     );
     has(&errs, "shutdown.drain", 2, "unknown key `drain`");
     has(&errs, "routes[0].matches", 5, "did you mean `match`?");

@@ -400,3 +400,33 @@ fn client_chosen_keys_are_bounded_in_bytes() {
     assert_eq!(bucket_key(&a), bucket_key(&a.clone()));
     assert_eq!(shown(&"é".repeat(200)).len(), 256);
 }
+
+#[test]
+fn the_client_is_the_peer_unless_it_is_a_trusted_proxy() {
+    use sigmesh_core::config::Cidr;
+    use sigmesh_core::request::client_address;
+    let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+    let lb = [Cidr {
+        addr: ip("10.0.0.0"),
+        prefix: 8,
+    }];
+    // Not trusted: the header is ignored.
+    assert_eq!(
+        client_address(ip("192.0.2.7"), Some("6.6.6.6"), &lb),
+        ip("192.0.2.7")
+    );
+    // Trusted: the last hop the proxies did not add, whatever the client put before it.
+    assert_eq!(
+        client_address(ip("10.0.0.2"), Some("6.6.6.6, 198.51.100.4, 10.0.0.9"), &lb),
+        ip("198.51.100.4")
+    );
+    assert_eq!(client_address(ip("10.0.0.2"), None, &lb), ip("10.0.0.2"));
+    assert_eq!(
+        client_address(ip("10.0.0.2"), Some("junk, 10.0.0.3"), &lb),
+        ip("10.0.0.3")
+    );
+    assert_eq!(
+        client_address(ip("::ffff:10.0.0.2"), Some("198.51.100.4"), &lb),
+        ip("198.51.100.4")
+    );
+}

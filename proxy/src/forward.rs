@@ -116,7 +116,7 @@ impl Forwarder {
         if let Some(host) = original_host {
             h.insert("x-forwarded-host", host);
         }
-        http_util::set_forwarded(h, client.ip(), "http");
+        http_util::set_forwarded(h, client.ip(), "http", runtime.trusts(client.ip()));
         match trace {
             Some(t) => t.inject(h),
             None => http_util::ensure_traceparent(h),

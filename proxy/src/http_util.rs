@@ -85,11 +85,22 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     headers.remove("proxy-connection");
 }
 
-/// Appends the client address to `x-forwarded-for` and sets `x-forwarded-proto`.
-pub fn set_forwarded(headers: &mut HeaderMap, client: std::net::IpAddr, proto: &'static str) {
-    let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {client}"),
-        _ => client.to_string(),
+/// Sets `x-forwarded-for` and `x-forwarded-proto`: the peer is appended to what a trusted proxy
+/// (`trust_forwarded_from`) sent; from anyone else the header is replaced by the peer, so a
+/// client cannot make up the hops before it.
+pub fn set_forwarded(
+    headers: &mut HeaderMap,
+    peer: std::net::IpAddr,
+    proto: &'static str,
+    trusted_peer: bool,
+) {
+    let prev = headers
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok())
+        .filter(|p| trusted_peer && !p.trim().is_empty());
+    let xff = match prev {
+        Some(prev) => format!("{prev}, {peer}"),
+        None => peer.to_string(),
     };
     if let Ok(v) = HeaderValue::from_str(&xff) {
         headers.insert("x-forwarded-for", v);

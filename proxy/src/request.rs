@@ -62,7 +62,16 @@ fn decide(
     client: SocketAddr,
 ) -> Verdict {
     let headers = HeaderView(req.headers());
-    let client_ip = client.ip().to_string();
+    let forwarded = req
+        .headers()
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok());
+    let client_ip = request::client_address(
+        client.ip(),
+        forwarded,
+        &runtime.config().trust_forwarded_from,
+    )
+    .to_string();
     let facts = RequestFacts {
         method: req.method().as_str(),
         // HTTP/1.1 only: no extended CONNECT yet.

@@ -80,6 +80,15 @@ impl Runtime {
         self.admin_token.as_deref()
     }
 
+    /// Whether `peer` is a proxy of `trust_forwarded_from`.
+    pub fn trusts(&self, peer: std::net::IpAddr) -> bool {
+        let peer = peer.to_canonical();
+        self.config()
+            .trust_forwarded_from
+            .iter()
+            .any(|c| c.contains(peer))
+    }
+
     /// The compiled config.
     pub fn compiled(&self) -> &Compiled {
         &self.compiled

@@ -259,3 +259,53 @@ routes:
     }
     p.drain().await;
 }
+
+/// Item 11: a client's `x-forwarded-for` was appended to (the upstream believed its made-up
+/// hops) and could not be trusted for limits either. Now it is replaced unless the peer is in
+/// `trust_forwarded_from`, and then the client is the last address those proxies did not add.
+#[tokio::test]
+async fn forwarded_for_is_believed_only_from_trusted_proxies() {
+    let up = signaling("stable").await;
+    let route = r#"
+routes:
+  - name: sig
+    match: { path_prefix: /ws }
+    websocket: {}
+    limits:
+      connections: { rate: 1, per: 1h, burst: 1, key: client_ip }
+    upstreams: [{ name: stable, url: "ws://{A}/ws" }]
+"#;
+    let xff_seen =
+        |me: &serde_json::Value| me["headers"]["x-forwarded-for"].as_str().map(str::to_owned);
+    let p = proxy(route, &[up.local_addr]).await;
+    let (mut c, _) = connect(p.listen, "/ws", &[("x-forwarded-for", "6.6.6.6")])
+        .await
+        .unwrap();
+    assert_eq!(
+        xff_seen(&whoami(&mut c).await).as_deref(),
+        Some("127.0.0.1")
+    );
+    // A made-up address does not buy a fresh connection bucket.
+    let (status, _) = refused_status(p.listen, "/ws", &[("x-forwarded-for", "7.7.7.7")]).await;
+    assert_eq!(status, 429);
+    p.drain().await;
+
+    let trusted = format!("trust_forwarded_from: [127.0.0.0/8]\n{route}");
+    let p = proxy(&trusted, &[up.local_addr]).await;
+    let (mut c, _) = connect(p.listen, "/ws", &[("x-forwarded-for", "203.0.113.9")])
+        .await
+        .unwrap();
+    assert_eq!(
+        xff_seen(&whoami(&mut c).await).as_deref(),
+        Some("203.0.113.9, 127.0.0.1")
+    );
+    // Each forwarded client has its own bucket; the same one again is over it.
+    assert!(
+        connect(p.listen, "/ws", &[("x-forwarded-for", "203.0.113.10")])
+            .await
+            .is_ok()
+    );
+    let (status, _) = refused_status(p.listen, "/ws", &[("x-forwarded-for", "203.0.113.9")]).await;
+    assert_eq!(status, 429);
+    p.drain().await;
+}

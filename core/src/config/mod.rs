@@ -45,6 +45,10 @@ pub struct Config {
     /// Top-level `limits:`: process-wide session caps.
     #[serde(skip_serializing_if = "is_default")]
     pub limits: ProcessLimits,
+    /// `trust_forwarded_from:`: the proxies in front whose `x-forwarded-for` is believed (the
+    /// client is the last address they did not add); from anyone else it is replaced.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub trust_forwarded_from: Vec<Cidr>,
     /// `admin_hosts:`: `Host` names the admin listener answers, besides IP literals and
     /// `localhost` (DNS rebinding: a browser page cannot reach it through a name of its own).
     #[serde(skip_serializing_if = "Vec::is_empty")]

@@ -451,6 +451,32 @@ fn take_places<H: Headers + ?Sized>(
     Ok(leases)
 }
 
+/// Who the client is, for limits and logs: the TCP peer, unless it is a proxy of
+/// `trust_forwarded_from`; then the last `x-forwarded-for` address (right to left) that is not
+/// one of those proxies. A header from anyone else is not believed (it is replaced upstream).
+pub fn client_address(
+    peer: IpAddr,
+    forwarded_for: Option<&str>,
+    trusted: &[crate::config::Cidr],
+) -> IpAddr {
+    let trusts = |ip: IpAddr| trusted.iter().any(|c| c.contains(ip.to_canonical()));
+    if !trusts(peer) {
+        return peer;
+    }
+    let Some(xff) = forwarded_for else {
+        return peer;
+    };
+    let mut client = peer;
+    for hop in xff.rsplit(',').take(32) {
+        match hop.trim().parse::<IpAddr>() {
+            Ok(ip) if trusts(ip) => client = ip,
+            Ok(ip) => return ip,
+            Err(_) => return client,
+        }
+    }
+    client
+}
+
 /// HTTP/1.1 `Upgrade: websocket` with `Connection: upgrade`, or HTTP/2 extended CONNECT with
 /// `:protocol: websocket`.
 pub fn is_websocket_upgrade<H: Headers + ?Sized>(req: &RequestFacts<'_, H>) -> bool {

@@ -66,13 +66,14 @@ impl ClientHandshake {
         req: &mut Request<Incoming>,
         client: SocketAddr,
         edits: &HeaderEdits,
+        trusted_peer: bool,
     ) -> Option<ClientHandshake> {
         // Core checked the handshake's form: a request without a key never gets here.
         let key = req.headers().get(header::SEC_WEBSOCKET_KEY).cloned()?;
         Some(ClientHandshake {
             key,
             on_upgrade: hyper::upgrade::on(&mut *req),
-            headers: upstream_headers(req.headers(), client, edits),
+            headers: upstream_headers(req.headers(), client, edits, trusted_peer),
             path_and_query: http_util::upstream_path_and_query(req.uri()),
         })
     }
@@ -103,7 +104,8 @@ pub async fn upgrade(
     client: SocketAddr,
     trace: Option<Arc<SessionTrace>>,
 ) -> Response<Body> {
-    let Some(hs) = ClientHandshake::take(&mut req, client, &up.edits) else {
+    let Some(hs) = ClientHandshake::take(&mut req, client, &up.edits, runtime.trusts(client.ip()))
+    else {
         return missing_key();
     };
     let places = Places::new(shared.counts().clone(), std::mem::take(&mut up.leases));
@@ -158,7 +160,9 @@ pub fn await_first(
     client: SocketAddr,
     trace: Option<Arc<SessionTrace>>,
 ) -> Response<Body> {
-    let Some(hs) = ClientHandshake::take(&mut req, client, &wait.edits) else {
+    let Some(hs) =
+        ClientHandshake::take(&mut req, client, &wait.edits, runtime.trusts(client.ip()))
+    else {
         return missing_key();
     };
     if let Some(t) = &trace {
@@ -415,7 +419,12 @@ fn switching_protocols(
 /// authorization, subprotocols, origin, ...) with core's edits (the split header), without
 /// hop-by-hop and per-connection WebSocket headers (this build negotiates no extension), plus
 /// `x-forwarded-*` and `traceparent`.
-fn upstream_headers(client: &HeaderMap, addr: SocketAddr, edits: &HeaderEdits) -> HeaderMap {
+fn upstream_headers(
+    client: &HeaderMap,
+    addr: SocketAddr,
+    edits: &HeaderEdits,
+    trusted_peer: bool,
+) -> HeaderMap {
     let mut h = client.clone();
     http_util::strip_hop_by_hop(&mut h);
     http_util::apply_edits(&mut h, edits);
@@ -429,7 +438,7 @@ fn upstream_headers(client: &HeaderMap, addr: SocketAddr, edits: &HeaderEdits) -
     ] {
         h.remove(n);
     }
-    http_util::set_forwarded(&mut h, addr.ip(), "http");
+    http_util::set_forwarded(&mut h, addr.ip(), "http", trusted_peer);
     http_util::ensure_traceparent(&mut h);
     h
 }

@@ -77,6 +77,7 @@ const TOP_PROXY: &[&str] = &[
     "admin_auth",
     "admin_hosts",
     "limits",
+    "trust_forwarded_from",
     "shutdown",
     "routes",
     "turn",
@@ -139,6 +140,10 @@ pub(crate) fn config(cx: &mut Validator, root: &Node) -> Config {
                     "not used by the Wasm filter: protect Envoy's admin interface in Envoy; remove it",
                 ),
                 (
+                    "trust_forwarded_from",
+                    "Envoy decides who the client is (`xff_num_trusted_hops`, `original_ip_detection_extensions`); remove it",
+                ),
+                (
                     "limits",
                     "process-wide session caps are the standalone proxy's; in Envoy use its \
                      overload manager and circuit breakers; remove it",
@@ -160,6 +165,7 @@ pub(crate) fn config(cx: &mut Validator, root: &Node) -> Config {
         admin_auth: None,
         admin_hosts: Vec::new(),
         limits: super::ProcessLimits::default(),
+        trust_forwarded_from: Vec::new(),
     };
     let Some(f) = fields(cx, root, "", allowed, extra) else {
         return c;
@@ -191,6 +197,9 @@ pub(crate) fn config(cx: &mut Validator, root: &Node) -> Config {
         }
         if let Some(n) = f.value("admin_hosts") {
             c.admin_hosts = admin_hosts(cx, n, "admin_hosts");
+        }
+        if let Some(n) = f.value("trust_forwarded_from") {
+            c.trust_forwarded_from = scalars::cidr_list(cx, n, "trust_forwarded_from");
         }
         if let Some(n) = f.get("limits")
             && let Some(l) = fields(cx, n, "limits", PROCESS_LIMITS, &[])
