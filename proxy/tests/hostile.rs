@@ -309,3 +309,46 @@ routes:
     assert_eq!(status, 429);
     p.drain().await;
 }
+
+/// Item 11: pings did not take from the message bucket, so a ping flood went through any limit.
+#[tokio::test]
+async fn pings_take_from_the_message_bucket() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let up = scripted_upstream().await.0;
+    let config = r#"
+routes:
+  - name: sig
+    match: { path_prefix: /ws }
+    websocket: {}
+    limits:
+      messages: { rate: 1, per: 1h, burst: 2 }
+    upstreams: [{ name: echo, url: "ws://{A}/ws" }]
+"#;
+    let p = proxy(config, &[up]).await;
+    let mut c = ws(p.listen, "/ws").await;
+    for i in 0..5u8 {
+        within(c.send(Message::Ping(vec![i].into()))).await.unwrap();
+    }
+    within(c.send(Message::Close(None))).await.unwrap();
+    let mut pongs = Vec::new();
+    while let Some(Ok(m)) = within(c.next()).await {
+        if let Message::Pong(p) = m {
+            pongs.push(p.to_vec());
+        }
+    }
+    assert_eq!(
+        pongs,
+        vec![vec![0], vec![1]],
+        "only the bucket's burst got through"
+    );
+    let m = metrics(&p).await;
+    assert_eq!(
+        metric(
+            &m,
+            r#"sigmesh_rate_limited_total{route="sig",limit="messages"}"#
+        ),
+        Some(3.0)
+    );
+    p.drain().await;
+}

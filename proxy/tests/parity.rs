@@ -206,29 +206,43 @@ async fn run_proxy(p: &sigmesh::app::Proxy, s: &Script) -> Run {
             Msg::Binary(b) => Message::binary(b.clone()),
         };
         within(c.send(sent)).await.unwrap();
-        // A ping after each message: the upstream's pong comes after the echo of the message
-        // (when it was forwarded), on the same ordered stream.
-        let tag = format!("sync-{i}");
-        within(c.send(Message::Ping(tag.clone().into_bytes().into())))
-            .await
-            .unwrap();
+        // Until the proxy has counted the message (forwarded or cut: `/sessions`), and its echo
+        // is in when it was a forwarded text; or until sigmesh closes the session. (Not pings:
+        // the message bucket counts them too.)
         let mut echoed = false;
-        loop {
-            match within(c.next()).await {
-                Some(Ok(Message::Text(_))) => echoed = true,
-                Some(Ok(Message::Pong(p))) if p.as_ref() == tag.as_bytes() => break,
-                Some(Ok(Message::Close(f))) => {
-                    run.close = f.map(|f| u16::from(f.code));
-                    break;
+        let counted = within(async {
+            loop {
+                if let Ok(next) = tokio::time::timeout(Duration::from_millis(20), c.next()).await {
+                    match next {
+                        Some(Ok(Message::Text(_))) => echoed = true,
+                        Some(Ok(Message::Close(f))) => {
+                            run.close = f.map(|f| u16::from(f.code));
+                            return None;
+                        }
+                        Some(Ok(_)) => {}
+                        Some(Err(_)) | None => return None,
+                    }
                 }
-                Some(Ok(_)) => {}
-                Some(Err(_)) | None => break,
+                let all = sessions(p).await;
+                let Some(s) = all.first() else { continue };
+                let (forwarded, dropped) = (
+                    s["messages_in"].as_u64().unwrap_or(0),
+                    s["dropped"].as_u64().unwrap_or(0),
+                );
+                if forwarded + dropped == i as u64 + 1 {
+                    let was_forwarded = forwarded > fates_forwarded(&run.fates);
+                    let text = matches!(m, Msg::Text(_));
+                    if !was_forwarded || !text || echoed {
+                        return Some(was_forwarded);
+                    }
+                }
             }
-        }
-        run.fates.push(match m {
-            Msg::Text(_) if run.close.is_none() => Some(echoed),
-            Msg::Text(_) => Some(false),
-            Msg::Binary(_) => None,
+        })
+        .await;
+        run.fates.push(match (m, counted) {
+            (Msg::Text(_), Some(forwarded)) => Some(forwarded),
+            (Msg::Text(_), None) => Some(false),
+            (Msg::Binary(_), _) => None,
         });
         if run.close.is_some() {
             break;
@@ -245,6 +259,12 @@ async fn run_proxy(p: &sigmesh::app::Proxy, s: &Script) -> Run {
     while let Some(Ok(_)) = within(c.next()).await {}
     eventually(|| async { sessions(p).await.is_empty() }).await;
     run
+}
+
+/// Messages forwarded so far by the fates recorded (binary ones count as forwarded: the scripts'
+/// binary messages always are).
+fn fates_forwarded(fates: &[Option<bool>]) -> u64 {
+    fates.iter().filter(|f| f.unwrap_or(true)).count() as u64
 }
 
 // === the filter's stream logic, in process ===

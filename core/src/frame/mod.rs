@@ -156,6 +156,13 @@ pub trait Handler {
         let _ = (msg, text, forwarded);
     }
 
+    /// The verdict on a ping (opcode 9) or pong (10), at its header: forwarded by default.
+    /// `Cut` removes the frame; `Close` ends the direction as for a message.
+    fn control(&mut self, opcode: u8) -> MessageAction {
+        let _ = opcode;
+        MessageAction::Forward
+    }
+
     /// A close frame has been read (and forwarded, or held in order behind a held message):
     /// its status code (`None` for an empty body) and reason (lossy UTF-8, at most 123 bytes).
     fn close(&mut self, code: Option<u16>, reason: &str) {

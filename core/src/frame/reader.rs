@@ -216,6 +216,20 @@ impl FrameReader {
         };
         let bytes = (&raw[..raw_len], from_chunk);
         if h.opcode >= 8 {
+            // A ping or pong may be refused (the message bucket counts them too).
+            if h.opcode == 9 || h.opcode == 10 {
+                match handler.control(h.opcode) {
+                    MessageAction::Forward => {}
+                    MessageAction::Cut => {
+                        self.emit_frame_bytes(e, bytes, Fate::Cut, true);
+                        self.start_frame(e, h, Fate::Cut, false, handler);
+                        return;
+                    }
+                    MessageAction::Close { code, reason } => {
+                        return self.close_now(e, code, reason);
+                    }
+                }
+            }
             // A control frame: forwarded, or held behind a held message to keep the order.
             let fate = if self.holding() {
                 Fate::Hold

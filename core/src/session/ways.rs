@@ -129,6 +129,15 @@ impl Handler for ClientWay<'_, '_> {
         decision.action()
     }
 
+    fn control(&mut self, _opcode: u8) -> MessageAction {
+        // Pings and pongs take from the message bucket like messages: a ping flood is limited.
+        let decision = self.state.limiter.message(self.env.now);
+        if let Decision::Drop(limit) | Decision::Close(limit) = decision {
+            self.obs.event(Event::Limited(limit.kind()));
+        }
+        decision.action()
+    }
+
     fn done(&mut self, msg: &MessageInfo, text: Option<&str>, forwarded: bool) {
         let mut read = self.state.deferred.take();
         if read.is_none()
