@@ -335,16 +335,24 @@ async fn http_export_request_spans_and_refusals() {
 /// unsampled traceparent; a client's sampled traceparent is honoured (parent-based).
 #[tokio::test]
 async fn ratio_zero_samples_nothing_but_parents_win() {
+    ratio_zero(true).await;
+}
+
+/// Issue 11: a client `traceparent` with the sampled flag forced sampling. With
+/// `parent_sampling: ignore`, only `sample_ratio` decides.
+#[tokio::test]
+async fn with_parent_sampling_ignored_a_client_cannot_force_sampling() {
+    ratio_zero(false).await;
+}
+
+async fn ratio_zero(follow: bool) {
     let collector = Collector::start().await;
     let up = signaling("stable").await;
-    let p = proxy(
-        &signaling_route(
-            &up.local_addr.to_string(),
-            &tracing_block(&collector.grpc_url(), "grpc", 0.0),
-        ),
-        &[],
-    )
-    .await;
+    let mut block = tracing_block(&collector.grpc_url(), "grpc", 0.0);
+    if !follow {
+        block.push_str("  parent_sampling: ignore\n");
+    }
+    let p = proxy(&signaling_route(&up.local_addr.to_string(), &block), &[]).await;
     for _ in 0..5 {
         let mut c = ws(p.listen, "/ws?room=z").await;
         let seen = whoami(&mut c).await;
@@ -363,6 +371,16 @@ async fn ratio_zero_samples_nothing_but_parents_win() {
     .unwrap();
     let seen = whoami(&mut sampled).await;
     let tp = seen["headers"]["traceparent"].as_str().unwrap().to_owned();
+    if !follow {
+        // The trace goes on, unsampled, and nothing is exported.
+        assert!(
+            tp.starts_with(&format!("00-{TRACE}-")) && tp.ends_with("-00"),
+            "{tp}"
+        );
+        drain(p).await;
+        assert!(collector.spans().is_empty(), "{:#?}", collector.spans());
+        return;
+    }
     assert!(
         tp.starts_with(&format!("00-{TRACE}-")) && tp.ends_with("-01"),
         "{tp}"

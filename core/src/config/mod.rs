@@ -357,6 +357,10 @@ pub struct Tracing {
     pub service_name: String,
     /// Parent-based ratio sampler's ratio, 0.0 to 1.0. Default 1.0.
     pub sample_ratio: f64,
+    /// `parent_sampling: follow | ignore`: whether a request's `traceparent` sampled flag
+    /// decides (default `follow`, as OpenTelemetry's parent-based sampler). `ignore`: only
+    /// `sample_ratio` does, so a client cannot force every one of its sessions to be traced.
+    pub follow_parent_sampling: bool,
 }
 
 /// `tracing.protocol`

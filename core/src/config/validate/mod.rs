@@ -107,7 +107,13 @@ const UPSTREAM_FILTER: &[&str] = &["name", "weight"];
 const TURN_PROXY: &[&str] = &["secret", "ttl", "uris", "credentials_path", "relay"];
 const TURN_FILTER: &[&str] = &["secret", "ttl", "uris", "credentials_path"];
 const RELAY: &[&str] = &["listen", "upstream", "deny_peers", "allow_peers"];
-const TRACING: &[&str] = &["otlp_endpoint", "protocol", "service_name", "sample_ratio"];
+const TRACING: &[&str] = &[
+    "otlp_endpoint",
+    "protocol",
+    "service_name",
+    "sample_ratio",
+    "parent_sampling",
+];
 
 // === the document ===
 

@@ -153,10 +153,26 @@ pub(super) fn tracing(cx: &mut Validator, node: &Node, path: &str) -> Option<Tra
             }
         }
     }
+    let mut follow_parent_sampling = true;
+    if let Some(n) = f.value("parent_sampling") {
+        let p = f.path("parent_sampling");
+        if let Some(v) = string(cx, n, &p) {
+            match v.trim() {
+                "follow" => {}
+                "ignore" => follow_parent_sampling = false,
+                other => cx.err(
+                    &p,
+                    n.line,
+                    format!("`{other}`: expected `follow` or `ignore`"),
+                ),
+            }
+        }
+    }
     Some(Tracing {
         otlp_endpoint,
         protocol,
         service_name,
         sample_ratio,
+        follow_parent_sampling,
     })
 }
