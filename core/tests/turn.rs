@@ -386,3 +386,51 @@ proptest! {
         prop_assert_eq!(got, expect);
     }
 }
+
+/// Issue 11, item 5: outstanding requests were capped by count, not bytes (a USERNAME of 0xFF
+/// bytes triples as lossy UTF-8), and a request could name any number of peers.
+#[test]
+fn pending_requests_are_bounded_in_bytes_and_peers_per_request() {
+    let limits = Limits {
+        pending_bytes: 256 * 1024,
+        ..Limits::default()
+    };
+    let mut tr = Tracker::new(PeerPolicy::new(None), None, limits);
+    for i in 0..20_000u32 {
+        let id = {
+            let mut id = [0u8; 12];
+            id[..4].copy_from_slice(&i.to_be_bytes());
+            id
+        };
+        let m = Builder::new(method::ALLOCATE, Class::Request, &id)
+            .attribute(attr::USERNAME, &[0xff; 1000])
+            .finish();
+        let _ = tr.from_client(ft(), &m, t(0));
+        assert!(
+            tr.pending_bytes() <= 256 * 1024 + 2048,
+            "{}",
+            tr.pending_bytes()
+        );
+    }
+    // 65 peers in one CreatePermission: refused before anything is remembered or forwarded.
+    let peers: Vec<String> = (0..65)
+        .map(|i| format!("8.8.{}.{}:9", i / 250, i % 250))
+        .collect();
+    let refs: Vec<&str> = peers.iter().map(String::as_str).collect();
+    let out = tr.from_client(
+        ft(),
+        &request(method::CREATE_PERMISSION, 9, &refs, &[]),
+        t(0),
+    );
+    let TurnAction::Reply(resp) = out.action else {
+        panic!("{out:?}")
+    };
+    assert_eq!(Message::parse(&resp).unwrap().error_code(), Some(400));
+    // 64 are fine.
+    let out = tr.from_client(
+        ft(),
+        &request(method::CREATE_PERMISSION, 10, &refs[..64], &[]),
+        t(0),
+    );
+    assert_eq!(out.action, TurnAction::Forward);
+}

@@ -169,6 +169,25 @@ enum Pending {
     Other,
 }
 
+impl Pending {
+    /// What remembering it costs, in bytes (the entry, its key, and what it owns).
+    fn weight(&self) -> usize {
+        let own = match self {
+            Pending::Allocate { username, .. } => username.as_ref().map_or(0, String::len),
+            Pending::Permission(ips) => ips.len() * std::mem::size_of::<IpAddr>(),
+            _ => 0,
+        };
+        128 + own
+    }
+}
+
+/// Longest USERNAME remembered (RFC 8489 §14.3: under 513 bytes), after lossy UTF-8.
+pub const MAX_USERNAME: usize = 513;
+/// Most peers one CreatePermission may name; more is refused 400.
+pub const MAX_PEERS_PER_REQUEST: usize = 64;
+/// Most permissions tracked per allocation (the expiry walks them every second).
+pub const MAX_PERMISSIONS: usize = 1024;
+
 /// Limits of a tracker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
@@ -176,6 +195,8 @@ pub struct Limits {
     pub allocations: usize,
     /// Most outstanding requests remembered.
     pub pending: usize,
+    /// Most bytes the outstanding requests may take; the oldest are forgotten past it.
+    pub pending_bytes: usize,
 }
 
 impl Default for Limits {
@@ -183,6 +204,7 @@ impl Default for Limits {
         Limits {
             allocations: 100_000,
             pending: 100_000,
+            pending_bytes: 16 << 20,
         }
     }
 }
@@ -195,6 +217,8 @@ pub struct Tracker {
     table: Table,
     pending: HashMap<(FiveTuple, [u8; 12]), (Pending, Duration)>,
     order: VecDeque<((FiveTuple, [u8; 12]), Duration)>,
+    /// The sum of the pending requests' weights.
+    pending_bytes: usize,
     limits: Limits,
 }
 
@@ -208,6 +232,7 @@ impl Tracker {
             table: Table::new(limits.allocations),
             pending: HashMap::new(),
             order: VecDeque::new(),
+            pending_bytes: 0,
             limits,
         }
     }
@@ -237,7 +262,15 @@ impl Tracker {
     /// The client's transport connection ended (TCP): its allocation ends with it
     /// (RFC 8656 §5: a TCP allocation lives as long as its connection).
     pub fn closed(&mut self, five_tuple: &FiveTuple) -> Option<Allocation> {
-        self.pending.retain(|(ft, _), _| ft != five_tuple);
+        let mut freed = 0;
+        self.pending.retain(|(ft, _), (p, _)| {
+            let keep = ft != five_tuple;
+            if !keep {
+                freed += p.weight();
+            }
+            keep
+        });
+        self.pending_bytes = self.pending_bytes.saturating_sub(freed);
         self.table.remove(five_tuple)
     }
 
@@ -282,21 +315,37 @@ impl Tracker {
     }
 
     fn remember(&mut self, ft: FiveTuple, txid: [u8; 12], p: Pending, now: Duration) {
-        self.trim_pending(now);
-        self.pending.insert((ft, txid), (p, now));
+        self.pending_bytes += p.weight();
+        if let Some((old, _)) = self.pending.insert((ft, txid), (p, now)) {
+            self.pending_bytes = self.pending_bytes.saturating_sub(old.weight());
+        }
         self.order.push_back(((ft, txid), now));
+        self.trim_pending(now);
+    }
+
+    /// Forgets a pending request; returns it.
+    fn forget(&mut self, key: &(FiveTuple, [u8; 12])) -> Option<(Pending, Duration)> {
+        let p = self.pending.remove(key)?;
+        self.pending_bytes = self.pending_bytes.saturating_sub(p.0.weight());
+        Some(p)
+    }
+
+    /// Bytes the outstanding requests take now.
+    pub fn pending_bytes(&self) -> usize {
+        self.pending_bytes
     }
 
     fn trim_pending(&mut self, now: Duration) {
         while let Some((key, at)) = self.order.front().copied() {
             let old = now.saturating_sub(at) >= PENDING_TIMEOUT;
-            let full = self.order.len() > self.limits.pending;
+            let full = self.order.len() > self.limits.pending
+                || self.pending_bytes > self.limits.pending_bytes;
             if !old && !full {
                 break;
             }
             self.order.pop_front();
             if self.pending.get(&key).is_some_and(|(_, t)| *t == at) {
-                self.pending.remove(&key);
+                self.forget(&key);
             }
         }
     }
@@ -368,7 +417,7 @@ impl Tracker {
         let mut peers = Vec::new();
         if peer_bearing {
             peers = match m.peer_addresses() {
-                Ok(p) if !p.is_empty() => p,
+                Ok(p) if !p.is_empty() && p.len() <= MAX_PEERS_PER_REQUEST => p,
                 _ => return self.refuse(&m, 400, "Bad Request", None),
             };
             if let Some(bad) = peers.iter().find(|p| self.policy.check(**p).is_denied()) {
@@ -392,7 +441,14 @@ impl Tracker {
         }
         let pending = match m.method {
             method::ALLOCATE => Pending::Allocate {
-                username: m.username(),
+                username: m.username().map(|mut u| {
+                    let mut end = u.len().min(MAX_USERNAME);
+                    while !u.is_char_boundary(end) {
+                        end -= 1;
+                    }
+                    u.truncate(end);
+                    u
+                }),
                 sigmesh_credential: self.verified_key(&m).is_some(),
             },
             method::REFRESH => Pending::Refresh,
@@ -486,7 +542,7 @@ impl Tracker {
         if !matches!(m.class, Class::Success | Class::Error) {
             return TurnOutcome::forward(kind);
         }
-        let Some((pending, _)) = self.pending.remove(&(ft, m.txid)) else {
+        let Some((pending, _)) = self.forget(&(ft, m.txid)) else {
             return TurnOutcome::forward(kind);
         };
         if m.class == Class::Error {
@@ -534,7 +590,10 @@ impl Tracker {
             Pending::Permission(ips) => {
                 if let Some(a) = self.table.get_mut(&ft) {
                     for ip in ips {
-                        a.permissions.insert(ip, now + PERMISSION_LIFETIME);
+                        if a.permissions.len() < MAX_PERMISSIONS || a.permissions.contains_key(&ip)
+                        {
+                            a.permissions.insert(ip, now + PERMISSION_LIFETIME);
+                        }
                     }
                 }
             }
@@ -542,7 +601,11 @@ impl Tracker {
                 if let Some(a) = self.table.get_mut(&ft) {
                     a.channels.insert(channel, peer);
                     let until = now + PERMISSION_LIFETIME.max(CHANNEL_LIFETIME);
-                    a.permissions.insert(peer.ip(), until);
+                    if a.permissions.len() < MAX_PERMISSIONS
+                        || a.permissions.contains_key(&peer.ip())
+                    {
+                        a.permissions.insert(peer.ip(), until);
+                    }
                 }
             }
             Pending::ConnectionBind => out.raw_after = true,
