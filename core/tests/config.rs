@@ -1403,3 +1403,27 @@ tracing: { otlp_endpoint: "http://u:p@otel:4318", protocol: http }
     let e = load(&big).unwrap_err();
     assert!(e.to_string().contains("at most 16777216"), "{e}");
 }
+
+#[test]
+fn the_edge_keys_round_trip_through_json() {
+    let text = r#"
+listen: 127.0.0.1:0
+limits: { max_sessions: 10, max_sessions_per_ip: 2 }
+trust_forwarded_from: [10.0.0.0/8]
+admin_hosts: [admin.internal]
+routes:
+  - name: a
+    match: { path_prefix: /ws }
+    websocket: {}
+    limits: { sessions: { max: 3, key: "header:x-user" } }
+    split: { sticky: "query:room", override_from: ["192.0.2.0/24"] }
+    upstreams: [{ name: s, url: "ws://h:1/ws" }]
+tracing: { otlp_endpoint: "http://otel:4318", protocol: http, parent_sampling: ignore }
+turn:
+  secret: s
+  relay: { listen: "127.0.0.1:0", upstream: "127.0.0.1:1", deny_peers: [10.0.0.0/8], allow_peers: [127.0.0.1] }
+"#;
+    let c = load(text).unwrap();
+    let json = serde_json::to_string(&c).unwrap();
+    assert_eq!(load(&json).unwrap(), c, "{json}");
+}

@@ -185,8 +185,7 @@ pub struct SessionCap {
 }
 
 /// `limits.sessions.key`
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SessionKey {
     /// The room, from the sticky key (`query:`, `header:`, `cookie:`).
     Room,
@@ -357,10 +356,19 @@ pub struct Tracing {
     pub service_name: String,
     /// Parent-based ratio sampler's ratio, 0.0 to 1.0. Default 1.0.
     pub sample_ratio: f64,
-    /// `parent_sampling: follow | ignore`: whether a request's `traceparent` sampled flag
-    /// decides (default `follow`, as OpenTelemetry's parent-based sampler). `ignore`: only
-    /// `sample_ratio` does, so a client cannot force every one of its sessions to be traced.
-    pub follow_parent_sampling: bool,
+    /// Whether a request's `traceparent` sampled flag decides.
+    pub parent_sampling: ParentSampling,
+}
+
+/// `tracing.parent_sampling`
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ParentSampling {
+    /// The parent's sampled flag decides (OpenTelemetry's parent-based sampler).
+    #[default]
+    Follow,
+    /// Only `sample_ratio` decides: a client cannot force its sessions to be traced.
+    Ignore,
 }
 
 /// `tracing.protocol`
@@ -449,6 +457,16 @@ pub const DEFAULT_OVERRIDE_HEADER: &str = "x-sigmesh-upstream";
 
 // === string forms ===
 
+impl std::fmt::Display for SessionKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SessionKey::Room => f.write_str("room"),
+            SessionKey::ClientIp => f.write_str("client_ip"),
+            SessionKey::Header(h) => write!(f, "header:{h}"),
+        }
+    }
+}
+
 impl std::fmt::Display for LimitKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -486,7 +504,7 @@ macro_rules! serialize_display {
         }
     )*};
 }
-serialize_display!(LimitKey, Sticky, Cidr);
+serialize_display!(LimitKey, SessionKey, Sticky, Cidr);
 
 /// Durations as the contract writes them: `250ms`, `30s`, `5m`, `1h`, `1h30m`.
 pub mod duration_str {

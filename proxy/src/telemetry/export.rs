@@ -67,11 +67,13 @@ pub(super) fn provider(
     };
     Ok(SdkTracerProvider::builder()
         .with_span_processor(processor)
-        .with_sampler(if config.follow_parent_sampling {
-            Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(config.sample_ratio)))
-        } else {
-            Sampler::TraceIdRatioBased(config.sample_ratio)
-        })
+        .with_sampler(
+            if config.parent_sampling == sigmesh_core::config::ParentSampling::Follow {
+                Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(config.sample_ratio)))
+            } else {
+                Sampler::TraceIdRatioBased(config.sample_ratio)
+            },
+        )
         .with_resource(resource(config))
         // Room for the session's own events beyond the message events it caps itself.
         .with_max_events_per_span(max_events.saturating_add(16))

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use super::super::tree::Node;
-use super::super::{OtlpProtocol, Tracing, Turn, TurnRelay};
+use super::super::{OtlpProtocol, ParentSampling, Tracing, Turn, TurnRelay};
 use super::fields::fields;
 use super::scalars::{
     cidr_list, float, positive_duration, required_addr, required_string, string, string_list, url,
@@ -153,13 +153,13 @@ pub(super) fn tracing(cx: &mut Validator, node: &Node, path: &str) -> Option<Tra
             }
         }
     }
-    let mut follow_parent_sampling = true;
+    let mut parent_sampling = ParentSampling::Follow;
     if let Some(n) = f.value("parent_sampling") {
         let p = f.path("parent_sampling");
         if let Some(v) = string(cx, n, &p) {
             match v.trim() {
                 "follow" => {}
-                "ignore" => follow_parent_sampling = false,
+                "ignore" => parent_sampling = ParentSampling::Ignore,
                 other => cx.err(
                     &p,
                     n.line,
@@ -173,6 +173,6 @@ pub(super) fn tracing(cx: &mut Validator, node: &Node, path: &str) -> Option<Tra
         protocol,
         service_name,
         sample_ratio,
-        follow_parent_sampling,
+        parent_sampling,
     })
 }
