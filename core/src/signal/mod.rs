@@ -38,7 +38,7 @@ pub mod socketio;
 use std::borrow::Cow;
 
 use crate::config::{Signaling, Sticky};
-use crate::route::Headers;
+use crate::route::{Headers, hex};
 
 pub use kind::{Dialect, SignalKind};
 pub use pointer::{pointer_value, pointer_values};
@@ -196,14 +196,6 @@ fn form_decode(s: &str) -> Cow<'_, str> {
     Cow::Owned(String::from_utf8_lossy(&out).into_owned())
 }
 
-fn hex(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
-    }
-}
 
 #[cfg(test)]
 mod tests {
