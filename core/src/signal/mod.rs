@@ -196,7 +196,6 @@ fn form_decode(s: &str) -> Cow<'_, str> {
     Cow::Owned(String::from_utf8_lossy(&out).into_owned())
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::Signal as TypedSignal;
