@@ -778,10 +778,18 @@ async fn webrtc_ice_call_goes_through_sigmesh_turn_relay() {
 /// valid message from the same client still goes through.
 #[tokio::test]
 async fn the_relay_fails_closed_on_what_it_cannot_read() {
-    // The "TURN server": records every byte, UDP and TCP, on one port.
-    let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    // The "TURN server": records every byte, UDP and TCP, on one port (another test may hold
+    // the TCP side of a free UDP port: try a few).
+    let mut bound = None;
+    for _ in 0..50 {
+        let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        if let Ok(tcp) = tokio::net::TcpListener::bind(udp.local_addr().unwrap()).await {
+            bound = Some((udp, tcp));
+            break;
+        }
+    }
+    let (udp, tcp) = bound.expect("a port free for both UDP and TCP");
     let upstream = udp.local_addr().unwrap();
-    let tcp = tokio::net::TcpListener::bind(upstream).await.unwrap();
     let sig = signaling("stable").await;
     let yaml = format!(
         "routes:\n  - name: s\n    match: {{ path_prefix: /ws }}\n    websocket: {{}}\n    upstreams: [{{ name: stable, url: \"ws://{{A}}/ws\" }}]\n\
