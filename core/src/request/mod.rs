@@ -432,19 +432,15 @@ fn take_places<H: Headers + ?Sized>(
             ));
         }
     }
-    let mut leases = Vec::with_capacity(wanted.len());
+    let mut leases: Vec<Lease> = Vec::with_capacity(wanted.len());
     for (cap, key, max, status) in wanted {
         if !sessions.acquire(&cap, &key, max) {
             for l in &leases {
-                let l: &Lease = l;
                 sessions.release(&l.cap, &l.key);
             }
-            let reply = if status == 503 {
-                Reply::text(503, "too many sessions").header("retry-after", "1")
-            } else {
-                Reply::text(429, "too many sessions").header("retry-after", "1")
-            };
-            return Err(reply.refusing(Refusal::Limited(LimitKind::Sessions), Some(route)));
+            return Err(Reply::text(status, "too many sessions")
+                .header("retry-after", "1")
+                .refusing(Refusal::Limited(LimitKind::Sessions), Some(route)));
         }
         leases.push(Lease { cap, key });
     }
