@@ -82,11 +82,7 @@ impl Runtime {
 
     /// Whether `peer` is a proxy of `trust_forwarded_from`.
     pub fn trusts(&self, peer: std::net::IpAddr) -> bool {
-        let peer = peer.to_canonical();
-        self.config()
-            .trust_forwarded_from
-            .iter()
-            .any(|c| c.contains(peer))
+        sigmesh_core::config::Cidr::any_contains(&self.config().trust_forwarded_from, peer)
     }
 
     /// The compiled config.

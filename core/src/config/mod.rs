@@ -422,6 +422,13 @@ fn redact_userinfo(url: &str) -> String {
 }
 
 impl Cidr {
+    /// Whether `ip`, read as IPv4 when it is an IPv4-mapped IPv6 address, is inside any of
+    /// `list` (who may use the override header, whose `x-forwarded-for` is believed).
+    pub fn any_contains(list: &[Cidr], ip: std::net::IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        list.iter().any(|c| c.contains(ip))
+    }
+
     /// Whether `ip` is inside this range (an IPv4 address never is inside an IPv6 range, nor the
     /// other way round; callers normalise mapped addresses first).
     pub fn contains(&self, ip: std::net::IpAddr) -> bool {

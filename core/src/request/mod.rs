@@ -364,8 +364,8 @@ fn allowed_override<'r, H: Headers + ?Sized>(
     match &route.split.override_from {
         None => Some(value),
         Some(from) => {
-            let ip = req.client_ip.parse::<IpAddr>().ok()?.to_canonical();
-            from.iter().any(|c| c.contains(ip)).then_some(value)
+            let ip = req.client_ip.parse::<IpAddr>().ok()?;
+            crate::config::Cidr::any_contains(from, ip).then_some(value)
         }
     }
 }
@@ -455,7 +455,7 @@ pub fn client_address(
     forwarded_for: Option<&str>,
     trusted: &[crate::config::Cidr],
 ) -> IpAddr {
-    let trusts = |ip: IpAddr| trusted.iter().any(|c| c.contains(ip.to_canonical()));
+    let trusts = |ip: IpAddr| crate::config::Cidr::any_contains(trusted, ip);
     if !trusts(peer) {
         return peer;
     }

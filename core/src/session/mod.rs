@@ -403,9 +403,14 @@ impl Session {
         }
     }
 
-    /// Frees reader buffers that outgrew `keep` bytes while idle.
-    pub fn trim(&mut self, keep: usize) {
+    /// Frees the client reader's buffers that outgrew `keep` bytes while idle (after a push of
+    /// client bytes).
+    pub fn trim_client(&mut self, keep: usize) {
         self.client.trim(keep);
+    }
+
+    /// The same for the upstream's reader.
+    pub fn trim_upstream(&mut self, keep: usize) {
         self.upstream.trim(keep);
     }
 

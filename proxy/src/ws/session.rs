@@ -60,7 +60,12 @@ impl Push for SessionWay<'_, '_> {
     }
 
     fn trim(&mut self, keep: usize) {
-        self.session.trim(keep);
+        // Only the reader this push went through can have grown.
+        if self.from_client {
+            self.session.trim_client(keep);
+        } else {
+            self.session.trim_upstream(keep);
+        }
     }
 }
 
