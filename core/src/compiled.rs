@@ -315,6 +315,15 @@ impl Compiled {
                 ));
             }
         }
+        if let Some(turn) = &self.config.turn
+            && turn.credentials_auth.is_none()
+        {
+            w.push(format!(
+                "turn.credentials_auth: absent, so anyone may mint TURN credentials at `{}` \
+                 for any `?user=`; name the app's auth endpoint (in Envoy: ext_authz on that path)",
+                turn.credentials_path
+            ));
+        }
         if let Some(relay) = self.config.turn.as_ref().and_then(|t| t.relay.as_ref())
             && !relay.allow_peers.is_empty()
         {

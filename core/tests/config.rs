@@ -1421,9 +1421,56 @@ routes:
 tracing: { otlp_endpoint: "http://otel:4318", protocol: http, parent_sampling: ignore }
 turn:
   secret: s
-  relay: { listen: "127.0.0.1:0", upstream: "127.0.0.1:1", deny_peers: [10.0.0.0/8], allow_peers: [127.0.0.1] }
+  credentials_auth: { request: "http://app:9100/auth", user_header: X-User, timeout: 750ms }
+  relay: { listen: "127.0.0.1:0", upstream: "127.0.0.1:1", deny_peers: [10.0.0.0/8], allow_peers: [127.0.0.1], quota: { allocations_per_user: 10 } }
 "#;
     let c = load(text).unwrap();
+    let turn = c.turn.as_ref().unwrap();
+    let auth = turn.credentials_auth.as_ref().unwrap();
+    assert_eq!(auth.user_header, "x-user");
+    assert_eq!(auth.timeout, std::time::Duration::from_millis(750));
+    assert_eq!(
+        turn.relay.as_ref().unwrap().quota.allocations_per_user,
+        Some(10)
+    );
     let json = serde_json::to_string(&c).unwrap();
     assert_eq!(load(&json).unwrap(), c, "{json}");
+}
+
+#[test]
+fn credentials_auth_and_the_relay_quota_are_checked() {
+    let errors = |text: &str| match load(text) {
+        Ok(_) => panic!("accepted:\n{text}"),
+        Err(ConfigErrors(e)) => e
+            .iter()
+            .map(|e| e.to_string())
+            .collect::<Vec<_>>()
+            .join("\n"),
+    };
+    let base = "listen: 127.0.0.1:0\nroutes:\n  - { name: r, upstreams: [{ name: a, url: \"ws://h:1\" }] }\nturn:\n  secret: s\n";
+    let e = errors(&format!(
+        "{base}  credentials_auth: {{ user_header: x-user }}\n"
+    ));
+    assert!(e.contains("missing `request`"), "{e}");
+    let e = errors(&format!(
+        "{base}  credentials_auth: {{ request: \"https://app/auth\" }}\n"
+    ));
+    assert!(e.contains("the scheme must be http://"), "{e}");
+    let e = errors(&format!(
+        "{base}  credentials_auth: {{ request: \"http://app/auth\", user_header: \"x user\", timeout: 0s }}\n"
+    ));
+    assert!(e.contains("not a valid HTTP header name"), "{e}");
+    assert!(e.contains("`timeout` must be more than 0"), "{e}");
+    let e = errors(&format!(
+        "{base}  relay: {{ listen: \"127.0.0.1:0\", upstream: \"127.0.0.1:1\", quota: {{ allocations_per_user: 0, per_ip: 3 }} }}\n"
+    ));
+    assert!(e.contains("at least 1"), "{e}");
+    assert!(e.contains("per_ip"), "{e}");
+    // The filter has no HTTP client of its own: Envoy's ext_authz does it there.
+    let Err(ConfigErrors(e)) = load_filter(
+        "routes:\n  - { name: r, upstreams: [{ name: a }] }\nturn:\n  secret: s\n  credentials_auth: { request: \"http://app/auth\" }\n",
+    ) else {
+        panic!("the filter accepted credentials_auth")
+    };
+    assert!(e[0].to_string().contains("ext_authz"), "{}", e[0]);
 }

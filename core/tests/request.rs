@@ -130,6 +130,82 @@ fn draining_answers_first_and_credentials_come_before_routes() {
 }
 
 #[test]
+fn credentials_auth_asks_after_the_bucket_and_fails_closed() {
+    use sigmesh_core::request::AuthAnswer;
+    let plain_turn = compiled(Capabilities::PROXY);
+    assert!(
+        plain_turn
+            .warnings()
+            .iter()
+            .any(|w| w.starts_with("turn.credentials_auth: absent"))
+    );
+    let text = CONFIG.replace(
+        "turn: { secret: s, uris: [turn:t], credentials_path: /creds }",
+        "turn: { secret: s, uris: [turn:t], credentials_path: /creds, credentials_auth: { request: \"http://127.0.0.1:9/auth\" } }",
+    );
+    let c = Compiled::new(load(&text).unwrap(), Capabilities::PROXY).unwrap();
+    assert!(!c.warnings().iter().any(|w| w.starts_with("turn.")));
+    let b = Buckets::default();
+    // The method is checked first; the bucket before anyone is asked.
+    assert_eq!(status(&run(&c, &b, &plain("POST", "/creds", None))), 405);
+    let mut r = plain("GET", "/creds", Some("user=mallory"));
+    r.headers = vec![("cookie", "s=1"), ("authorization", "Bearer t")];
+    let Verdict::AskCredentialsAuth(check) = run(&c, &b, &r) else {
+        panic!("not asked")
+    };
+    assert_eq!(check.request, "http://127.0.0.1:9/auth");
+    assert_eq!(check.user_header(), "x-user");
+    assert_eq!(
+        check.headers,
+        vec![
+            ("cookie", "s=1".to_owned()),
+            ("authorization", "Bearer t".to_owned()),
+            ("x-forwarded-for", "192.0.2.1".to_owned()),
+            ("x-original-uri", "/creds?user=mallory".to_owned()),
+        ]
+    );
+    let said = |status, user| AuthAnswer::Status {
+        status,
+        user,
+        www_authenticate: Some("Bearer"),
+    };
+    let ok = check.answer(said(200, Some("alice")), 1_700_000_000);
+    assert_eq!(ok.status, 200);
+    assert!(
+        ok.body.contains("\"username\":\"1700003600:alice\""),
+        "{}",
+        ok.body
+    );
+    let denied = check.answer(said(401, None), 0);
+    assert_eq!(denied.status, 401);
+    assert!(
+        denied
+            .headers
+            .contains(&("www-authenticate", "Bearer".into()))
+    );
+    assert_eq!(denied.refusal, Some(Refusal::CredentialsAuth));
+    for (answer, want) in [
+        (said(403, Some("alice")), 403),
+        (said(204, None), 502),
+        (said(200, Some("")), 502),
+        (said(200, Some("a\u{1}b")), 502),
+        (said(302, Some("alice")), 502),
+        (said(500, Some("alice")), 502),
+        (AuthAnswer::Unreachable, 502),
+        (AuthAnswer::TimedOut, 504),
+    ] {
+        let reply = check.answer(answer, 0);
+        assert_eq!(reply.status, want, "{answer:?}");
+        assert!(!reply.body.contains("password"), "{answer:?}");
+    }
+    // Past the bucket (burst 20), nobody is asked.
+    let asked = (0..25)
+        .filter(|_| matches!(run(&c, &b, &r), Verdict::AskCredentialsAuth(_)))
+        .count();
+    assert_eq!(asked, 19);
+}
+
+#[test]
 fn credentials_use_the_default_bucket_or_the_route_they_match() {
     let c = compiled(Capabilities::PROXY);
     let b = Buckets::default();

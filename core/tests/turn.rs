@@ -434,3 +434,82 @@ fn pending_requests_are_bounded_in_bytes_and_peers_per_request() {
     );
     assert_eq!(out.action, TurnAction::Forward);
 }
+
+/// `allocations_per_user`: live allocations and unanswered Allocates count; errors, Refresh 0,
+/// expiry and a closed connection give the place back; retransmissions are not counted twice.
+#[test]
+fn the_per_user_quota_counts_live_and_pending_allocations() {
+    let mut tr = Tracker::new(
+        PeerPolicy::new(None),
+        Some(SECRET.into()),
+        Limits {
+            allocations_per_user: Some(2),
+            ..Limits::default()
+        },
+    );
+    let flow = |port: u16| FiveTuple {
+        transport: Transport::Udp,
+        client: SocketAddr::from(([127, 0, 0, 1], port)),
+        server: "127.0.0.1:3478".parse().unwrap(),
+    };
+    let allocate = |txid: u8| request(method::ALLOCATE, txid, &[], &[]);
+    let code_of = |out: &sigmesh_core::turn::TurnOutcome| match &out.action {
+        TurnAction::Reply(r) => Message::parse(r).unwrap().error_code(),
+        _ => None,
+    };
+    // Two pending Allocates on two flows hold both places: a third flow is refused at once.
+    assert_eq!(
+        tr.from_client(flow(1), &allocate(1), t(0)).action,
+        TurnAction::Forward
+    );
+    assert_eq!(
+        tr.from_client(flow(2), &allocate(2), t(0)).action,
+        TurnAction::Forward
+    );
+    // A retransmission of a pending request is not a new one.
+    assert_eq!(
+        tr.from_client(flow(2), &allocate(2), t(0)).action,
+        TurnAction::Forward
+    );
+    assert_eq!(tr.held(USER), 2);
+    let third = tr.from_client(flow(3), &allocate(3), t(0));
+    assert_eq!(code_of(&third), Some(486));
+    // One is granted, one refused by the server: one place is free again.
+    tr.from_server(flow(1), &allocate_success(1, 600), t(0));
+    let err = Builder::new(method::ALLOCATE, Class::Error, &[2; 12])
+        .error_code(438, "Stale Nonce")
+        .finish();
+    tr.from_server(flow(2), &err, t(0));
+    assert_eq!(tr.held(USER), 1);
+    assert_eq!(
+        tr.from_client(flow(3), &allocate(4), t(1)).action,
+        TurnAction::Forward
+    );
+    tr.from_server(flow(3), &allocate_success(4, 60), t(1));
+    assert_eq!(tr.held(USER), 2);
+    // Another user is not affected; a fresh credential of alice is still alice.
+    assert_eq!(tr.held("4000000099:alice"), 2);
+    assert_eq!(
+        code_of(&tr.from_client(flow(4), &allocate(5), t(2))),
+        Some(486)
+    );
+    // Refresh 0, expiry and a closed connection each free a place.
+    let r = request(method::REFRESH, 6, &[], &[(attr::LIFETIME, vec![0; 4])]);
+    tr.from_client(flow(1), &r, t(3));
+    tr.from_server(
+        flow(1),
+        &success(method::REFRESH, 6, &[(attr::LIFETIME, vec![0; 4])]),
+        t(3),
+    );
+    assert_eq!(tr.held(USER), 1);
+    assert_eq!(tr.expire(t(61)).len(), 1);
+    assert_eq!(tr.held(USER), 0);
+    tr.from_client(flow(5), &allocate(7), t(62));
+    assert_eq!(tr.held(USER), 1);
+    tr.closed(&flow(5));
+    assert_eq!(tr.held(USER), 0);
+    // An unanswered Allocate is forgotten after the pending timeout, and its place with it.
+    tr.from_client(flow(6), &allocate(8), t(70));
+    tr.expire(t(70) + sigmesh_core::turn::tracker::PENDING_TIMEOUT);
+    assert_eq!(tr.held(USER), 0);
+}

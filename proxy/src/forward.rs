@@ -26,6 +26,8 @@ pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
 
 pub struct Forwarder {
     client: Client<HttpConnector, Incoming>,
+    /// The client of `turn.credentials_auth`.
+    pub auth: crate::credentials_auth::AuthClient,
 }
 
 impl Default for Forwarder {
@@ -43,7 +45,10 @@ impl Forwarder {
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(64)
             .build(connector);
-        Forwarder { client }
+        Forwarder {
+            client,
+            auth: Default::default(),
+        }
     }
 
     /// Forwards `req`; with tracing on, inside an `http.request` span whose context is the

@@ -84,6 +84,8 @@ pub struct Metrics {
     pub upstream_errors: Family<UpstreamErrorLabels, Counter>,
     pub config_reloads: Family<ResultLabel, Counter>,
     pub http_requests: Family<ConnLabels, Counter>,
+    /// `sigmesh_credentials_auth_total{result}`: allowed, denied, error, timeout.
+    pub credentials_auth: Family<ResultLabel, Counter>,
     /// `sigmesh_trace_*`: spans exported and dropped, message events over the cap.
     pub trace: crate::telemetry::TraceMetrics,
     /// `sigmesh_turn_*`: TURN relay allocations, relayed bytes, messages.
@@ -137,6 +139,12 @@ impl Metrics {
             "Plain HTTP requests forwarded, by route, upstream and outcome (status class or error)",
             http_requests.clone(),
         );
+        let credentials_auth = Family::default();
+        registry.register(
+            "sigmesh_credentials_auth",
+            "TURN credential requests decided by turn.credentials_auth, by result (allowed, denied, error, timeout)",
+            credentials_auth.clone(),
+        );
         let trace = crate::telemetry::TraceMetrics::register(&mut registry);
         let turn = TurnMetrics::register(&mut registry);
         let signal = SignalMetrics::register(&mut registry);
@@ -149,6 +157,7 @@ impl Metrics {
             upstream_errors,
             config_reloads,
             http_requests,
+            credentials_auth,
             trace,
             turn,
             signal,

@@ -4,6 +4,7 @@
 //! hyper request ─► RequestFacts ─► sigmesh_core::request::decide ─► Verdict
 //!   NoRoute            ─► 404                                  (counted: outcome no_route)
 //!   Respond(reply)     ─► the reply (403, 429, 503, credentials, …), counted in one place
+//!   AskCredentialsAuth ─► credentials_auth: the app's auth endpoint, then core's reply
 //!   Upgrade(u)         ─► ws::upgrade: upstream handshake first, 502 or 101, then the session
 //!   AwaitFirstMessage  ─► ws::await_first: 101, the first message picks the upstream
 //!   Forward(f)         ─► forward::Forwarder: plain HTTP to the picked upstream
@@ -42,6 +43,13 @@ pub async fn handle(
             response(Reply::no_route())
         }
         Verdict::Respond(reply) => refuse(&shared, &runtime, &req, client, reply),
+        Verdict::AskCredentialsAuth(check) => {
+            let reply = forwarder
+                .auth
+                .decide(&check, clock::unix_secs(), shared.metrics())
+                .await;
+            refuse(&shared, &runtime, &req, client, reply)
+        }
         Verdict::Upgrade(upgrade) => {
             let trace = ws_trace(&shared, &runtime, upgrade.route, &req, client);
             crate::ws::upgrade(shared, runtime, upgrade, req, client, trace).await

@@ -314,9 +314,34 @@ pub struct Turn {
     pub uris: Vec<String>,
     /// Path served on `listen`. Default `/turn-credentials`.
     pub credentials_path: String,
+    /// Who may mint credentials: the app's own auth endpoint. `None`: anyone (a warning).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub credentials_auth: Option<CredentialsAuth>,
     /// Optional relay in front of a TURN server.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub relay: Option<TurnRelay>,
+}
+
+/// `turn.credentials_auth`: before minting a credential, sigmesh sends the client's `Cookie`
+/// and `Authorization` to `request`; a 2xx allows, and names the user in `user_header`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CredentialsAuth {
+    /// The auth endpoint, `http://HOST[:PORT]/PATH` (GET).
+    pub request: String,
+    /// Response header naming the user, lower-cased. Default `x-user`.
+    pub user_header: String,
+    /// The answer's head must arrive within this (connect included). Default `2s`.
+    #[serde(with = "duration_str")]
+    pub timeout: Duration,
+}
+
+/// `turn.relay.quota`
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub struct RelayQuota {
+    /// Most allocations one user may hold at once (live, or asked for and not yet answered);
+    /// past it an Allocate is answered 486. `None`: no quota.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allocations_per_user: Option<u32>,
 }
 
 /// `turn.relay`
@@ -334,6 +359,9 @@ pub struct TurnRelay {
     /// TURN server's own tests on loopback, say. A warning at start.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub allow_peers: Vec<Cidr>,
+    /// Per-user quotas.
+    #[serde(skip_serializing_if = "is_default")]
+    pub quota: RelayQuota,
 }
 
 /// An IPv4 or IPv6 network, `10.0.0.0/8`. Host bits are cleared.
@@ -387,6 +415,9 @@ impl Config {
         let mut c = self.clone();
         if let Some(t) = c.turn.as_mut() {
             t.secret = "[redacted]".to_owned();
+            if let Some(a) = t.credentials_auth.as_mut() {
+                a.request = redact_userinfo(&a.request);
+            }
         }
         for u in c.routes.iter_mut().flat_map(|r| r.upstreams.iter_mut()) {
             if let Some(url) = u.url.as_mut() {

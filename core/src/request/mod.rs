@@ -7,8 +7,10 @@
 //! 1. **draining** (the proxy after SIGTERM) — 503 with `connection: close`;
 //! 2. **TURN credentials path** (`turn.credentials_path`, routed or not) — 405 for a method
 //!    other than GET/HEAD; then the matching route's connection bucket when it has one, else a
-//!    bucket per client IP ([`CREDENTIALS_RATE`]) — 429; then 200 with the credential as JSON,
-//!    or 400 for a bad user;
+//!    bucket per client IP ([`CREDENTIALS_RATE`]) — 429; then, with `credentials_auth`,
+//!    [`Verdict::AskCredentialsAuth`] (the app's auth endpoint names the user: 200, or 401/403
+//!    passed on, 502/504 when it fails), else 200 with the credential for `?user=` as JSON, or
+//!    400 for a bad user;
 //! 3. **route** (first match) — [`Verdict::NoRoute`]: the proxy answers 404, the filter leaves
 //!    the request to Envoy's own routes;
 //! 4. on a `websocket:` route, a **WebSocket upgrade** (HTTP/1.1 `Upgrade: websocket` with
@@ -46,7 +48,8 @@ pub use reply::{
     HeaderEdits, MAX_KEY_BYTES, MAX_SHOWN_BYTES, RateLimited, Refusal, Reply, bucket_key,
     connection_key, shown,
 };
-use turn_credentials::credentials;
+pub use turn_credentials::{AUTH_FORWARDED, AuthAnswer, AuthCheck, MAX_AUTH_HEADER};
+use turn_credentials::{Credentials, credentials};
 
 /// The default bucket of the credentials endpoint per client IP, when no route lends one.
 pub const CREDENTIALS_RATE: Rate = Rate {
@@ -214,6 +217,9 @@ pub enum Verdict {
     NoRoute,
     /// Answer locally.
     Respond(Reply),
+    /// A TURN credentials request: ask `turn.credentials_auth` first, then answer
+    /// [`AuthCheck::answer`].
+    AskCredentialsAuth(AuthCheck),
     /// Upgrade, to this upstream.
     Upgrade(Upgrade),
     /// Upgrade the client, then pick from its first message.
@@ -248,7 +254,10 @@ pub fn decide<H: Headers + ?Sized>(
     if let Some(turn) = &c.config.turn
         && *path == *turn.credentials_path
     {
-        return Verdict::Respond(credentials(c, turn, req, index, buckets));
+        return match credentials(c, turn, req, index, buckets) {
+            Credentials::Reply(reply) => Verdict::Respond(reply),
+            Credentials::Ask(check) => Verdict::AskCredentialsAuth(check),
+        };
     }
     let Some((index, compiled)) = index.and_then(|i| Some((i, c.routes.get(i)?))) else {
         return Verdict::NoRoute;

@@ -20,6 +20,8 @@ pub enum Refusal {
     Limited(LimitKind),
     /// A bad credentials request (400, 405).
     BadCredentialsRequest,
+    /// `turn.credentials_auth` did not allow it (401, 403), or could not answer (502, 504).
+    CredentialsAuth,
 }
 
 /// A local answer.

@@ -9,7 +9,8 @@
 //! - [`framer`]: cutting a TURN-over-TCP stream into STUN and ChannelData frames;
 //! - [`peer`]: the peer policy with address normalisation (CVE-2020-26262);
 //! - [`table`]: the allocation table with expiry;
-//! - [`tracker`]: the per-message decisions tying them together.
+//! - [`tracker`]: the per-message decisions tying them together (and the per-user quota),
+//!   each a [`TurnOutcome`].
 //!
 //! The STUN reader is sigmesh's own rather than webrtc-rs's `stun` crate: that crate depends on
 //! tokio (with `net` and `rt-multi-thread`), `ring` and `webrtc-util`, which do not belong in a
@@ -17,6 +18,7 @@
 //! independent encoder and decoder (`core/tests/turn_stun_diff.rs`).
 
 pub mod framer;
+mod outcome;
 pub mod peer;
 pub mod stun;
 pub mod table;

@@ -21,6 +21,7 @@ use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
+pub use super::outcome::{TurnAction, TurnKind, TurnOutcome};
 use super::peer::{PeerPolicy, PeerVerdict};
 use super::stun::{self, ChannelData, Class, FrameKind, Message, attr, method};
 use super::table::{
@@ -31,130 +32,6 @@ use super::table::{
 pub const DEFAULT_LIFETIME: u32 = 600;
 /// A request not answered within this is forgotten (STUN gives up after 39.5 s).
 pub const PENDING_TIMEOUT: Duration = Duration::from_secs(40);
-
-/// What kind of message went by (a fixed set, usable as a metric label).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum TurnKind {
-    /// Allocate request or response.
-    Allocate,
-    /// Refresh.
-    Refresh,
-    /// CreatePermission.
-    CreatePermission,
-    /// ChannelBind.
-    ChannelBind,
-    /// Connect (RFC 6062).
-    Connect,
-    /// ConnectionBind / ConnectionAttempt (RFC 6062).
-    Connection,
-    /// Send indication.
-    Send,
-    /// Data indication.
-    Data,
-    /// ChannelData.
-    ChannelData,
-    /// Binding.
-    Binding,
-    /// Another STUN method.
-    OtherStun,
-    /// Not understood.
-    Unknown,
-}
-
-impl TurnKind {
-    /// Lower-case label.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            TurnKind::Allocate => "allocate",
-            TurnKind::Refresh => "refresh",
-            TurnKind::CreatePermission => "create_permission",
-            TurnKind::ChannelBind => "channel_bind",
-            TurnKind::Connect => "connect",
-            TurnKind::Connection => "connection_bind",
-            TurnKind::Send => "send",
-            TurnKind::Data => "data",
-            TurnKind::ChannelData => "channel_data",
-            TurnKind::Binding => "binding",
-            TurnKind::OtherStun => "other_stun",
-            TurnKind::Unknown => "unknown",
-        }
-    }
-
-    fn of(m: u16) -> TurnKind {
-        match m {
-            method::ALLOCATE => TurnKind::Allocate,
-            method::REFRESH => TurnKind::Refresh,
-            method::CREATE_PERMISSION => TurnKind::CreatePermission,
-            method::CHANNEL_BIND => TurnKind::ChannelBind,
-            method::CONNECT => TurnKind::Connect,
-            method::CONNECTION_BIND | method::CONNECTION_ATTEMPT => TurnKind::Connection,
-            method::SEND => TurnKind::Send,
-            method::DATA => TurnKind::Data,
-            method::BINDING => TurnKind::Binding,
-            _ => TurnKind::OtherStun,
-        }
-    }
-}
-
-/// What to do with a message.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TurnAction {
-    /// Forward the bytes untouched.
-    Forward,
-    /// Do not forward; send these bytes back to the client instead (an error response).
-    Reply(Vec<u8>),
-    /// Do not forward.
-    Drop,
-}
-
-/// The verdict on one message and what it meant.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TurnOutcome {
-    /// What to do with it.
-    pub action: TurnAction,
-    /// What it was.
-    pub kind: TurnKind,
-    /// Whether sigmesh could read it.
-    pub understood: bool,
-    /// Application bytes it relays (client to peers from the client, peers to client from the
-    /// server).
-    pub relayed: u64,
-    /// The denied peer, when refused or dropped by the peer policy.
-    pub denied: Option<SocketAddr>,
-    /// After this message the stream carries raw peer data (RFC 6062 ConnectionBind success):
-    /// the shell stops framing both directions.
-    pub raw_after: bool,
-}
-
-impl TurnOutcome {
-    fn forward(kind: TurnKind) -> TurnOutcome {
-        TurnOutcome {
-            action: TurnAction::Forward,
-            kind,
-            understood: true,
-            relayed: 0,
-            denied: None,
-            raw_after: false,
-        }
-    }
-
-    /// From the server: not understood, forwarded.
-    fn unknown() -> TurnOutcome {
-        TurnOutcome {
-            understood: false,
-            ..TurnOutcome::forward(TurnKind::Unknown)
-        }
-    }
-
-    /// From the client: not understood, so never forwarded.
-    fn unreadable(kind: TurnKind) -> TurnOutcome {
-        TurnOutcome {
-            action: TurnAction::Drop,
-            understood: false,
-            ..TurnOutcome::forward(kind)
-        }
-    }
-}
 
 #[derive(Debug, Clone)]
 enum Pending {
@@ -197,6 +74,9 @@ pub struct Limits {
     pub pending: usize,
     /// Most bytes the outstanding requests may take; the oldest are forgotten past it.
     pub pending_bytes: usize,
+    /// Most allocations one user may hold (`turn.relay.quota.allocations_per_user`): live ones
+    /// and Allocate requests not yet answered. Past it an Allocate is answered 486.
+    pub allocations_per_user: Option<u32>,
 }
 
 impl Default for Limits {
@@ -205,8 +85,15 @@ impl Default for Limits {
             allocations: 100_000,
             pending: 100_000,
             pending_bytes: 16 << 20,
+            allocations_per_user: None,
         }
     }
+}
+
+/// The user an allocation counts against in the quota: the user of a TURN REST username
+/// (`expiry:user` → `user`, so fresh credentials of one user share it), else the username.
+pub fn quota_user(username: &str) -> &str {
+    rest_user(username).unwrap_or(username)
 }
 
 /// The relay's TURN state: peer policy, allocation table and outstanding requests.
@@ -219,6 +106,9 @@ pub struct Tracker {
     order: VecDeque<((FiveTuple, [u8; 12]), Duration)>,
     /// The sum of the pending requests' weights.
     pending_bytes: usize,
+    /// Per quota user ([`quota_user`]): live allocations plus pending Allocate requests.
+    /// Bounded by the table's and the pending list's bounds; no zero entries.
+    held: HashMap<String, u32>,
     limits: Limits,
 }
 
@@ -233,8 +123,44 @@ impl Tracker {
             pending: HashMap::new(),
             order: VecDeque::new(),
             pending_bytes: 0,
+            held: HashMap::new(),
             limits,
         }
+    }
+
+    /// Replaces the per-user quota (a reload); counts are kept.
+    pub fn set_quota(&mut self, allocations_per_user: Option<u32>) {
+        self.limits.allocations_per_user = allocations_per_user;
+    }
+
+    /// Allocations (live or asked for) that `username`'s user holds.
+    pub fn held(&self, username: &str) -> u32 {
+        self.held.get(quota_user(username)).copied().unwrap_or(0)
+    }
+
+    fn hold(&mut self, username: Option<&str>) {
+        if let Some(u) = username {
+            *self.held.entry(quota_user(u).to_owned()).or_default() += 1;
+        }
+    }
+
+    fn release(&mut self, username: Option<&str>) {
+        let Some(u) = username.map(quota_user) else {
+            return;
+        };
+        if let Some(n) = self.held.get_mut(u) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.held.remove(u);
+            }
+        }
+    }
+
+    /// Removes an allocation, releasing its quota place.
+    fn remove_allocation(&mut self, ft: &FiveTuple) -> Option<Allocation> {
+        let a = self.table.remove(ft)?;
+        self.release(a.username.as_deref());
+        Some(a)
     }
 
     /// The allocation table.
@@ -256,22 +182,26 @@ impl Tracker {
     /// Removes allocations whose lifetime ran out and forgets unanswered requests.
     pub fn expire(&mut self, now: Duration) -> Vec<Allocation> {
         self.trim_pending(now);
-        self.table.expire(now)
+        let gone = self.table.expire(now);
+        for a in &gone {
+            self.release(a.username.as_deref());
+        }
+        gone
     }
 
     /// The client's transport connection ended (TCP): its allocation ends with it
     /// (RFC 8656 §5: a TCP allocation lives as long as its connection).
     pub fn closed(&mut self, five_tuple: &FiveTuple) -> Option<Allocation> {
-        let mut freed = 0;
-        self.pending.retain(|(ft, _), (p, _)| {
-            let keep = ft != five_tuple;
-            if !keep {
-                freed += p.weight();
-            }
-            keep
-        });
-        self.pending_bytes = self.pending_bytes.saturating_sub(freed);
-        self.table.remove(five_tuple)
+        let keys: Vec<_> = self
+            .pending
+            .keys()
+            .filter(|(ft, _)| ft == five_tuple)
+            .copied()
+            .collect();
+        for k in keys {
+            self.forget(&k);
+        }
+        self.remove_allocation(five_tuple)
     }
 
     /// The long-term key for `username`/`realm` when the username is a TURN REST credential of
@@ -315,10 +245,12 @@ impl Tracker {
     }
 
     fn remember(&mut self, ft: FiveTuple, txid: [u8; 12], p: Pending, now: Duration) {
+        self.forget(&(ft, txid));
         self.pending_bytes += p.weight();
-        if let Some((old, _)) = self.pending.insert((ft, txid), (p, now)) {
-            self.pending_bytes = self.pending_bytes.saturating_sub(old.weight());
+        if let Pending::Allocate { username, .. } = &p {
+            self.hold(username.as_deref());
         }
+        self.pending.insert((ft, txid), (p, now));
         self.order.push_back(((ft, txid), now));
         self.trim_pending(now);
     }
@@ -327,7 +259,21 @@ impl Tracker {
     fn forget(&mut self, key: &(FiveTuple, [u8; 12])) -> Option<(Pending, Duration)> {
         let p = self.pending.remove(key)?;
         self.pending_bytes = self.pending_bytes.saturating_sub(p.0.weight());
+        if let Pending::Allocate { username, .. } = &p.0 {
+            self.release(username.as_deref());
+        }
         Some(p)
+    }
+
+    /// An Allocate of a user at its quota, on a 5-tuple without an allocation (one that has
+    /// one gets the server's 437), that is not a retransmission of a pending request.
+    fn over_quota(&self, ft: FiveTuple, m: &Message<'_>, username: Option<&str>) -> bool {
+        let (Some(max), Some(u)) = (self.limits.allocations_per_user, username) else {
+            return false;
+        };
+        self.held(u) >= max
+            && self.table.get(&ft).is_none()
+            && !self.pending.contains_key(&(ft, m.txid))
     }
 
     /// Bytes the outstanding requests take now.
@@ -440,17 +386,23 @@ impl Tracker {
             _ => return TurnOutcome::forward(kind),
         }
         let pending = match m.method {
-            method::ALLOCATE => Pending::Allocate {
-                username: m.username().map(|mut u| {
+            method::ALLOCATE => {
+                let username = m.username().map(|mut u| {
                     let mut end = u.len().min(MAX_USERNAME);
                     while !u.is_char_boundary(end) {
                         end -= 1;
                     }
                     u.truncate(end);
                     u
-                }),
-                sigmesh_credential: self.verified_key(&m).is_some(),
-            },
+                });
+                if self.over_quota(ft, &m, username.as_deref()) {
+                    return self.refuse(&m, 486, "Allocation Quota Reached", None);
+                }
+                Pending::Allocate {
+                    username,
+                    sigmesh_credential: self.verified_key(&m).is_some(),
+                }
+            }
             method::REFRESH => Pending::Refresh,
             method::CREATE_PERMISSION => {
                 Pending::Permission(peers.iter().map(|p| p.ip()).collect())
@@ -561,7 +513,9 @@ impl Tracker {
                     .collect();
                 let lifetime = m.lifetime().unwrap_or(DEFAULT_LIFETIME);
                 let user = username.as_deref().and_then(rest_user).map(str::to_owned);
-                self.table.insert(Allocation {
+                self.remove_allocation(&ft);
+                let holder = username.clone();
+                let tracked = self.table.insert(Allocation {
                     five_tuple: ft,
                     username,
                     user,
@@ -577,11 +531,14 @@ impl Tracker {
                     opened_at: now,
                     last_seen: now,
                 });
+                if tracked {
+                    self.hold(holder.as_deref());
+                }
             }
             Pending::Refresh => {
                 let lifetime = m.lifetime().unwrap_or(DEFAULT_LIFETIME);
                 if lifetime == 0 {
-                    self.table.remove(&ft);
+                    self.remove_allocation(&ft);
                 } else if let Some(a) = self.table.get_mut(&ft) {
                     a.lifetime = lifetime;
                     a.expires_at = now + Duration::from_secs(u64::from(lifetime));

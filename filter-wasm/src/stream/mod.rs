@@ -110,6 +110,12 @@ pub fn on_request_headers(
         // Envoy's own routes take it.
         Verdict::NoRoute => HeadersVerdict::Pass,
         Verdict::Respond(reply) => respond(s, &mut m, reply),
+        // Refused at configuration (ext_authz does it in Envoy); fail closed all the same.
+        Verdict::AskCredentialsAuth(check) => respond(
+            s,
+            &mut m,
+            check.answer(request::AuthAnswer::Unreachable, cx.now.as_secs()),
+        ),
         // Refused at configuration (`Capabilities::filter`); never reached.
         Verdict::AwaitFirstMessage(_) => HeadersVerdict::Pass,
         Verdict::Forward(f) => HeadersVerdict::Proceed {

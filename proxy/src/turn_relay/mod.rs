@@ -144,8 +144,12 @@ impl TurnState {
                     tracing::warn!("turn.relay.listen and .upstream change only on restart");
                 }
                 let policy = PeerPolicy::with_exceptions(n.deny_peers.as_deref(), &n.allow_peers);
-                self.with(|tr| tr.set_policy(policy));
-                tracing::info!("TURN relay peer policy reloaded");
+                let quota = n.quota.allocations_per_user;
+                self.with(|tr| {
+                    tr.set_policy(policy);
+                    tr.set_quota(quota);
+                });
+                tracing::info!("TURN relay peer policy and quota reloaded");
             }
             _ => tracing::warn!("turn.relay is started or stopped only on restart"),
         }
@@ -281,7 +285,11 @@ pub fn serve(
     let policy = PeerPolicy::with_exceptions(relay.deny_peers.as_deref(), &relay.allow_peers);
     {
         let mut g = turn.tracker.lock().unwrap_or_else(|p| p.into_inner());
-        *g = Some(Tracker::new(policy, secret, Limits::default()));
+        let limits = Limits {
+            allocations_per_user: relay.quota.allocations_per_user,
+            ..Limits::default()
+        };
+        *g = Some(Tracker::new(policy, secret, limits));
     }
     let _ = turn.addr.set(bound.addr);
     tracing::info!(listen = %bound.addr, upstream = %relay.upstream, "TURN relay running");

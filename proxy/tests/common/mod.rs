@@ -16,6 +16,8 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+pub mod turn;
+
 pub type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// Every network wait in the tests is bounded by this.

@@ -104,9 +104,18 @@ const ROOMS: &[&str] = &["rate", "per", "burst"];
 const SPLIT: &[&str] = &["sticky", "override_header", "override_from"];
 const UPSTREAM_PROXY: &[&str] = &["name", "url", "weight"];
 const UPSTREAM_FILTER: &[&str] = &["name", "weight"];
-const TURN_PROXY: &[&str] = &["secret", "ttl", "uris", "credentials_path", "relay"];
+const TURN_PROXY: &[&str] = &[
+    "secret",
+    "ttl",
+    "uris",
+    "credentials_path",
+    "credentials_auth",
+    "relay",
+];
+const CREDENTIALS_AUTH: &[&str] = &["request", "user_header", "timeout"];
 const TURN_FILTER: &[&str] = &["secret", "ttl", "uris", "credentials_path"];
-const RELAY: &[&str] = &["listen", "upstream", "deny_peers", "allow_peers"];
+const RELAY: &[&str] = &["listen", "upstream", "deny_peers", "allow_peers", "quota"];
+const QUOTA: &[&str] = &["allocations_per_user"];
 const TRACING: &[&str] = &[
     "otlp_endpoint",
     "protocol",

@@ -4,12 +4,17 @@
 use std::time::Duration;
 
 use super::super::tree::Node;
-use super::super::{OtlpProtocol, ParentSampling, Tracing, Turn, TurnRelay};
-use super::fields::fields;
-use super::scalars::{
-    cidr_list, float, positive_duration, required_addr, required_string, string, string_list, url,
+use super::super::{
+    CredentialsAuth, OtlpProtocol, ParentSampling, RelayQuota, Tracing, Turn, TurnRelay,
 };
-use super::{Mode, RELAY, TRACING, TURN_FILTER, TURN_PROXY, Validator, index};
+use super::fields::{Fields, fields};
+use super::scalars::{
+    cidr_list, float, header_name, int_in, positive_duration, required_addr, required_string,
+    string, string_list, url,
+};
+use super::{
+    CREDENTIALS_AUTH, Mode, QUOTA, RELAY, TRACING, TURN_FILTER, TURN_PROXY, Validator, index,
+};
 
 // === turn ===
 
@@ -18,10 +23,16 @@ pub(super) fn turn(cx: &mut Validator, node: &Node, path: &str) -> Option<Turn> 
         Mode::Proxy => (TURN_PROXY, &[]),
         Mode::Filter => (
             TURN_FILTER,
-            &[(
-                "relay",
-                "`turn.relay` is not available in the Wasm filter (it needs its own UDP/TCP listener); remove it",
-            )],
+            &[
+                (
+                    "relay",
+                    "`turn.relay` is not available in the Wasm filter (it needs its own UDP/TCP listener); remove it",
+                ),
+                (
+                    "credentials_auth",
+                    "`turn.credentials_auth` is not available in the Wasm filter: put Envoy's ext_authz filter on the credentials path instead (see docs/security.md)",
+                ),
+            ],
         ),
     };
     let f = fields(cx, node, path, allowed, extra)?;
@@ -82,23 +93,90 @@ pub(super) fn turn(cx: &mut Validator, node: &Node, path: &str) -> Option<Turn> 
                 .value("allow_peers")
                 .map(|n| cidr_list(cx, n, &r.path("allow_peers")))
                 .unwrap_or_default();
+            let quota = quota(cx, &r);
             if let (Some(listen), Some(upstream)) = (listen, upstream) {
                 relay = Some(TurnRelay {
                     listen,
                     upstream,
                     deny_peers,
                     allow_peers,
+                    quota,
                 });
             }
         }
     }
+    let credentials_auth = match (cx.mode, f.get("credentials_auth")) {
+        (Mode::Proxy, Some(n)) => credentials_auth(cx, n, &f.path("credentials_auth")),
+        _ => None,
+    };
     Some(Turn {
         secret,
         ttl,
         uris,
         credentials_path,
+        credentials_auth,
         relay,
     })
+}
+
+/// `turn.credentials_auth`: `request` (required), `user_header`, `timeout`.
+fn credentials_auth(cx: &mut Validator, node: &Node, path: &str) -> Option<CredentialsAuth> {
+    let f = fields(cx, node, path, CREDENTIALS_AUTH, &[])?;
+    let request = match f.value("request") {
+        None => {
+            cx.err(
+                &f.path("request"),
+                f.key_line("request"),
+                "missing `request`: the app's auth endpoint, such as `http://127.0.0.1:9100/auth`",
+            );
+            None
+        }
+        Some(n) => url(
+            cx,
+            n,
+            &f.path("request"),
+            &["http"],
+            " (https:// auth endpoints arrive with TLS to upstreams)",
+        ),
+    };
+    let mut user_header = "x-user".to_owned();
+    if let Some(n) = f.value("user_header") {
+        let p = f.path("user_header");
+        if let Some(h) = string(cx, n, &p).and_then(|s| header_name(cx, &s, &p, n.line)) {
+            user_header = h;
+        }
+    }
+    let timeout = positive_duration(cx, &f, "timeout", Duration::from_secs(2));
+    Some(CredentialsAuth {
+        request: request?,
+        user_header,
+        timeout,
+    })
+}
+
+/// `turn.relay.quota`: `allocations_per_user`, 1 to 100000.
+fn quota(cx: &mut Validator, relay: &Fields<'_>) -> RelayQuota {
+    let Some(n) = relay.get("quota") else {
+        return RelayQuota::default();
+    };
+    let p = relay.path("quota");
+    let Some(q) = fields(cx, n, &p, QUOTA, &[]) else {
+        return RelayQuota::default();
+    };
+    let allocations_per_user = q.value("allocations_per_user").and_then(|n| {
+        int_in(
+            cx,
+            n,
+            &q.path("allocations_per_user"),
+            1,
+            100_000,
+            "`allocations_per_user`",
+        )
+        .map(|v| v as u32)
+    });
+    RelayQuota {
+        allocations_per_user,
+    }
 }
 
 // === tracing ===
