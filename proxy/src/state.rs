@@ -293,6 +293,9 @@ pub struct Tuning {
     pub first_message_timeout: Duration,
     /// After one leg of a session closed, the other gets this long to finish.
     pub close_grace: Duration,
+    /// A session leg that takes no byte of what is waiting for it for this long (a peer that
+    /// stopped reading) has failed: the session ends (nginx's `send_timeout`).
+    pub write_timeout: Duration,
 }
 
 impl Default for Tuning {
@@ -302,6 +305,7 @@ impl Default for Tuning {
             upstream_handshake_timeout: Duration::from_secs(10),
             first_message_timeout: Duration::from_secs(10),
             close_grace: Duration::from_secs(5),
+            write_timeout: Duration::from_secs(30),
         }
     }
 }

@@ -352,3 +352,50 @@ routes:
     );
     p.drain().await;
 }
+
+/// Item 9: a client that stops reading while the upstream sends held its session (and the
+/// upstream's sends) until the idle timeout, which the upstream's traffic kept deferring. Now a
+/// leg that takes nothing for the write timeout (1 s in the tests, 30 s by default) has
+/// failed: the session ends, the upstream is let go, and a control session carries on.
+#[tokio::test]
+async fn a_client_that_stops_reading_is_let_go_after_the_write_timeout() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let (up, mut seen) = scripted_upstream().await;
+    let route = "routes:\n  - name: sig\n    match: { path_prefix: /ws }\n    websocket: { idle_timeout: 1h }\n    upstreams: [{ name: stable, url: \"ws://{A}/ws\" }]\n";
+    let p = proxy(route, &[up]).await;
+    let mut control = ws(p.listen, "/ws").await;
+
+    // A client with a small receive window, which asks for a flood and then never reads.
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let stream = within(sock.connect(p.listen)).await.unwrap();
+    let (mut stuck, _) = within(tokio_tungstenite::client_async(
+        format!("ws://{}/ws", p.listen),
+        stream,
+    ))
+    .await
+    .unwrap();
+    stuck.send(Message::text("flood")).await.unwrap();
+    eventually(|| async { sessions(&p).await.len() == 2 }).await;
+    // The session ends by itself, and the upstream's flood ends with it.
+    eventually(|| async { sessions(&p).await.len() == 1 }).await;
+    loop {
+        match within(seen.recv()).await {
+            Some(Seen::Gone) => break,
+            Some(_) => continue,
+            None => panic!("upstream reports ended"),
+        }
+    }
+    // The control session is unaffected.
+    control.send(Message::text("still here")).await.unwrap();
+    loop {
+        match within(control.next()).await {
+            Some(Ok(Message::Text(t))) if t == "still here" => break,
+            Some(Ok(_)) => continue,
+            other => panic!("control session: {other:?}"),
+        }
+    }
+    drop(stuck);
+    p.drain().await;
+}

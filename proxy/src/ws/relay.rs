@@ -17,6 +17,7 @@ use bytes::Bytes;
 use sigmesh_core::frame::{Closed, Pushed};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 
 /// Bytes one read takes at most (the worker thread's read buffer).
 pub const READ_CHUNK: usize = 32 * 1024;
@@ -62,6 +63,8 @@ pub(super) struct Way {
     shut: bool,
     /// A write to the destination failed: nothing more is written to it.
     pub dst_failed: bool,
+    /// Since when the destination has taken none of what is pending (`None`: nothing pending).
+    stalled_since: Option<Instant>,
 }
 
 impl Way {
@@ -76,7 +79,21 @@ impl Way {
             shut_after_flush: false,
             shut: false,
             dst_failed: false,
+            stalled_since: None,
         }
+    }
+
+    /// Since when the destination has taken none of the bytes waiting for it, if any wait.
+    pub fn stalled_since(&self) -> Option<Instant> {
+        self.stalled_since.filter(|_| !self.dst_failed)
+    }
+
+    /// The destination took nothing for too long: it has failed (what waits is dropped).
+    pub fn write_timed_out(&mut self) -> WayEvent {
+        self.dst_failed(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "the peer took nothing within the write timeout",
+        ))
     }
 
     /// Everything this way will ever do is done: the source ended and what it sent is written
@@ -171,7 +188,12 @@ impl Way {
         let mut failed = None;
         if !self.dst_failed {
             match write_now(cx, dst, out) {
-                Ok(n) => self.pending.extend_from_slice(&out[n..]),
+                Ok(n) if n < out.len() => {
+                    // Nothing was pending (the flush came first): the stall starts now.
+                    self.pending.extend_from_slice(&out[n..]);
+                    self.stalled_since = Some(Instant::now());
+                }
+                Ok(_) => {}
                 Err(e) => failed = Some(e),
             }
         }
@@ -186,6 +208,7 @@ impl Way {
         self.dst_failed = true;
         self.pending = Vec::new();
         self.pending_at = 0;
+        self.stalled_since = None;
         WayEvent::DstFailed(e)
     }
 
@@ -195,11 +218,17 @@ impl Way {
             return Poll::Ready(Ok(()));
         }
         if self.pending_at < self.pending.len() {
-            self.pending_at += write_now(cx, dst, &self.pending[self.pending_at..])?;
+            let n = write_now(cx, dst, &self.pending[self.pending_at..])?;
+            self.pending_at += n;
             if self.pending_at < self.pending.len() {
+                // Progress restarts the clock (a slow reader is not a stopped one).
+                if n > 0 || self.stalled_since.is_none() {
+                    self.stalled_since = Some(Instant::now());
+                }
                 return Poll::Pending; // `dst`'s write waker is registered
             }
         }
+        self.stalled_since = None;
         if !self.pending.is_empty() {
             // Only ever allocated under back-pressure: give it back.
             self.pending = Vec::new();

@@ -75,6 +75,9 @@ enum Wake {
     Out(WayEvent),
     Drain,
     Timer,
+    /// A leg took nothing of what waits for it within the write timeout (`true`: the
+    /// upstream, written by the inbound way).
+    Stalled(bool),
     /// A close frame came through: the close grace starts.
     Closing,
     Done,
@@ -115,6 +118,7 @@ pub(super) async fn run(
 
     let mut drain = std::pin::pin!(shared.drained());
     let mut timer = std::pin::pin!(tokio::time::sleep(idle));
+    let write_timeout = shared.tuning().write_timeout;
     // Set once the session is ending: the timer is then the close grace.
     let mut ending = false;
     loop {
@@ -154,6 +158,21 @@ pub(super) async fn run(
             if !ending && drain.as_mut().poll(task).is_ready() {
                 return Poll::Ready(Wake::Drain);
             }
+            // A leg that stopped reading: the timer also wakes for the earliest stall's end
+            // (during the close grace, the grace is the bound).
+            if !ending {
+                for (to_upstream, way) in [(true, &inbound), (false, &outbound)] {
+                    if let Some(since) = way.stalled_since() {
+                        let at = since + write_timeout;
+                        if at <= tokio::time::Instant::now() {
+                            return Poll::Ready(Wake::Stalled(to_upstream));
+                        }
+                        if at < timer.deadline() {
+                            timer.as_mut().reset(at);
+                        }
+                    }
+                }
+            }
             if timer.as_mut().poll(task).is_ready() {
                 return Poll::Ready(Wake::Timer);
             }
@@ -186,6 +205,16 @@ pub(super) async fn run(
                 }
             },
             Wake::Drain => Some(Happened::Drain),
+            Wake::Stalled(to_upstream) => {
+                tracing::debug!(session = info.id, upstream = to_upstream, "write timeout");
+                let way = if to_upstream {
+                    &mut inbound
+                } else {
+                    &mut outbound
+                };
+                let ev = way.write_timed_out();
+                Some(happened(info.id, ev, to_upstream))
+            }
             Wake::In(ev) => Some(happened(info.id, ev, true)),
             Wake::Out(ev) => Some(happened(info.id, ev, false)),
         };

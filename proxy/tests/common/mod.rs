@@ -43,6 +43,7 @@ pub fn fast_tuning() -> Tuning {
         upstream_handshake_timeout: Duration::from_millis(500),
         first_message_timeout: Duration::from_secs(2),
         close_grace: Duration::from_millis(500),
+        write_timeout: Duration::from_secs(1),
     }
 }
 
@@ -237,8 +238,8 @@ pub enum Seen {
 }
 
 /// A scripted WebSocket upstream: echoes text; `close:CODE:REASON` closes with that frame;
-/// `reset` drops the TCP connection without a close frame; `big:N` sends an N-byte message.
-/// Reports what it receives.
+/// `reset` drops the TCP connection without a close frame; `big:N` sends an N-byte message;
+/// `flood` sends 16 KiB messages until a send fails. Reports what it receives.
 pub async fn scripted_upstream() -> (SocketAddr, mpsc::UnboundedReceiver<Seen>) {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
@@ -264,6 +265,11 @@ pub async fn scripted_upstream() -> (SocketAddr, mpsc::UnboundedReceiver<Seen>) 
                                 let _ = ws.send(Message::Close(Some(frame))).await;
                             } else if t == "reset" {
                                 return; // drop the socket: no close frame
+                            } else if t == "flood" {
+                                let chunk = "f".repeat(16 << 10);
+                                while ws.send(Message::text(chunk.clone())).await.is_ok() {}
+                                let _ = tx.send(Seen::Gone);
+                                return;
                             } else if let Some(n) = t.strip_prefix("big:") {
                                 let _ =
                                     ws.send(Message::text("x".repeat(n.parse().unwrap()))).await;
