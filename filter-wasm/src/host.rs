@@ -153,6 +153,8 @@ impl RootContext for Root {
         .unwrap_or_default();
         match parse(&bytes) {
             Ok(s) => {
+                let fresh = (u64::from(self.rng.next()) << 32) | u64::from(self.rng.next());
+                s.settle_seed(&HostStore, fresh);
                 // Create every shared bucket slot before traffic (see crate::shared).
                 let buckets = s.buckets(&HostStore);
                 for (route, r) in s.compiled.config.routes.iter().enumerate() {

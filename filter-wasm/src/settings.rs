@@ -14,12 +14,16 @@
 //!   text is not read (no signaling types, rooms or candidates from them).
 //! - `bucket_slots`: slots of each shared bucket family (connections per route, rooms per route,
 //!   credential requests); see [`crate::shared`]. Default 1024, at most 65536.
-//! - `bucket_seed`: seed of the key → slot hash; default: a hash of the configuration text.
+//! - `bucket_seed`: seed of the key → slot hash; default (0): random per Envoy, made by the
+//!   first VM and shared through shared data (see [`crate::shared::shared_seed`]). A fixed seed
+//!   is for tests only: whoever knows it can choose keys that collide.
 
 use serde::Deserialize;
 use sigmesh_core::compiled::{Capabilities, Compiled, DeflatePolicy};
 use sigmesh_core::config::{ConfigError, load_filter};
-use sigmesh_core::split::stable_hash;
+use std::cell::Cell;
+
+use crate::shared::{Store, shared_seed, stored_seed};
 
 /// What to do with `permessage-deflate` offers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -40,7 +44,7 @@ pub struct FilterSection {
     pub permessage_deflate: Deflate,
     /// `bucket_slots`.
     pub bucket_slots: u32,
-    /// `bucket_seed` (0: derived from the configuration text).
+    /// `bucket_seed` (0: random, shared by the VMs of one Envoy).
     pub bucket_seed: u64,
 }
 
@@ -74,8 +78,31 @@ pub struct Settings {
     pub compiled: Compiled,
     /// The `filter` section.
     pub filter: FilterSection,
-    /// Seed of the key → slot hash.
-    pub seed: u64,
+    /// Seed of the key → slot hash ([`Settings::settle_seed`]).
+    pub seed: Cell<u64>,
+    /// The seed was checked against shared data at a request ([`Settings::confirm_seed`]).
+    confirmed: Cell<bool>,
+}
+
+impl Settings {
+    /// At configuration: the seed every VM of this Envoy shares (`fresh`, random, if this VM
+    /// is the first), unless `bucket_seed` fixes one.
+    pub fn settle_seed(&self, store: &dyn Store, fresh: u64) {
+        if self.filter.bucket_seed == 0 {
+            self.seed.set(shared_seed(store, fresh).unwrap_or(fresh));
+        }
+    }
+
+    /// At the first request: adopts the seed in shared data if another VM's write replaced
+    /// this one's (two first VMs racing); later requests cost nothing.
+    pub fn confirm_seed(&self, store: &dyn Store) {
+        if self.confirmed.replace(true) || self.filter.bucket_seed != 0 {
+            return;
+        }
+        if let Some(seed) = stored_seed(store) {
+            self.seed.set(seed);
+        }
+    }
 }
 
 /// Parses and validates the plugin configuration; every problem as `path: message`.
@@ -108,14 +135,11 @@ pub fn parse(bytes: &[u8]) -> Result<Settings, Vec<String>> {
     let Some(compiled) = compiled.filter(|_| errors.is_empty()) else {
         return Err(errors);
     };
-    let seed = match filter.bucket_seed {
-        0 => stable_hash(text.as_bytes()),
-        s => s,
-    };
     Ok(Settings {
         compiled,
+        seed: Cell::new(filter.bucket_seed),
         filter,
-        seed,
+        confirmed: Cell::new(false),
     })
 }
 
@@ -214,9 +238,27 @@ mod tests {
     }
 
     #[test]
-    fn seed_is_stable_per_config_text() {
+    fn the_seed_is_random_and_shared_unless_fixed() {
+        let store = crate::shared::MemStore::default();
         let a = parse(GOOD.as_bytes()).expect("valid");
         let b = parse(GOOD.as_bytes()).expect("valid");
-        assert_eq!(a.seed, b.seed);
+        a.settle_seed(&store, 0xdead_beef);
+        b.settle_seed(&store, 0x0bad_cafe);
+        assert_eq!(a.seed.get(), 0xdead_beef, "the first VM's random seed");
+        assert_eq!(b.seed.get(), 0xdead_beef, "shared with the next");
+        // Another VM's later write (the racing case) is adopted at the first request.
+        store
+            .set(crate::shared::SEED_KEY, &7u64.to_le_bytes(), None)
+            .unwrap();
+        b.confirm_seed(&store);
+        assert_eq!(b.seed.get(), 7);
+        let fixed = GOOD.replace(
+            r#""bucket_slots": 64"#,
+            r#""bucket_slots": 64, "bucket_seed": 99"#,
+        );
+        let f = parse(fixed.as_bytes()).expect("valid");
+        f.settle_seed(&store, 1);
+        f.confirm_seed(&store);
+        assert_eq!(f.seed.get(), 99);
     }
 }

@@ -9,7 +9,9 @@
 //! `stable_hash(seed ‖ key) % slots`. Memory is bounded whatever the keys; two keys that meet in
 //! one slot share its bucket, so a collision can only make a limit stricter, never looser (with
 //! 1024 slots and 50 keys active in one refill period, a given key shares with probability ~5%).
-//! The seed keeps clients from choosing colliding keys.
+//! The seed keeps clients from choosing colliding keys: it is random per Envoy, made by the
+//! first VM configured and shared with the others through shared data ([`shared_seed`]), so
+//! every VM of one Envoy puts a key in the same slot and nobody outside can compute which.
 //!
 //! ## Updates
 //! [`take`] reads the slot with its CAS token, takes a token with core's arithmetic, and writes
@@ -179,6 +181,49 @@ impl BucketStore for SharedBuckets<'_> {
     }
 }
 
+/// The shared data key of the slot hash's seed (8 bytes, little-endian).
+pub const SEED_KEY: &str = "sigmesh/seed";
+
+/// The seed every VM of this Envoy uses: the one in shared data, or `fresh` (random) when this
+/// VM is the first. The key is created with [`MARKER`] first (a write on a missing key ignores
+/// the CAS token), then the seed goes in by a real compare-and-swap, so of two VMs racing
+/// exactly one writes it and the other reads it. `None` when the store cannot be used.
+pub fn shared_seed(store: &dyn Store, fresh: u64) -> Option<u64> {
+    for _ in 0..MAX_ATTEMPTS {
+        match store.get(SEED_KEY) {
+            (Some(v), _) if v.len() == 8 => {
+                let mut b = [0u8; 8];
+                b.copy_from_slice(&v);
+                return Some(u64::from_le_bytes(b));
+            }
+            (Some(_), Some(cas)) => match store.set(SEED_KEY, &fresh.to_le_bytes(), Some(cas)) {
+                Ok(()) => return Some(fresh),
+                Err(SetError::CasMismatch) => continue,
+                Err(SetError::Failed) => return None,
+            },
+            _ => {
+                if store.set(SEED_KEY, MARKER, None).is_err() {
+                    return None;
+                }
+            }
+        }
+    }
+    None
+}
+
+/// The seed in shared data, if one is there (a VM checks it again at its first request: in
+/// the one interleaving where two first VMs both wrote, the second write is the one kept).
+pub fn stored_seed(store: &dyn Store) -> Option<u64> {
+    match store.get(SEED_KEY) {
+        (Some(v), _) if v.len() == 8 => {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&v);
+            Some(u64::from_le_bytes(b))
+        }
+        _ => None,
+    }
+}
+
 /// An in-memory [`Store`] with Envoy's semantics (a CAS of `None`, or on a missing key, always
 /// writes), for tests and for hosts without shared data.
 #[derive(Debug, Default)]
@@ -306,6 +351,23 @@ mod tests {
         let t = take(&m, &f, "k", &rate(1), Duration::ZERO);
         assert!(t.gave_up);
         assert!(t.verdict.is_allowed());
+    }
+
+    #[test]
+    fn the_seed_is_made_once_and_shared() {
+        let store = MemStore::default();
+        let first = shared_seed(&store, 0x1234_5678_9abc_def0).unwrap();
+        assert_eq!(first, 0x1234_5678_9abc_def0);
+        // Every later VM reads it, whatever its own random number.
+        assert_eq!(shared_seed(&store, 42), Some(first));
+        assert_eq!(stored_seed(&store), Some(first));
+        // A VM that finds the marker (another VM is between its two writes) CASes its own in;
+        // if another write lands in between, it reads the winner's.
+        let store = Mem::default();
+        store.set(SEED_KEY, MARKER, None).unwrap();
+        store.interfere.set(1);
+        let got = shared_seed(&store, 7).unwrap();
+        assert_eq!(Some(got), stored_seed(&store));
     }
 
     #[test]

@@ -103,6 +103,7 @@ pub fn on_request_headers(
         random: cx.random,
         draining: false,
     };
+    s.confirm_seed(store);
     let buckets = s.buckets(store);
     let c = &s.compiled;
     let mut m = Metrics { sink };
@@ -293,7 +294,7 @@ impl Settings {
             store,
             compiled: &self.compiled,
             slots: self.filter.bucket_slots,
-            seed: self.seed,
+            seed: self.seed.get(),
         }
     }
 }
