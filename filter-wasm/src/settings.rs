@@ -249,7 +249,7 @@ mod tests {
         // Another VM's later write (the racing case) is adopted at the first request.
         store
             .set(crate::shared::SEED_KEY, &7u64.to_le_bytes(), None)
-            .unwrap();
+            .expect("write");
         b.confirm_seed(&store);
         assert_eq!(b.seed.get(), 7);
         let fixed = GOOD.replace(

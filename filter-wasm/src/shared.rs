@@ -356,7 +356,7 @@ mod tests {
     #[test]
     fn the_seed_is_made_once_and_shared() {
         let store = MemStore::default();
-        let first = shared_seed(&store, 0x1234_5678_9abc_def0).unwrap();
+        let first = shared_seed(&store, 0x1234_5678_9abc_def0).expect("a seed");
         assert_eq!(first, 0x1234_5678_9abc_def0);
         // Every later VM reads it, whatever its own random number.
         assert_eq!(shared_seed(&store, 42), Some(first));
@@ -364,9 +364,9 @@ mod tests {
         // A VM that finds the marker (another VM is between its two writes) CASes its own in;
         // if another write lands in between, it reads the winner's.
         let store = Mem::default();
-        store.set(SEED_KEY, MARKER, None).unwrap();
+        store.set(SEED_KEY, MARKER, None).expect("marker");
         store.interfere.set(1);
-        let got = shared_seed(&store, 7).unwrap();
+        let got = shared_seed(&store, 7).expect("a seed");
         assert_eq!(Some(got), stored_seed(&store));
     }
 
