@@ -28,15 +28,19 @@ routes:
     upstreams: [{ name: u, url: "ws://127.0.0.1:1/" }]
 "#;
 
+/// Loaded once: each input is one session on it.
+static ROUTE: std::sync::LazyLock<sigmesh_core::config::Route> = std::sync::LazyLock::new(|| {
+    load(CONFIG).expect("the fuzz config").routes.remove(0)
+});
+
 fuzz_target!(|data: &[u8]| {
-    let Ok(mut c) = load(CONFIG) else { return };
-    let route = c.routes.remove(0);
-    let mut s = Session::new(&route, SessionOptions::default());
+    let route = &*ROUTE;
+    let mut s = Session::new(route, SessionOptions::default());
     // The first byte picks the chunk size; then alternate ways.
     let step = usize::from(data.first().copied().unwrap_or(1)).max(1);
     for (i, chunk) in data.chunks(step).enumerate() {
         let env = SessionEnv {
-            route: &route,
+            route,
             route_index: 0,
             buckets: &Allow,
             now: Duration::from_millis(i as u64),

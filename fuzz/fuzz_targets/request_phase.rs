@@ -39,10 +39,15 @@ routes:
 turn: { secret: s, uris: [turn:t], credentials_path: /creds }
 "#;
 
+/// Compiled once: each input is one request against it.
+static COMPILED: std::sync::LazyLock<Compiled> = std::sync::LazyLock::new(|| {
+    Compiled::new(load(CONFIG).expect("the fuzz config"), Capabilities::PROXY)
+        .expect("the fuzz config compiles")
+});
+
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else { return };
-    let Ok(config) = load(CONFIG) else { return };
-    let Ok(c) = Compiled::new(config, Capabilities::PROXY) else { return };
+    let c = &*COMPILED;
     // Lines: method, path?query, client ip, then `name: value` headers.
     let mut lines = text.split('\n');
     let method = lines.next().unwrap_or("GET");
@@ -66,7 +71,7 @@ fuzz_target!(|data: &[u8]| {
         random: data.len() as u32,
         draining: false,
     };
-    if let Verdict::AwaitFirstMessage(mut w) = decide(&c, &facts, &One(Default::default()), &c, &Uncounted) {
-        let _ = w.pick(&c, &c, Some(text), 7);
+    if let Verdict::AwaitFirstMessage(mut w) = decide(c, &facts, &One(Default::default()), c, &Uncounted) {
+        let _ = w.pick(c, c, Some(text), 7);
     }
 });

@@ -8,6 +8,8 @@
 //! * `report` — folds the JSON of a direct and a proxied run into a comparison table.
 //! * `idle` — opens N sessions, one round trip each, then holds them idle (proxy memory per session).
 //! * `storm` — a reconnect storm: completed handshakes/s and handshake time with N connectors.
+//! * `soak` — holds N sessions with churn beside a flood of bad input, reporting the proxy's RSS,
+//!   file descriptors and round-trip p99 every interval.
 //! * `free-ports` — prints free loopback TCP ports (for the e2e script's temporary config).
 
 mod conn;
@@ -15,6 +17,7 @@ mod echo;
 mod idle;
 mod report;
 mod run;
+mod soak;
 mod storm;
 
 use std::net::SocketAddr;
@@ -53,6 +56,8 @@ enum Command {
     Idle(idle::IdleArgs),
     /// A reconnect storm: handshakes/s and handshake time with N concurrent connectors.
     Storm(storm::StormArgs),
+    /// Hold N sessions with churn and a flood of bad input; report the proxy every interval.
+    Soak(soak::SoakArgs),
     /// Compare a direct and a proxied run (the JSON written by `run --json`).
     Report(report::ReportArgs),
     /// Print N free loopback TCP ports, one per line.
@@ -114,6 +119,7 @@ fn main() -> ExitCode {
         Command::Storm(args) => {
             runtime(args.threads).and_then(|rt| rt.block_on(storm::storm(args)))
         }
+        Command::Soak(args) => runtime(args.threads).and_then(|rt| rt.block_on(soak::soak(args))),
         Command::Report(args) => report::report(&args),
         Command::FreePorts { count } => free_ports(count),
     };
