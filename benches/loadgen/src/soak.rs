@@ -276,6 +276,13 @@ pub async fn soak(args: SoakArgs) -> anyhow::Result<()> {
     }
     tasks.abort_all();
     while tasks.join_next().await.is_some() {}
+    // Everything closed: what the proxy still holds once its close grace is over.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let after = sample(&args, &stats, started);
+    println!(
+        "after everything closed (+10 s): rss_kib {} fds {} (the idle proxy's own: listeners, admin, epoll)",
+        after.rss_kib, after.fds
+    );
     if let Some(path) = &args.json {
         let text = serde_json::to_string_pretty(&lines)?;
         std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
@@ -405,14 +412,15 @@ async fn attack(
     path: &str,
 ) -> &'static str {
     let run = async {
-        let mut s = match source {
-            None => TcpStream::connect(addr).await.ok()?,
-            Some(ip) => {
-                let sock = tokio::net::TcpSocket::new_v4().ok()?;
-                sock.bind(SocketAddr::new(ip, 0)).ok()?;
-                sock.connect(addr).await.ok()?
-            }
-        };
+        let sock = tokio::net::TcpSocket::new_v4().ok()?;
+        if let Some(ip) = source {
+            sock.bind(SocketAddr::new(ip, 0)).ok()?;
+        }
+        if a == Attack::NeverReads {
+            // A small window, as a phone on a bad link has: the proxy's writes stall soon.
+            sock.set_recv_buffer_size(4096).ok()?;
+        }
+        let mut s = sock.connect(addr).await.ok()?;
         let _ = s.set_nodelay(true);
         match a {
             Attack::Garbage => {
@@ -451,37 +459,36 @@ async fn attack(
                 s.write_all(&frame(0x8, &[0x03, 0xe8], true)).await.ok()?;
             }
             Attack::NeverReads => {
-                let big = vec![b'n'; 16 << 10];
-                // Echoes pile up unread; the writes themselves stop when the windows fill.
-                for _ in 0..256 {
-                    if tokio::time::timeout(
+                // Messages just under the limit, at about the message bucket's rate, until the
+                // proxy stops taking them (every buffer on the way is full); never a read.
+                let big = vec![b'n'; 60 << 10];
+                let until = Instant::now() + Duration::from_secs(60);
+                while Instant::now() < until {
+                    let wrote = tokio::time::timeout(
                         Duration::from_secs(2),
                         s.write_all(&frame(0x1, &big, true)),
                     )
-                    .await
-                    .map_or(true, |r| r.is_err())
-                    {
-                        break;
+                    .await;
+                    match wrote {
+                        Ok(Ok(())) => tokio::time::sleep(Duration::from_millis(50)).await,
+                        Ok(Err(_)) => return Some("ended"),
+                        Err(_) => break, // blocked: the stall has begun
                     }
                 }
-                // Still never reading: wait for the proxy to give up on us.
-                let closed = tokio::time::timeout(Duration::from_secs(45), async {
-                    loop {
+                // Still never reading: a blocked write fails once the proxy lets go of us.
+                let gone = tokio::time::timeout(Duration::from_secs(60), async {
+                    while s.write_all(&frame(0x9, b"", true)).await.is_ok() {
                         tokio::time::sleep(Duration::from_millis(500)).await;
-                        // A zero-length peek-free probe: a write fails once the proxy reset us.
-                        if s.write_all(&frame(0x9, b"", true)).await.is_err() {
-                            return;
-                        }
                     }
                 })
                 .await;
-                return Some(if closed.is_ok() { "ended" } else { "held" });
+                return Some(if gone.is_ok() { "ended" } else { "held" });
             }
             _ => {}
         }
         Some(drain(&mut s).await)
     };
-    match tokio::time::timeout(Duration::from_secs(60), run).await {
+    match tokio::time::timeout(Duration::from_secs(150), run).await {
         Ok(Some(outcome)) => outcome,
         Ok(None) => "connect_failed",
         Err(_) => "held",
