@@ -538,3 +538,48 @@ async fn the_relay_fails_closed_on_what_it_cannot_read() {
     );
     p.drain().await;
 }
+
+/// Item 9: a TURN-over-TCP client that stops reading while its peer sends held its connection,
+/// its allocation and coturn's buffers for ever. Now a relay write that takes nothing for 10 s
+/// ends the connection, and the allocation with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tcp_turn_client_that_never_reads_is_let_go() {
+    let coturn = Coturn::start().await;
+    let (p, relay) = relay_proxy(&coturn, Some(LOOPBACK_ALLOWED)).await;
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let stream = within(sock.connect(relay)).await.unwrap();
+    let mut c = TurnClient::tcp_over(stream, "stuck");
+    let relayed = c.allocate().await;
+    let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let m = c
+        .transact(
+            METHOD_CREATE_PERMISSION,
+            vec![Box::new(PeerAttr(peer.local_addr().unwrap()))],
+        )
+        .await;
+    assert_eq!(m.typ.class, CLASS_SUCCESS_RESPONSE, "{:?}", code(&m));
+    assert_eq!(allocations(&p).await.len(), 1);
+    // The peer floods the client through coturn; the client reads nothing more.
+    let flood = tokio::spawn(async move {
+        let chunk = [0x5au8; 1200];
+        for _ in 0..200_000 {
+            if peer.send_to(&chunk, relayed).await.is_err() {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+    });
+    // Within the write timeout (10 s) plus the time the buffers take to fill.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
+    while !allocations(&p).await.is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the stuck client still holds its allocation"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    flood.abort();
+    drop(c);
+    p.drain().await;
+}

@@ -197,6 +197,11 @@ impl TurnClient {
 
     pub async fn tcp(server: SocketAddr, user: &str) -> TurnClient {
         let s = within(TcpStream::connect(server)).await.unwrap();
+        TurnClient::tcp_over(s, user)
+    }
+
+    /// Over an open TCP connection (one with a small receive window, say).
+    pub fn tcp_over(s: TcpStream, user: &str) -> TurnClient {
         let (username, password) = rest_credential(user);
         TurnClient {
             io: Io::Tcp(s, Vec::new()),
