@@ -12,6 +12,7 @@
 //!   file descriptors and round-trip p99 every interval.
 //! * `free-ports` — prints free loopback TCP ports (for the e2e script's temporary config).
 
+mod attack;
 mod conn;
 mod echo;
 mod idle;
