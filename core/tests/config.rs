@@ -467,7 +467,7 @@ tracing: { otlp_endpoint: http://h, sample: 1 }
         &errs,
         "listne",
         1,
-        "allowed here: listen, admin, admin_auth, admin_hosts, limits, trust_forwarded_from, shutdown, routes, turn, tracing",
+        "allowed here: listen, admin, admin_auth, admin_hosts, limits, trust_forwarded_from, shutdown, routes, turn, tracing, tls",
     );
     has(&errs, "shutdown.drain", 2, "unknown key `drain`");
     has(&errs, "routes[0].matches", 5, "did you mean `match`?");
@@ -1419,6 +1419,11 @@ routes:
     split: { sticky: "query:room", override_from: ["192.0.2.0/24"] }
     upstreams: [{ name: s, url: "ws://h:1/ws" }]
 tracing: { otlp_endpoint: "http://otel:4318", protocol: http, parent_sampling: ignore }
+tls:
+  certificates: [{ cert: /tls/a.pem, key: /tls/a.key }, { cert: /tls/b.pem, key: /tls/b.key }]
+  alpn: [http/1.1]
+  min_version: "1.3"
+  client_ca: /tls/clients.pem
 turn:
   secret: s
   credentials_auth: { request: "http://app:9100/auth", user_header: X-User, timeout: 750ms }
@@ -1473,4 +1478,49 @@ fn credentials_auth_and_the_relay_quota_are_checked() {
         panic!("the filter accepted credentials_auth")
     };
     assert!(e[0].to_string().contains("ext_authz"), "{}", e[0]);
+}
+
+#[test]
+fn tls_is_checked() {
+    let errors = |tls: &str| match load(&format!(
+        "listen: 127.0.0.1:0\nroutes:\n  - {{ name: r, upstreams: [{{ name: a, url: \"ws://h:1\" }}] }}\ntls: {tls}\n"
+    )) {
+        Ok(c) => panic!("accepted: {:?}", c.tls),
+        Err(ConfigErrors(e)) => e
+            .iter()
+            .map(|e| e.to_string())
+            .collect::<Vec<_>>()
+            .join("\n"),
+    };
+    let ok = load("listen: 127.0.0.1:0\nroutes:\n  - { name: r, upstreams: [{ name: a, url: \"ws://h:1\" }] }\ntls: { certificates: [{ cert: c.pem, key: k.pem }] }\n").unwrap();
+    let tls = ok.tls.unwrap();
+    assert_eq!(
+        tls.alpn,
+        vec![
+            sigmesh_core::config::Alpn::H2,
+            sigmesh_core::config::Alpn::Http11
+        ]
+    );
+    assert_eq!(tls.min_version, sigmesh_core::config::TlsVersion::V1_2);
+    assert!(errors("{}").contains("missing `certificates`"));
+    assert!(errors("{ certificates: [] }").contains("at least one certificate"));
+    assert!(errors("{ certificates: [{ cert: c.pem }] }").contains("missing `key`"));
+    assert!(
+        errors("{ certificates: [{ cert: c, key: k }], alpn: [spdy/3] }")
+            .contains("`spdy/3` is not a protocol")
+    );
+    assert!(
+        errors("{ certificates: [{ cert: c, key: k }], min_version: \"1.1\" }")
+            .contains("use \"1.2\" or \"1.3\"")
+    );
+    let Err(ConfigErrors(e)) = load_filter(
+        "routes:\n  - { name: r, upstreams: [{ name: a }] }\ntls: { certificates: [{ cert: c, key: k }] }\n",
+    ) else {
+        panic!("the filter accepted tls")
+    };
+    assert!(
+        e[0].to_string().contains("Envoy terminates TLS"),
+        "{}",
+        e[0]
+    );
 }

@@ -25,6 +25,9 @@ pub enum RunError {
     /// The config does not load (exit code 1).
     #[error("{0}")]
     Config(#[from] sigmesh_core::config::ConfigErrors),
+    /// The TLS certificates or keys are not usable (exit code 1).
+    #[error("{0}")]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 impl RunError {
@@ -32,7 +35,7 @@ impl RunError {
     pub fn exit_code(&self) -> u8 {
         match self {
             RunError::Bind { .. } => 2,
-            RunError::Compile(_) | RunError::Config(_) => 1,
+            RunError::Compile(_) | RunError::Config(_) | RunError::Tls(_) => 1,
         }
     }
 }
@@ -56,6 +59,14 @@ impl std::fmt::Display for Lines<'_> {
 /// the warnings when it can.
 pub fn check(config: &Config) -> Result<Vec<String>, Vec<CompileError>> {
     Runtime::new(config.clone(), None).map(|r| r.compiled().warnings())
+}
+
+/// Whether the TLS files of `config` make a usable set (`sigmesh check` reads them too).
+pub fn check_tls(config: &Config) -> Result<(), crate::tls::TlsError> {
+    match &config.tls {
+        Some(tls) => crate::tls::build(tls).map(|_| ()),
+        None => Ok(()),
+    }
 }
 
 /// A running proxy: its bound addresses and the handle to stop it.
@@ -116,6 +127,10 @@ impl Proxy {
             None => None,
         };
         let shared = Shared::new(runtime, config_path, tuning);
+        if let Some(tls) = &config.tls {
+            let state = crate::tls::TlsState::new(tls, shared.metrics().clone())?;
+            shared.set_tls(Arc::new(state));
+        }
         let listen = listener.local_addr().map_err(|source| RunError::Bind {
             addr: config.listen,
             source,
@@ -127,6 +142,7 @@ impl Proxy {
             tasks.spawn(crate::admin::serve(shared.clone(), l));
         }
         tasks.spawn(crate::reload::watch(shared.clone()));
+        tasks.spawn(crate::tls::watch(shared.clone()));
         if let Some((bound, relay, secret)) = turn_relay {
             tasks.spawn(crate::turn_relay::serve(
                 shared.turn().clone(),

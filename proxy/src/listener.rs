@@ -1,6 +1,7 @@
-//! The main listener: accept, read each request head (bounded in time), and hand the request to
-//! [`crate::request::handle`]. Upgraded sessions are not tracked here: they close themselves on
-//! the drain signal.
+//! The main listener: accept, the TLS handshake when `tls:` is set (bounded in time), read each
+//! request head (bounded in time), and hand the request to [`crate::request::handle`]. HTTP/1.1
+//! with upgrades, or HTTP/2 when ALPN picked `h2`. Upgraded sessions are not tracked here:
+//! they close themselves on the drain signal.
 
 use std::net::SocketAddr;
 use std::pin::pin;
@@ -12,6 +13,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
 use crate::forward::Forwarder;
+use crate::io::Stream;
 use crate::state::Shared;
 
 /// After the drain starts, open HTTP connections get this long to finish their request.
@@ -45,13 +47,27 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
     drop(listener);
 }
 
-/// One client connection: HTTP/1.1 with upgrades, until it ends or the drain asks it to.
+/// One client connection: the TLS handshake if any, then HTTP/1.1 with upgrades (or HTTP/2),
+/// until it ends or the drain asks it to.
 async fn connection(
     shared: Arc<Shared>,
     forwarder: Arc<Forwarder>,
     stream: tokio::net::TcpStream,
     client: SocketAddr,
 ) {
+    let stream = match shared.tls() {
+        None => Stream::Plain(stream),
+        Some(tls) => {
+            let acceptor = tls.acceptor();
+            let timeout = shared.tuning().tls_handshake_timeout;
+            match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+                Ok(Ok(s)) => Stream::TlsServer(Box::new(s)),
+                Ok(Err(e)) => return tls.handshake_failed(client, &e),
+                Err(_) => return tls.handshake_failed(client, &"no handshake within the timeout"),
+            }
+        }
+    };
+    let h2 = stream.alpn() == Some(b"h2");
     let drain = shared.drain_token();
     let header_timeout = shared.tuning().header_read_timeout;
     let svc = service_fn(move |req| {
@@ -64,6 +80,24 @@ async fn connection(
             )
         }
     });
+    if h2 {
+        let mut builder =
+            hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());
+        builder.timer(TokioTimer::new());
+        let mut conn = pin!(builder.serve_connection(TokioIo::new(stream), svc));
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, "HTTP/2 connection ended with an error");
+                }
+            }
+            _ = drain.cancelled() => {
+                conn.as_mut().graceful_shutdown();
+                let _ = tokio::time::timeout(GRACEFUL, conn.as_mut()).await;
+            }
+        }
+        return;
+    }
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())

@@ -102,6 +102,15 @@ fn read_config(
         }
         ExitCode::from(1)
     })?;
+    // The certificate and key files must make a usable set.
+    if let Err(e) = sigmesh::app::check_tls(&config) {
+        eprintln!(
+            "{}: 1 error(s):\n  {}: tls: {e}",
+            path.display(),
+            path.display()
+        );
+        return Err(ExitCode::from(1));
+    }
     for w in warnings.iter().filter(|_| print_warnings) {
         eprintln!("{}: warning: {w}", path.display());
     }

@@ -84,6 +84,8 @@ pub struct Metrics {
     pub upstream_errors: Family<UpstreamErrorLabels, Counter>,
     pub config_reloads: Family<ResultLabel, Counter>,
     pub http_requests: Family<ConnLabels, Counter>,
+    /// `sigmesh_tls_handshake_errors_total`: TLS handshakes on `listen` that failed or timed out.
+    pub tls_handshake_errors: Counter,
     /// `sigmesh_credentials_auth_total{result}`: allowed, denied, error, timeout.
     pub credentials_auth: Family<ResultLabel, Counter>,
     /// `sigmesh_trace_*`: spans exported and dropped, message events over the cap.
@@ -139,6 +141,12 @@ impl Metrics {
             "Plain HTTP requests forwarded, by route, upstream and outcome (status class or error)",
             http_requests.clone(),
         );
+        let tls_handshake_errors = Counter::default();
+        registry.register(
+            "sigmesh_tls_handshake_errors",
+            "TLS handshakes on listen that failed or did not finish in time",
+            tls_handshake_errors.clone(),
+        );
         let credentials_auth = Family::default();
         registry.register(
             "sigmesh_credentials_auth",
@@ -157,6 +165,7 @@ impl Metrics {
             upstream_errors,
             config_reloads,
             http_requests,
+            tls_handshake_errors,
             credentials_auth,
             trace,
             turn,

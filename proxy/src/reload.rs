@@ -66,6 +66,13 @@ pub fn apply(shared: &Shared, path: &Path, text: &str) -> bool {
             if config.tracing != old.config().tracing {
                 tracing::warn!("`tracing:` changes apply only on restart");
             }
+            if config.tls.is_some() != old.config().tls.is_some() {
+                tracing::warn!("turning `tls:` on or off applies only on restart");
+            }
+            // The certificates are read again (a SIGHUP is the usual way to ask).
+            if let (Some(state), Some(tls)) = (shared.tls(), &config.tls) {
+                state.refresh(tls, true);
+            }
             match Runtime::new(config, Some(&old)) {
                 Ok(rt) => {
                     for w in rt.compiled().warnings() {

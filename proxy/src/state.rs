@@ -293,6 +293,8 @@ pub struct Tuning {
     pub first_message_timeout: Duration,
     /// After one leg of a session closed, the other gets this long to finish.
     pub close_grace: Duration,
+    /// A TLS handshake on `listen` must finish within this.
+    pub tls_handshake_timeout: Duration,
     /// A session leg that takes no byte of what is waiting for it for this long (a peer that
     /// stopped reading) has failed: the session ends (nginx's `send_timeout`).
     pub write_timeout: Duration,
@@ -306,6 +308,7 @@ impl Default for Tuning {
             first_message_timeout: Duration::from_secs(10),
             close_grace: Duration::from_secs(5),
             write_timeout: Duration::from_secs(30),
+            tls_handshake_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -327,6 +330,8 @@ pub struct Shared {
     turn: Arc<TurnState>,
     /// Live-session counts.
     counts: Arc<SessionCounter>,
+    /// TLS on `listen`, when `tls:` is set (installed once at start).
+    tls: std::sync::OnceLock<Arc<crate::tls::TlsState>>,
 }
 
 impl Shared {
@@ -345,7 +350,18 @@ impl Shared {
             telemetry,
             turn,
             counts: Arc::default(),
+            tls: std::sync::OnceLock::new(),
         })
+    }
+
+    /// TLS on `listen`, if configured.
+    pub fn tls(&self) -> Option<&Arc<crate::tls::TlsState>> {
+        self.tls.get()
+    }
+
+    /// Installs the listener's TLS (once, at start).
+    pub fn set_tls(&self, tls: Arc<crate::tls::TlsState>) {
+        let _ = self.tls.set(tls);
     }
 
     /// The live-session counts.

@@ -53,6 +53,66 @@ pub struct Config {
     /// `localhost` (DNS rebinding: a browser page cannot reach it through a name of its own).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub admin_hosts: Vec<String>,
+    /// `tls:`: present, `listen` speaks TLS only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<Tls>,
+}
+
+/// `tls:` on `listen`. Files are read by the front end (core does no I/O).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Tls {
+    /// Certificate chains and keys (PEM), chosen by SNI; the first is the default.
+    pub certificates: Vec<CertificatePair>,
+    /// ALPN protocols offered, in order. Default `[h2, http/1.1]`.
+    pub alpn: Vec<Alpn>,
+    /// The oldest TLS version accepted. Default `1.2`.
+    pub min_version: TlsVersion,
+    /// CA certificates (PEM) that client certificates must chain to; present, a client
+    /// certificate is required.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_ca: Option<String>,
+}
+
+/// `tls.certificates[]`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CertificatePair {
+    /// The certificate chain, leaf first (PEM).
+    pub cert: String,
+    /// Its private key (PEM: PKCS#8, PKCS#1 RSA or SEC1 EC).
+    pub key: String,
+}
+
+/// An ALPN protocol sigmesh serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Alpn {
+    /// HTTP/2 (with RFC 8441 WebSockets).
+    #[serde(rename = "h2")]
+    H2,
+    /// HTTP/1.1.
+    #[serde(rename = "http/1.1")]
+    Http11,
+}
+
+impl Alpn {
+    /// The protocol ID on the wire.
+    pub fn id(self) -> &'static [u8] {
+        match self {
+            Alpn::H2 => b"h2",
+            Alpn::Http11 => b"http/1.1",
+        }
+    }
+}
+
+/// `tls.min_version`
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub enum TlsVersion {
+    /// TLS 1.2 and 1.3.
+    #[default]
+    #[serde(rename = "1.2")]
+    V1_2,
+    /// TLS 1.3 only.
+    #[serde(rename = "1.3")]
+    V1_3,
 }
 
 /// The largest `websocket.max_message_bytes` accepted: a message is held whole only when a

@@ -64,7 +64,7 @@ impl UpstreamConn {
     /// share hyper's read buffer) are dropped here.
     pub(super) fn into_leg(self) -> super::session::Leg {
         super::session::Leg {
-            io: self.io,
+            io: crate::io::Stream::Plain(self.io),
             pre: self.read_ahead,
         }
     }

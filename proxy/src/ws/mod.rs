@@ -29,7 +29,6 @@ use sigmesh_core::request::{AwaitFirst, HeaderEdits, Upgrade};
 use sigmesh_core::session::{First, FirstMessage, SessionOptions};
 use sigmesh_core::split::Reason;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tungstenite::handshake::derive_accept_key;
 
 use crate::http_util::{self, Body};
@@ -360,7 +359,7 @@ async fn read_first(leg: &mut Leg, mut first: FirstMessage) -> First {
 }
 
 /// Sends the client a close frame and ends its connection.
-async fn refuse_first(io: &mut TcpStream, code: u16, reason: &str) {
+async fn refuse_first(io: &mut crate::io::Stream, code: u16, reason: &str) {
     let frame = close_frame(code, reason, None);
     let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
         let _ = io.write_all(&frame).await;
@@ -378,7 +377,7 @@ async fn upgraded_leg(on_upgrade: hyper::upgrade::OnUpgrade) -> Option<Leg> {
             return None;
         }
     };
-    match upgraded.downcast::<TokioIo<TcpStream>>() {
+    match upgraded.downcast::<TokioIo<crate::io::Stream>>() {
         Ok(parts) => Some(Leg {
             io: parts.io.into_inner(),
             pre: parts.read_buf,

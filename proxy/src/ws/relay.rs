@@ -13,10 +13,10 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
+use crate::io::Stream;
 use bytes::Bytes;
 use sigmesh_core::frame::{Closed, Pushed};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 /// Bytes one read takes at most (the worker thread's read buffer).
@@ -129,8 +129,8 @@ impl Way {
     pub fn poll<P: Push>(
         &mut self,
         cx: &mut Context<'_>,
-        src: &mut TcpStream,
-        dst: &mut TcpStream,
+        src: &mut Stream,
+        dst: &mut Stream,
         reader: &mut P,
     ) -> Poll<WayEvent> {
         loop {
@@ -179,7 +179,7 @@ impl Way {
         &mut self,
         cx: &mut Context<'_>,
         chunk: &[u8],
-        dst: &mut TcpStream,
+        dst: &mut Stream,
         reader: &mut P,
     ) -> Option<WayEvent> {
         let pushed = reader.push(chunk);
@@ -213,7 +213,7 @@ impl Way {
     }
 
     /// Writes what is pending, then shuts the destination's write side if asked to.
-    fn poll_flush(&mut self, cx: &mut Context<'_>, dst: &mut TcpStream) -> Poll<io::Result<()>> {
+    fn poll_flush(&mut self, cx: &mut Context<'_>, dst: &mut Stream) -> Poll<io::Result<()>> {
         if self.dst_failed {
             return Poll::Ready(Ok(()));
         }
@@ -245,7 +245,7 @@ impl Way {
 
 /// Writes as much of `buf` as `dst` takes now; returns how much. When it is less than all, the
 /// task is registered to be woken once `dst` is writable again.
-fn write_now(cx: &mut Context<'_>, dst: &mut TcpStream, buf: &[u8]) -> io::Result<usize> {
+fn write_now(cx: &mut Context<'_>, dst: &mut Stream, buf: &[u8]) -> io::Result<usize> {
     let mut at = 0;
     while at < buf.len() {
         match Pin::new(&mut *dst).poll_write(cx, &buf[at..]) {

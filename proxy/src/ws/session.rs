@@ -26,7 +26,6 @@ use bytes::Bytes;
 use sigmesh_core::frame::Pushed;
 use sigmesh_core::label::Outcome;
 use sigmesh_core::session::{Ending, Happened, LegEnd, Session, SessionEnv, SessionOptions};
-use tokio::net::TcpStream;
 
 use super::record::{Handles, Recorder};
 use super::relay::{Push, Way, WayEvent};
@@ -38,7 +37,7 @@ use crate::telemetry::SessionTrace;
 
 /// An upgraded connection: its socket, and what was read past the handshake.
 pub(super) struct Leg {
-    pub io: TcpStream,
+    pub io: crate::io::Stream,
     pub pre: Bytes,
 }
 

@@ -44,6 +44,7 @@ pub fn fast_tuning() -> Tuning {
         first_message_timeout: Duration::from_secs(2),
         close_grace: Duration::from_millis(500),
         write_timeout: Duration::from_secs(1),
+        tls_handshake_timeout: Duration::from_secs(2),
     }
 }
 

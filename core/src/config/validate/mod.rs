@@ -20,6 +20,7 @@ mod fields;
 mod limits;
 mod route;
 mod scalars;
+mod tls;
 mod turn;
 mod upstreams;
 
@@ -82,6 +83,7 @@ const TOP_PROXY: &[&str] = &[
     "routes",
     "turn",
     "tracing",
+    "tls",
 ];
 const ADMIN_AUTH: &[&str] = &["token_file"];
 const TOP_FILTER: &[&str] = &["routes", "turn"];
@@ -167,6 +169,10 @@ pub(crate) fn config(cx: &mut Validator, root: &Node) -> Config {
                     "admin_hosts",
                     "not used by the Wasm filter: the filter has no admin listener; remove it",
                 ),
+                (
+                    "tls",
+                    "not used by the Wasm filter: Envoy terminates TLS (a DownstreamTlsContext on its listener); remove it",
+                ),
             ],
         ),
     };
@@ -181,6 +187,7 @@ pub(crate) fn config(cx: &mut Validator, root: &Node) -> Config {
         admin_hosts: Vec::new(),
         limits: super::ProcessLimits::default(),
         trust_forwarded_from: Vec::new(),
+        tls: None,
     };
     let Some(f) = fields(cx, root, "", allowed, extra) else {
         return c;
@@ -212,6 +219,9 @@ pub(crate) fn config(cx: &mut Validator, root: &Node) -> Config {
         }
         if let Some(n) = f.value("admin_hosts") {
             c.admin_hosts = admin_hosts(cx, n, "admin_hosts");
+        }
+        if let Some(n) = f.get("tls") {
+            c.tls = tls::tls(cx, n, "tls");
         }
         if let Some(n) = f.value("trust_forwarded_from") {
             c.trust_forwarded_from = scalars::cidr_list(cx, n, "trust_forwarded_from");
