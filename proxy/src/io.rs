@@ -1,5 +1,5 @@
 //! One stream type for every leg of a session: plain TCP, or TLS over it (the client's side of
-//! `listen` with `tls:`). The relay reads and writes legs through it without knowing which.
+//! `listen` with `tls:`), or one stream of an HTTP/2 connection. The relay reads and writes legs through it without knowing which.
 
 use std::io;
 use std::pin::Pin;
@@ -14,6 +14,8 @@ pub enum Stream {
     Plain(TcpStream),
     /// TLS accepted on `listen` (boxed: rustls's state is large, and only TLS legs carry it).
     TlsServer(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+    /// One stream of an HTTP/2 connection (a WebSocket by extended CONNECT, RFC 8441).
+    H2(Box<hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>>),
 }
 
 impl Stream {
@@ -22,6 +24,7 @@ impl Stream {
         match self {
             Stream::Plain(_) => None,
             Stream::TlsServer(s) => s.get_ref().1.alpn_protocol(),
+            Stream::H2(_) => None,
         }
     }
 }
@@ -34,6 +37,10 @@ macro_rules! each {
                 $e
             }
             Stream::TlsServer($s) => {
+                let $s = Pin::new(&mut **$s);
+                $e
+            }
+            Stream::H2($s) => {
                 let $s = Pin::new(&mut **$s);
                 $e
             }
@@ -72,6 +79,7 @@ impl AsyncWrite for Stream {
         match self {
             Stream::Plain(s) => s.is_write_vectored(),
             Stream::TlsServer(s) => s.is_write_vectored(),
+            Stream::H2(s) => s.is_write_vectored(),
         }
     }
 

@@ -83,7 +83,8 @@ async fn connection(
     if h2 {
         let mut builder =
             hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());
-        builder.timer(TokioTimer::new());
+        // RFC 8441: WebSockets as extended CONNECT streams, each its own session.
+        builder.timer(TokioTimer::new()).enable_connect_protocol();
         let mut conn = pin!(builder.serve_connection(TokioIo::new(stream), svc));
         tokio::select! {
             r = conn.as_mut() => {

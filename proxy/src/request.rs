@@ -82,8 +82,11 @@ fn decide(
     .to_string();
     let facts = RequestFacts {
         method: req.method().as_str(),
-        // HTTP/1.1 only: no extended CONNECT yet.
-        protocol: None,
+        // HTTP/2 extended CONNECT (RFC 8441): `:protocol`.
+        protocol: req
+            .extensions()
+            .get::<hyper::ext::Protocol>()
+            .map(hyper::ext::Protocol::as_str),
         host: req
             .headers()
             .get(http::header::HOST)

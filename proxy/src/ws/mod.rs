@@ -53,7 +53,9 @@ fn upgrades_to_websocket(h: &HeaderMap) -> bool {
 
 /// The client's side of an upgrade, taken from its request.
 struct ClientHandshake {
-    key: HeaderValue,
+    /// `Sec-WebSocket-Key` of an HTTP/1.1 upgrade; `None` for an HTTP/2 extended CONNECT
+    /// (RFC 8441: no key, and 200 instead of 101).
+    key: Option<HeaderValue>,
     on_upgrade: hyper::upgrade::OnUpgrade,
     /// The headers for the upstream request (core's edits applied).
     headers: HeaderMap,
@@ -67,8 +69,11 @@ impl ClientHandshake {
         edits: &HeaderEdits,
         trusted_peer: bool,
     ) -> Option<ClientHandshake> {
-        // Core checked the handshake's form: a request without a key never gets here.
-        let key = req.headers().get(header::SEC_WEBSOCKET_KEY).cloned()?;
+        // Core checked the handshake's form: an HTTP/1.1 request without a key never gets here.
+        let key = match req.method() == http::Method::CONNECT {
+            true => None,
+            false => Some(req.headers().get(header::SEC_WEBSOCKET_KEY).cloned()?),
+        };
         Some(ClientHandshake {
             key,
             on_upgrade: hyper::upgrade::on(&mut *req),
@@ -131,7 +136,7 @@ pub async fn upgrade(
         return http_util::text(StatusCode::BAD_GATEWAY, "upstream handshake failed");
     };
     let protocol = conn.headers.get(header::SEC_WEBSOCKET_PROTOCOL).cloned();
-    let resp = switching_protocols(&hs.key, protocol, &conn.headers);
+    let resp = switching_protocols(hs.key.as_ref(), protocol, &conn.headers);
     if let Some(t) = &start.trace {
         t.accepted();
     }
@@ -183,7 +188,7 @@ pub fn await_first(
         };
         start.first_message(wait, client_leg, headers, pq).await;
     });
-    switching_protocols(&hs.key, None, &HeaderMap::new())
+    switching_protocols(hs.key.as_ref(), None, &HeaderMap::new())
 }
 
 impl Start {
@@ -382,31 +387,38 @@ async fn upgraded_leg(on_upgrade: hyper::upgrade::OnUpgrade) -> Option<Leg> {
             io: parts.io.into_inner(),
             pre: parts.read_buf,
         }),
-        Err(_) => {
-            tracing::error!("upgraded client connection of an unexpected type");
-            None
-        }
+        // An HTTP/2 stream (extended CONNECT): hyper's own type, with its flow control.
+        Err(stream) => Some(Leg {
+            io: crate::io::Stream::H2(Box::new(TokioIo::new(stream))),
+            pre: Bytes::new(),
+        }),
     }
 }
 
 /// The 101 answer to the client, with the upstream's subprotocol and end-to-end headers.
+/// With `key` (HTTP/1.1): 101 with `Sec-WebSocket-Accept`; without (an HTTP/2 extended
+/// CONNECT, RFC 8441 §5): 200, the stream then carries the frames.
 fn switching_protocols(
-    key: &HeaderValue,
+    key: Option<&HeaderValue>,
     protocol: Option<HeaderValue>,
     upstream: &HeaderMap,
 ) -> Response<Body> {
     let mut r = Response::new(http_util::full(Bytes::new()));
-    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    if key.is_some() {
+        *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    }
     let h = r.headers_mut();
     for (name, value) in upstream {
         if name == header::SET_COOKIE {
             h.append(name, value.clone());
         }
     }
-    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    if let Ok(v) = HeaderValue::from_str(&derive_accept_key(key.as_bytes())) {
-        h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
+    if let Some(key) = key {
+        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        if let Ok(v) = HeaderValue::from_str(&derive_accept_key(key.as_bytes())) {
+            h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
+        }
     }
     if let Some(p) = protocol {
         h.insert(header::SEC_WEBSOCKET_PROTOCOL, p);

@@ -16,6 +16,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+pub mod pki;
 pub mod turn;
 
 pub type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;
