@@ -148,6 +148,7 @@ fn routes() -> Vec<Route> {
                     name: "u".into(),
                     url: None,
                     weight: 1,
+                    tls: None,
                 }],
             }
         })

@@ -28,11 +28,11 @@ pub struct Capabilities {
 }
 
 impl Capabilities {
-    /// The standalone proxy of this build: dials upstreams, no TLS yet, holds first messages,
-    /// strips compression offers.
+    /// The standalone proxy of this build: dials upstreams (wss:// and https:// too), holds
+    /// first messages, strips compression offers.
     pub const PROXY: Capabilities = Capabilities {
         dials_upstreams: true,
-        tls_upstreams: false,
+        tls_upstreams: true,
         first_message_pick: true,
         deflate: DeflatePolicy::Strip,
         routes_by_header: false,
@@ -88,6 +88,18 @@ pub enum TargetError {
 }
 
 impl Target {
+    /// The host of [`Target::authority`]: without the port, an IPv6 address without brackets.
+    pub fn host(&self) -> &str {
+        let host = match self.authority.rfind(']') {
+            Some(close) => &self.authority[..=close],
+            None => self
+                .authority
+                .rsplit_once(':')
+                .map_or(self.authority.as_str(), |(h, _)| h),
+        };
+        host.trim_start_matches('[').trim_end_matches(']')
+    }
+
     /// Parses `scheme://host[:port][/path][?query]`.
     pub fn parse(url: &str) -> Result<Target, TargetError> {
         let (scheme, rest) = url
@@ -380,6 +392,12 @@ mod tests {
         assert!(Target::parse("ws://h:port").is_err());
         assert!(Target::parse("ws:///x").is_err());
         assert!(Target::parse("wss://h").expect("url").tls);
+        assert_eq!(Target::parse("wss://h").expect("url").host(), "h");
+        assert_eq!(Target::parse("wss://[::1]:9/x").expect("url").host(), "::1");
+        assert_eq!(
+            Target::parse("https://10.0.0.1:8443").expect("url").host(),
+            "10.0.0.1"
+        );
         let v6 = Target::parse("ws://[::1]/x").expect("url");
         assert_eq!(v6.authority, "[::1]:80");
         assert_eq!(

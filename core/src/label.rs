@@ -91,6 +91,8 @@ label_enum! {
         Refused => "refused",
         /// The handshake broke (bad accept key, bad headers, ...).
         Handshake => "handshake",
+        /// The TLS handshake to a `wss://`/`https://` upstream failed (certificate, name).
+        Tls => "tls",
         /// The connection was reset or ended mid-session.
         Reset => "reset",
         /// The upstream's frames broke RFC 6455.

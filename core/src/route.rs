@@ -345,6 +345,7 @@ mod tests {
                 name: "u".into(),
                 url: None,
                 weight: 1,
+                tls: None,
             }],
         }
     }

@@ -17,6 +17,7 @@ fn route(i: usize, m: Match) -> Route {
             name: "u".into(),
             url: None,
             weight: 1,
+            tls: None,
         }],
     }
 }

@@ -14,6 +14,8 @@ pub enum Stream {
     Plain(TcpStream),
     /// TLS accepted on `listen` (boxed: rustls's state is large, and only TLS legs carry it).
     TlsServer(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+    /// TLS to a `wss://` upstream.
+    TlsClient(Box<tokio_rustls::client::TlsStream<TcpStream>>),
     /// One stream of an HTTP/2 connection (a WebSocket by extended CONNECT, RFC 8441).
     H2(Box<hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>>),
 }
@@ -24,6 +26,7 @@ impl Stream {
         match self {
             Stream::Plain(_) => None,
             Stream::TlsServer(s) => s.get_ref().1.alpn_protocol(),
+            Stream::TlsClient(s) => s.get_ref().1.alpn_protocol(),
             Stream::H2(_) => None,
         }
     }
@@ -37,6 +40,10 @@ macro_rules! each {
                 $e
             }
             Stream::TlsServer($s) => {
+                let $s = Pin::new(&mut **$s);
+                $e
+            }
+            Stream::TlsClient($s) => {
                 let $s = Pin::new(&mut **$s);
                 $e
             }
@@ -79,6 +86,7 @@ impl AsyncWrite for Stream {
         match self {
             Stream::Plain(s) => s.is_write_vectored(),
             Stream::TlsServer(s) => s.is_write_vectored(),
+            Stream::TlsClient(s) => s.is_write_vectored(),
             Stream::H2(s) => s.is_write_vectored(),
         }
     }

@@ -39,4 +39,5 @@ pub mod state;
 pub mod telemetry;
 pub mod tls;
 pub mod turn_relay;
+pub mod upstream_tls;
 pub mod ws;

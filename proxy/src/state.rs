@@ -49,6 +49,8 @@ pub struct Runtime {
     credentials: SharedBuckets,
     /// `admin_auth`'s token, read from its file when the generation was built.
     admin_token: Option<String>,
+    /// TLS of the `wss://` and `https://` upstreams, `[route][upstream]`.
+    upstream_tls: crate::upstream_tls::Table,
 }
 
 impl Runtime {
@@ -61,6 +63,7 @@ impl Runtime {
             None => None,
         };
         let compiled = Compiled::new(config, Capabilities::PROXY)?;
+        let upstream_tls = crate::upstream_tls::table(&compiled)?;
         let live = compiled
             .routes
             .iter()
@@ -72,7 +75,17 @@ impl Runtime {
             credentials: previous
                 .map_or_else(|| new_buckets(CREDENTIALS_RATE), |p| p.credentials.clone()),
             admin_token,
+            upstream_tls,
         })
+    }
+
+    /// How upstream `upstream` of route `route` is dialled over TLS (`None`: plain).
+    pub fn upstream_tls(
+        &self,
+        route: usize,
+        upstream: usize,
+    ) -> Option<&crate::upstream_tls::UpstreamTls> {
+        self.upstream_tls.get(route)?.get(upstream)?.as_ref()
     }
 
     /// The admin API's bearer token (`admin_auth`), if one is required.

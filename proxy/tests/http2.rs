@@ -79,6 +79,29 @@ async fn many_websockets_on_one_http2_connection() {
         c = pki.path("signal.pem").display(),
         k = pki.path("signal.key").display(),
     );
+    // A plain HTTP upstream for the forwarded requests.
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let web = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    |req: http::Request<hyper::body::Incoming>| async move {
+                        let body = format!("{:?} {}", req.version(), req.uri());
+                        Ok::<_, std::convert::Infallible>(http::Response::new(
+                            http_body_util::Full::new(Bytes::from(body)),
+                        ))
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    let yaml = format!(
+        "{yaml}  - name: web\n    match: {{ path_prefix: /plain }}\n    upstreams: [{{ name: w, url: \"http://{web}\" }}]\n"
+    );
     let p = proxy(&yaml, &[stable.local_addr, canary.local_addr]).await;
     let config = client_config(&pki, &[b"h2"], None);
     let tls = tls_connect(p.listen, config, "signal.test").await.unwrap();
@@ -119,6 +142,17 @@ async fn many_websockets_on_one_http2_connection() {
     let live = sessions(&p).await;
     assert_eq!(live.len(), 3, "{live:?}");
     assert!(live.iter().all(|s| s["route"] == "sig"), "{live:?}");
+    // A plain HTTP/2 request on the same connection is forwarded as HTTP/1.1.
+    let req = http::Request::get("https://signal.test/plain/x?y=1")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let resp = within(send.send_request(req)).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let body = http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    assert_eq!(&body[..], b"HTTP/1.1 /plain/x?y=1");
     // Closing one closes one.
     let (_, s, _) = &mut streams[0];
     s.write_all(&[0x88, 0x82, 0, 0, 0, 0, 0x03, 0xe8])

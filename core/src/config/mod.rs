@@ -360,6 +360,20 @@ pub struct Upstream {
     pub url: Option<String>,
     /// Relative weight; default 1. The weights of a route sum to more than 0.
     pub weight: u32,
+    /// How a `wss://` or `https://` upstream's certificate is checked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<UpstreamTls>,
+}
+
+/// `routes[].upstreams[].tls`: the CA and name a `wss://`/`https://` upstream is verified with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UpstreamTls {
+    /// PEM CA certificates to trust instead of the built-in roots (Mozilla's, webpki-roots).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca: Option<String>,
+    /// The name sent as SNI and checked on the certificate; default: the URL's host.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<String>,
 }
 
 /// `turn:`

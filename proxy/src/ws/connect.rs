@@ -13,6 +13,9 @@ use tokio::net::TcpStream;
 use tungstenite::handshake::{client::generate_key, derive_accept_key};
 
 use sigmesh_core::compiled::Target;
+
+use crate::io::Stream;
+use crate::upstream_tls::UpstreamTls;
 use sigmesh_core::label::UpstreamErrorKind;
 
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +30,8 @@ pub enum UpstreamError {
     Refused(StatusCode),
     #[error("handshake: {0}")]
     Handshake(String),
+    #[error("tls: {0}")]
+    Tls(String),
 }
 
 impl UpstreamError {
@@ -46,13 +51,14 @@ impl UpstreamError {
             UpstreamError::Timeout(_) => UpstreamErrorKind::Timeout,
             UpstreamError::Refused(_) => UpstreamErrorKind::Refused,
             UpstreamError::Handshake(_) => UpstreamErrorKind::Handshake,
+            UpstreamError::Tls(_) => UpstreamErrorKind::Tls,
         }
     }
 }
 
 /// An upstream WebSocket connection, handshake done.
 pub(super) struct UpstreamConn {
-    pub io: TcpStream,
+    pub io: Stream,
     /// Bytes the upstream sent after its 101 that were read with it (its first frames).
     pub read_ahead: Bytes,
     /// The 101's headers (subprotocol, cookies).
@@ -64,7 +70,7 @@ impl UpstreamConn {
     /// share hyper's read buffer) are dropped here.
     pub(super) fn into_leg(self) -> super::session::Leg {
         super::session::Leg {
-            io: crate::io::Stream::Plain(self.io),
+            io: self.io,
             pre: self.read_ahead,
         }
     }
@@ -83,8 +89,8 @@ pub(super) async fn connect_upstream(
     client_path: &str,
     headers: HeaderMap,
     timeout: Duration,
+    tls: Option<&UpstreamTls>,
 ) -> Result<UpstreamConn, UpstreamError> {
-    // `Compiled` refused wss:// upstreams for this build already.
     let url = &target.authority;
     let uri = target.request_uri("http", route_prefix, client_path);
     // Origin-form on the wire: hyper's connection-level client sends the target as given.
@@ -116,8 +122,22 @@ pub(super) async fn connect_upstream(
             .await
             .map_err(UpstreamError::Connect)?;
         let _ = tcp.set_nodelay(true);
+        let io = match (target.tls, tls) {
+            (false, _) => Stream::Plain(tcp),
+            (true, Some(tls)) => {
+                let connector = tokio_rustls::TlsConnector::from(tls.config.clone());
+                let s = connector
+                    .connect(tls.server_name.clone(), tcp)
+                    .await
+                    .map_err(|e| UpstreamError::Tls(e.to_string()))?;
+                Stream::TlsClient(Box::new(s))
+            }
+            (true, None) => {
+                return Err(UpstreamError::Tls("no TLS setup for this upstream".into()));
+            }
+        };
         let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
-            .handshake::<_, Empty<Bytes>>(TokioIo::new(tcp))
+            .handshake::<_, Empty<Bytes>>(TokioIo::new(io))
             .await
             .map_err(handshake_error)?;
         // The connection future hands the socket over once the 101 is read; until then it is
@@ -148,7 +168,7 @@ pub(super) async fn connect_upstream(
             }
         };
         let parts = upgraded
-            .downcast::<TokioIo<TcpStream>>()
+            .downcast::<TokioIo<Stream>>()
             .map_err(|_| handshake_error("upgraded connection of an unexpected type"))?;
         Ok(UpstreamConn {
             io: parts.io.into_inner(),

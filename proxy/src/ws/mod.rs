@@ -217,6 +217,7 @@ impl Start {
                     &path_and_query,
                     headers,
                     self.shared.tuning().upstream_handshake_timeout,
+                    self.runtime.upstream_tls(self.route, index),
                 )
                 .await
             }

@@ -104,7 +104,8 @@ const CONNECTIONS: &[&str] = &["rate", "per", "burst", "key"];
 const MESSAGES: &[&str] = &["rate", "per", "burst", "on_exceed"];
 const ROOMS: &[&str] = &["rate", "per", "burst"];
 const SPLIT: &[&str] = &["sticky", "override_header", "override_from"];
-const UPSTREAM_PROXY: &[&str] = &["name", "url", "weight"];
+const UPSTREAM_PROXY: &[&str] = &["name", "url", "weight", "tls"];
+const UPSTREAM_TLS: &[&str] = &["ca", "server_name"];
 const UPSTREAM_FILTER: &[&str] = &["name", "weight"];
 const TURN_PROXY: &[&str] = &[
     "secret",

@@ -4,12 +4,12 @@
 use std::collections::BTreeMap;
 
 use super::super::tree::{Node, NodeKind};
-use super::super::{Split, Sticky, Upstream};
+use super::super::{Split, Sticky, Upstream, UpstreamTls};
 use super::fields::{fields, name_line};
 use super::scalars::{
     check_name, cidr_list, header_name, int, is_tchar, json_pointer, required_string, string, url,
 };
-use super::{Mode, SPLIT, UPSTREAM_FILTER, UPSTREAM_PROXY, Validator, index};
+use super::{Mode, SPLIT, UPSTREAM_FILTER, UPSTREAM_PROXY, UPSTREAM_TLS, Validator, index};
 
 // === split ===
 
@@ -186,14 +186,54 @@ pub(super) fn upstreams(cx: &mut Validator, node: &Node, path: &str, is_ws: bool
         if weight.is_none() {
             weights_ok = false;
         }
+        let tls = match f.get("tls") {
+            Some(n) if cx.mode == Mode::Proxy => {
+                let secure = url_value
+                    .as_deref()
+                    .is_some_and(|u| u.starts_with("wss:") || u.starts_with("https:"));
+                if url_value.is_some() && !secure {
+                    cx.err(
+                        &f.path("tls"),
+                        n.line,
+                        "`tls` is for wss:// and https:// upstreams; this one is plain",
+                    );
+                }
+                upstream_tls(cx, n, &f.path("tls"))
+            }
+            _ => None,
+        };
         out.push(Upstream {
             name,
             url: url_value,
             weight: weight.unwrap_or(1),
+            tls,
         });
     }
     if weights_ok && out.iter().map(|u| u64::from(u.weight)).sum::<u64>() == 0 {
         cx.err(path, node.line, "the weights of a route's upstreams sum to 0: at least one upstream needs a weight above 0");
     }
     out
+}
+
+/// `tls: { ca, server_name }` of an upstream.
+fn upstream_tls(cx: &mut Validator, node: &Node, path: &str) -> Option<UpstreamTls> {
+    let f = fields(cx, node, path, UPSTREAM_TLS, &[])?;
+    let ca = f
+        .value("ca")
+        .and_then(|n| string(cx, n, &f.path("ca")))
+        .filter(|s| !s.trim().is_empty());
+    let server_name = f.value("server_name").and_then(|n| {
+        let p = f.path("server_name");
+        let name = string(cx, n, &p)?;
+        let ok = !name.is_empty()
+            && name.len() <= 253
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+        if !ok {
+            cx.err(&p, n.line, format!("`{name}` is not a DNS name"));
+        }
+        ok.then_some(name)
+    });
+    Some(UpstreamTls { ca, server_name })
 }
