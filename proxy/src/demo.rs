@@ -52,6 +52,15 @@ pub struct Demo {
 
 impl Demo {
     pub async fn start(listen: SocketAddr, admin: SocketAddr) -> Result<Demo, RunError> {
+        Demo::start_with(listen, admin, None).await
+    }
+
+    /// The demo with `tls:` on its listener (the page on `https://`, signaling on `wss://`).
+    pub async fn start_with(
+        listen: SocketAddr,
+        admin: SocketAddr,
+        tls: Option<sigmesh_core::config::Tls>,
+    ) -> Result<Demo, RunError> {
         let upstream = |name: &'static str| async move {
             let addr: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 0));
             let l = TcpListener::bind(addr)
@@ -74,7 +83,8 @@ impl Demo {
             .replace("{ADMIN}", &admin.to_string())
             .replace("{STABLE}", &stable.local_addr.to_string())
             .replace("{CANARY}", &canary.local_addr.to_string());
-        let config = sigmesh_core::config::load(&text)?;
+        let mut config = sigmesh_core::config::load(&text)?;
+        config.tls = tls;
         let proxy = Proxy::start(config, None).await?;
         Ok(Demo {
             proxy,

@@ -21,6 +21,15 @@ pub enum Stream {
 }
 
 impl Stream {
+    /// How a client leg came, as `/sessions` shows it.
+    pub fn transport(&self) -> &'static str {
+        match self {
+            Stream::Plain(_) => "http/1.1",
+            Stream::TlsServer(_) | Stream::TlsClient(_) => "http/1.1+tls",
+            Stream::H2(_) => "h2",
+        }
+    }
+
     /// The negotiated ALPN protocol, if any.
     pub fn alpn(&self) -> Option<&[u8]> {
         match self {

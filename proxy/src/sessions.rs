@@ -39,6 +39,8 @@ pub struct SessionInfo {
     pub ice: IceCounts,
     /// Offer to answer, in milliseconds; `u64::MAX` while unknown.
     pub setup_ms: AtomicU64,
+    /// How the client came: `http/1.1`, `http/1.1+tls` or `h2` (RFC 8441, over TLS).
+    pub transport: OnceLock<&'static str>,
 }
 
 impl SessionInfo {
@@ -58,6 +60,7 @@ impl SessionInfo {
             dropped: AtomicU64::new(0),
             ice: IceCounts::default(),
             setup_ms: AtomicU64::new(u64::MAX),
+            transport: OnceLock::new(),
         }
     }
 
@@ -87,6 +90,7 @@ impl SessionInfo {
                 tcp: l(&self.ice.tcp),
             },
             setup_ms: (setup != u64::MAX).then_some(setup),
+            transport: self.transport.get().copied().unwrap_or("http/1.1"),
         }
     }
 }
@@ -107,6 +111,7 @@ pub struct SessionView<'a> {
     pub dropped: u64,
     pub ice: IceView,
     pub setup_ms: Option<u64>,
+    pub transport: &'static str,
 }
 
 #[derive(Serialize)]

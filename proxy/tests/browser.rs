@@ -1,6 +1,7 @@
 //! A real browser end to end: two headless Chromium instances open the demo page served through
 //! sigmesh in the same room, and make a WebRTC call (ICE connected, a data-channel chat message and
-//! remote video) whose offer/answer/candidates flowed through the proxy.
+//! remote video) whose offer/answer/candidates flowed through the proxy; then the same over
+//! `https://` and `wss://`, where Chromium speaks WebSocket over HTTP/2 (RFC 8441) to sigmesh.
 //!
 //! Needs Debian's `chromium` and `chromium-driver`; the test fails (it does not skip) when they are
 //! missing. Install them with `scripts/install/chromium.sh`, i.e.
@@ -17,6 +18,10 @@ use fantoccini::{Client, ClientBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
 use serde_json::{Value, json};
 use sigmesh::demo::Demo;
+
+#[path = "common/pki.rs"]
+#[allow(dead_code)]
+mod common_pki;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const INSTALL: &str = "apt-get update && apt-get install -y chromium chromium-driver   (or scripts/install/chromium.sh)";
@@ -40,6 +45,8 @@ const CHROME_ARGS: &[&str] = &[
     "--use-fake-ui-for-media-stream",
     "--use-fake-device-for-media-stream",
     "--window-size=1100,900",
+    // The https test's certificate comes from a CA made by the test.
+    "--ignore-certificate-errors",
 ];
 
 fn binary(env: &str, default: &str) -> PathBuf {
@@ -273,13 +280,20 @@ struct Tabs {
     b: Client,
 }
 
+/// How the page and its WebSocket reach the proxy: `http`/`ws`, or `https`/`wss` (then the
+/// sessions are WebSockets over HTTP/2, RFC 8441).
 async fn scenario(
     tabs: &Tabs,
     listen: SocketAddr,
     admin: SocketAddr,
     room: &str,
+    scheme: &str,
 ) -> anyhow::Result<()> {
-    let url = format!("http://{listen}/?room={room}&autojoin=1&media=canvas");
+    let host = match scheme {
+        "https" => format!("localhost:{}", listen.port()),
+        _ => listen.to_string(),
+    };
+    let url = format!("{scheme}://{host}/?room={room}&autojoin=1&media=canvas");
     // A first, so that B is the newcomer that makes the offer; either order works.
     tabs.a.goto(&url).await.context("open the page in tab A")?;
     tabs.b.goto(&url).await.context("open the page in tab B")?;
@@ -410,6 +424,14 @@ async fn scenario(
             s["messages_out"].as_u64().is_some_and(|n| n > 0),
             "no upstream messages through the proxy: {s}"
         );
+        // Over https, Chromium opens its WebSockets on the page's HTTP/2 connection (RFC 8441),
+        // because sigmesh offers extended CONNECT.
+        let want = if scheme == "https" { "h2" } else { "http/1.1" };
+        ensure!(
+            s["transport"] == want,
+            "session transport {} over {scheme}: {s}",
+            s["transport"]
+        );
     }
     eprintln!(
         "sessions through sigmesh: {}",
@@ -468,12 +490,40 @@ async fn scenario(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_tabs_make_a_webrtc_call_through_the_proxy() {
+    call(None).await;
+}
+
+/// The same call with the page on `https://` and its signaling on `wss://` (a certificate for
+/// `localhost` from a CA made here; Chromium is told to accept it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_tabs_make_a_call_over_https_and_wss() {
+    let pki = common_pki::Pki::new();
+    pki.issue("localhost", &["localhost"]);
+    let tls = sigmesh_core::config::Tls {
+        certificates: vec![sigmesh_core::config::CertificatePair {
+            cert: pki.path("localhost.pem").display().to_string(),
+            key: pki.path("localhost.key").display().to_string(),
+        }],
+        alpn: vec![
+            sigmesh_core::config::Alpn::H2,
+            sigmesh_core::config::Alpn::Http11,
+        ],
+        min_version: sigmesh_core::config::TlsVersion::V1_2,
+        client_ca: None,
+    };
+    call(Some(tls)).await;
+}
+
+async fn call(tls: Option<sigmesh_core::config::Tls>) {
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let chromedriver = binary("SIGMESH_CHROMEDRIVER", "/usr/bin/chromedriver");
     binary("SIGMESH_CHROMIUM", "/usr/bin/chromium");
     let started = Instant::now();
 
     let (listen, admin) = (free_addr(), free_addr());
-    let demo = Demo::start(listen, admin).await.expect("start the demo");
+    let demo = Demo::start_with(listen, admin, tls)
+        .await
+        .expect("start the demo");
     let admin = demo.proxy.admin.expect("demo has an admin listener");
     let listen = demo.proxy.listen;
 
@@ -509,7 +559,7 @@ async fn two_tabs_make_a_webrtc_call_through_the_proxy() {
         .map(|d| d.subsec_nanos())
         .unwrap_or(0);
     let room = format!("e2e-{}-{nanos}", std::process::id());
-    let result = tokio::time::timeout(TOTAL, scenario(&tabs, listen, admin, &room)).await;
+    let result = tokio::time::timeout(TOTAL, scenario(&tabs, listen, admin, &room, scheme)).await;
 
     // Cleanup whatever happened: browsers, then the demo, then chromedriver (dropped).
     let _ = tokio::time::timeout(STEP, async {

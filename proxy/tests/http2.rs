@@ -142,6 +142,7 @@ async fn many_websockets_on_one_http2_connection() {
     let live = sessions(&p).await;
     assert_eq!(live.len(), 3, "{live:?}");
     assert!(live.iter().all(|s| s["route"] == "sig"), "{live:?}");
+    assert!(live.iter().all(|s| s["transport"] == "h2"), "{live:?}");
     // A plain HTTP/2 request on the same connection is forwarded as HTTP/1.1.
     let req = http::Request::get("https://signal.test/plain/x?y=1")
         .body(Empty::<Bytes>::new())

@@ -258,6 +258,7 @@ impl Start {
         if let Some(room) = &room {
             let _ = info.room.set(sigmesh_core::request::shown(room).to_owned());
         }
+        let _ = info.transport.set(legs.0.io.transport());
         let opts = SessionOptions {
             sticky_room: room,
             deflate: false,

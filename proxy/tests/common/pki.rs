@@ -1,4 +1,5 @@
 //! Test certificates (a CA made with rcgen, leaves it issues, as PEM files) and a rustls client.
+#![allow(clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
