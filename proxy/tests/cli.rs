@@ -144,8 +144,9 @@ routes:
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    // Valid, but not servable by this build (no TLS client yet): a `check` error with its key
-    // path, and `run` refuses it as a bad config (exit 1) instead of answering 502 later.
+    // Valid, but not servable: a `wss://` upstream whose CA file is not there is a `check`
+    // error with its key path, and `run` refuses it as a bad config (exit 1) instead of
+    // answering 502 later.
     let tls = dir.path().join("tls.yaml");
     write(
         &tls,
@@ -154,7 +155,7 @@ routes:
   - name: a
     match: { path_prefix: /ws }
     websocket: {}
-    upstreams: [{ name: s, url: "wss://127.0.0.1:1/ws" }]
+    upstreams: [{ name: s, url: "wss://127.0.0.1:1/ws", tls: { ca: /nonexistent/ca.pem } }]
 "#,
     );
     for cmd in ["check", "run"] {
@@ -167,7 +168,7 @@ routes:
         assert_eq!(out.status.code(), Some(1), "{cmd}");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(
-            err.contains("routes[0].upstreams[0].url") && err.contains("TLS"),
+            err.contains("routes[0].upstreams[0].tls.ca") && err.contains("/nonexistent/ca.pem"),
             "{cmd}: {err}"
         );
     }
