@@ -29,12 +29,12 @@ pub struct Capabilities {
 
 impl Capabilities {
     /// The standalone proxy of this build: dials upstreams (wss:// and https:// too), holds
-    /// first messages, strips compression offers.
+    /// first messages, reads compressed sessions through.
     pub const PROXY: Capabilities = Capabilities {
         dials_upstreams: true,
         tls_upstreams: true,
         first_message_pick: true,
-        deflate: DeflatePolicy::Strip,
+        deflate: DeflatePolicy::ReadThrough,
         routes_by_header: false,
     };
 
@@ -58,6 +58,9 @@ pub enum DeflatePolicy {
     Strip,
     /// Let it through; compressed messages are limited as whole messages but not read.
     Keep,
+    /// Rewrite it so neither side keeps a context, and read compressed messages through
+    /// (the standalone proxy; `websocket.compression: strip` still strips).
+    ReadThrough,
 }
 
 /// A parsed upstream URL (`ws`, `wss`, `http` or `https`).

@@ -191,6 +191,9 @@ pub struct WebSocket {
     pub allowed_origins: Vec<String>,
     /// JSON pointers into text messages.
     pub signaling: Signaling,
+    /// What happens to a client's `permessage-deflate` offer. Default `passthrough`.
+    #[serde(skip_serializing_if = "is_default")]
+    pub compression: Compression,
 }
 
 impl Default for WebSocket {
@@ -200,8 +203,21 @@ impl Default for WebSocket {
             idle_timeout: Duration::from_secs(120),
             allowed_origins: Vec::new(),
             signaling: Signaling::default(),
+            compression: Compression::default(),
         }
     }
+}
+
+/// `routes[].websocket.compression`
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    /// Negotiated end to end when the upstream accepts it, without a context either way, and
+    /// read through (each compressed text message inflated to be read).
+    #[default]
+    Passthrough,
+    /// Taken out of the offer: never negotiated.
+    Strip,
 }
 
 /// `routes[].websocket.signaling`: JSON pointers (RFC 6901) into text messages.

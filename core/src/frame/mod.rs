@@ -36,13 +36,16 @@
 //! every byte after it. [`Pushed::close`] says so once, so the front end can count it.
 //!
 //! ## Extension negotiation
-//! With `permessage-deflate` negotiated (RFC 7692) every data message may be compressed with a
-//! shared sliding window, so its text cannot be read frame by frame: compressed messages are
-//! still counted, limited and cut as whole messages, but never read. [`strip_extension`]
-//! removes an extension from a `Sec-WebSocket-Extensions` offer so it is never negotiated.
+//! With `permessage-deflate` negotiated (RFC 7692) a data message may be compressed. With a
+//! compression context kept between messages its text cannot be read on its own: such
+//! messages are counted, limited and cut as whole messages, but not read. Without one
+//! ([`ReaderConfig::inflate`], [`deflate`]) each compressed text message is inflated at its
+//! end, bounded by the message limit, and read like any other. [`strip_extension`] removes an
+//! extension from a `Sec-WebSocket-Extensions` offer so it is never negotiated.
 
 use std::fmt;
 
+pub mod deflate;
 mod reader;
 mod wire;
 
@@ -61,6 +64,8 @@ pub mod close_code {
     pub const AWAY: u16 = 1001;
     /// 1002: protocol error.
     pub const PROTOCOL_ERROR: u16 = 1002;
+    /// 1007: invalid payload data (a compressed message that does not inflate).
+    pub const INVALID_DATA: u16 = 1007;
     /// 1008: policy violation (rate limits with `on_exceed: close`).
     pub const POLICY: u16 = 1008;
     /// 1009: message too big.
@@ -93,6 +98,10 @@ pub struct ReaderConfig {
     pub defer_text: bool,
     /// `permessage-deflate` was negotiated: RSV1 on a first frame marks a compressed message.
     pub deflate: bool,
+    /// Neither side keeps a compression context ([`deflate`]): compressed text messages are
+    /// collected, deferred and read like uncompressed ones, inflated at their end to at most
+    /// the message limit (more closes 1009, data that does not inflate 1007).
+    pub inflate: bool,
     /// Masking key of the close frame the reader appends to a client-to-server stream.
     pub mask_key: [u8; 4],
 }
@@ -106,6 +115,7 @@ impl ReaderConfig {
             read_text: false,
             defer_text: false,
             deflate: false,
+            inflate: false,
             mask_key: [0; 4],
         }
     }

@@ -256,7 +256,7 @@ impl FrameReader {
                     frames: 0,
                 },
                 fate: Fate::Forward,
-                collect: self.cfg.read_text && text && !compressed,
+                collect: self.cfg.read_text && text && (!compressed || self.cfg.inflate),
                 overflow: false,
             });
         }
@@ -274,7 +274,10 @@ impl FrameReader {
             return self.close_now(e, close_code::TOO_BIG, "message too big");
         }
         if first {
-            m.fate = if self.cfg.defer_text && m.info.text && !m.info.compressed {
+            m.fate = if self.cfg.defer_text
+                && m.info.text
+                && (!m.info.compressed || self.cfg.inflate)
+            {
                 Fate::Hold
             } else {
                 match handler.decide(&m.info, None) {
@@ -434,11 +437,49 @@ impl FrameReader {
         let Some(m) = self.msg.take() else {
             return;
         };
+        if m.info.compressed && m.collect && !m.overflow {
+            // Inflated into the thread's buffer, read from there: the session keeps nothing.
+            let compressed = std::mem::take(&mut self.text);
+            let limit = self.cfg.text_limit();
+            let result = super::deflate::with_inflated(&compressed, limit, |r| {
+                r.map(|bytes| self.finish(e, m, std::str::from_utf8(bytes).ok(), handler))
+            });
+            self.text = compressed;
+            self.text.clear();
+            if let Err(err) = result {
+                let (code, reason) = match err {
+                    super::deflate::InflateError::TooBig => {
+                        (close_code::TOO_BIG, "message too big once inflated")
+                    }
+                    super::deflate::InflateError::Corrupt => {
+                        (close_code::INVALID_DATA, "compressed data that does not inflate")
+                    }
+                };
+                self.close_now(e, code, reason);
+            }
+            return;
+        }
+        // Taken out for the call (no copy), given back empty.
+        let buf = std::mem::take(&mut self.text);
         let text = if m.collect && !m.overflow {
-            std::str::from_utf8(&self.text).ok()
+            std::str::from_utf8(&buf).ok()
         } else {
             None
         };
+        self.finish(e, m, text, handler);
+        self.text = buf;
+        self.text.clear();
+    }
+
+    /// A complete data message with its text (where read): decided if it was held, counted,
+    /// and handed to the handler.
+    fn finish<H: Handler + ?Sized>(
+        &mut self,
+        e: &mut Emit<'_>,
+        m: Msg,
+        text: Option<&str>,
+        handler: &mut H,
+    ) {
         let forwarded = match m.fate {
             Fate::Forward => true,
             Fate::Cut => false,
@@ -470,7 +511,6 @@ impl FrameReader {
             self.stats.cut += 1;
         }
         handler.done(&m.info, text, forwarded);
-        self.text.clear();
     }
 
     /// Ends the direction from outside (an idle timeout, a drain, the other side gone): at a

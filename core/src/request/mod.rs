@@ -34,7 +34,7 @@ use crate::bucket::BucketVerdict as Taken;
 use crate::compiled::{Compiled, DeflatePolicy};
 use std::net::IpAddr;
 
-use crate::config::{Rate, Route, SessionKey, Sticky, WebSocket};
+use crate::config::{Compression, Rate, Route, SessionKey, Sticky, WebSocket};
 use crate::frame::strip_extension;
 use crate::label::LimitKind;
 use crate::route::{Headers, RequestHead, normalize_path};
@@ -284,7 +284,13 @@ pub fn decide<H: Headers + ?Sized>(
     };
     let override_name = allowed_override(route, req);
     let mut edits = HeaderEdits::default();
-    let deflate = upgrade.is_some() && extension_edits(c.caps.deflate, req.headers, &mut edits);
+    // With `sticky: message:` the client gets its 101 before the upstream is known, so no
+    // extension can be agreed end to end: the offer is stripped.
+    let policy = match (&route.split.sticky, upgrade.map(|w| w.compression)) {
+        (Sticky::Message(_), _) | (_, Some(Compression::Strip)) => DeflatePolicy::Strip,
+        _ => c.caps.deflate,
+    };
+    let deflate = upgrade.is_some() && extension_edits(policy, req.headers, &mut edits);
     if upgrade.is_some()
         && let Sticky::Message(_) = route.split.sticky
     {
@@ -555,6 +561,15 @@ fn extension_edits<H: Headers + ?Sized>(
     }
     match policy {
         DeflatePolicy::Keep => true,
+        DeflatePolicy::ReadThrough => match crate::frame::deflate::offer_without_context(offer) {
+            Some(rewritten) => {
+                edits
+                    .set
+                    .push(("sec-websocket-extensions".into(), rewritten));
+                true
+            }
+            None => false,
+        },
         DeflatePolicy::Strip => {
             match rest {
                 Some(rest) => edits.set.push(("sec-websocket-extensions".into(), rest)),

@@ -133,6 +133,8 @@ pub struct SessionOptions {
     pub sticky_room: Option<String>,
     /// `permessage-deflate` was negotiated.
     pub deflate: bool,
+    /// ... without a compression context either way: compressed text is inflated and read.
+    pub inflate: bool,
     /// Masking key of sigmesh's own close frames toward the upstream.
     pub mask_key: [u8; 4],
     /// When the session opened.
@@ -256,6 +258,7 @@ pub fn client_reader_config(route: &Route, deflate: bool, mask_key: [u8; 4]) -> 
         read_text: true,
         defer_text: route.limits.rooms.is_some() && ws.is_some_and(|w| w.signaling.room.is_some()),
         deflate,
+        inflate: false,
         mask_key,
     }
 }
@@ -269,10 +272,14 @@ impl Session {
             .filter(|r| !r.is_empty())
             .map(|r| crate::request::bucket_key(&r).into_owned());
         Session {
-            client: FrameReader::new(client_reader_config(route, opts.deflate, opts.mask_key)),
+            client: FrameReader::new(ReaderConfig {
+                inflate: opts.inflate,
+                ..client_reader_config(route, opts.deflate, opts.mask_key)
+            }),
             upstream: FrameReader::new(ReaderConfig {
                 read_text: true,
                 deflate: opts.deflate,
+                inflate: opts.inflate,
                 ..ReaderConfig::new(Direction::ServerToClient)
             }),
             state: State {

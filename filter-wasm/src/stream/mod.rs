@@ -136,6 +136,8 @@ pub fn on_request_headers(
                     SessionOptions {
                         sticky_room: u.room,
                         deflate: u.deflate,
+                        // Envoy passes the offer as it is: a context may be kept.
+                        inflate: false,
                         mask_key: cx.random.to_le_bytes(),
                         now: cx.now,
                         read_dropped: false,

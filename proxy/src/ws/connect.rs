@@ -13,6 +13,7 @@ use tokio::net::TcpStream;
 use tungstenite::handshake::{client::generate_key, derive_accept_key};
 
 use sigmesh_core::compiled::Target;
+use sigmesh_core::frame::deflate::Accepted;
 
 use crate::io::Stream;
 use crate::upstream_tls::UpstreamTls;
@@ -63,6 +64,8 @@ pub(super) struct UpstreamConn {
     pub read_ahead: Bytes,
     /// The 101's headers (subprotocol, cookies).
     pub headers: HeaderMap,
+    /// `permessage-deflate` agreed without a context either way: the value for the client.
+    pub extensions: Option<String>,
 }
 
 impl UpstreamConn {
@@ -102,6 +105,7 @@ pub(super) async fn connect_upstream(
     let mut request = Request::get(origin_form)
         .body(Empty::<Bytes>::new())
         .map_err(|e| UpstreamError::Url(format!("{url}: {e}")))?;
+    let offered = headers.contains_key(header::SEC_WEBSOCKET_EXTENSIONS);
     let h = request.headers_mut();
     *h = headers;
     let host = HeaderValue::from_str(&target.authority)
@@ -151,14 +155,14 @@ pub(super) async fn connect_upstream(
             if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
                 return Err(UpstreamError::Refused(resp.status()));
             }
-            check_accept(resp.headers(), &key)?;
+            let extensions = check_accept(resp.headers(), &key, offered)?;
             let upgraded = hyper::upgrade::on(&mut resp)
                 .await
                 .map_err(handshake_error)?;
-            Ok((upgraded, resp.into_parts().0.headers))
+            Ok((upgraded, resp.into_parts().0.headers, extensions))
         });
         let mut conn_done = false;
-        let (upgraded, headers) = loop {
+        let (upgraded, headers, extensions) = loop {
             tokio::select! {
                 r = &mut exchange => break r?,
                 c = &mut conn, if !conn_done => {
@@ -174,6 +178,7 @@ pub(super) async fn connect_upstream(
             io: parts.io.into_inner(),
             read_ahead: parts.read_buf,
             headers,
+            extensions,
         })
     };
     tokio::time::timeout(timeout, work)
@@ -182,8 +187,13 @@ pub(super) async fn connect_upstream(
 }
 
 /// RFC 6455 §4.1: the 101 must upgrade to websocket with the accept value of our key, and
-/// name no extension (none was offered).
-fn check_accept(h: &HeaderMap, key: &str) -> Result<(), UpstreamError> {
+/// name no extension but the `permessage-deflate` offered, without a context
+/// ([`sigmesh_core::frame::deflate::accepted`]); the value for the client when one is agreed.
+fn check_accept(
+    h: &HeaderMap,
+    key: &str,
+    offered: bool,
+) -> Result<Option<String>, UpstreamError> {
     if !super::upgrades_to_websocket(h) {
         return Err(handshake_error("101 without Upgrade: websocket"));
     }
@@ -193,10 +203,17 @@ fn check_accept(h: &HeaderMap, key: &str) -> Result<(), UpstreamError> {
     if accept != Some(derive_accept_key(key.as_bytes()).as_bytes()) {
         return Err(handshake_error("bad Sec-WebSocket-Accept"));
     }
-    if h.contains_key(header::SEC_WEBSOCKET_EXTENSIONS) {
+    let value = h
+        .get(header::SEC_WEBSOCKET_EXTENSIONS)
+        .map(|v| v.to_str().unwrap_or("\u{fffd}"));
+    if value.is_some() && !offered {
         return Err(handshake_error(
             "upstream chose an extension that was not offered",
         ));
     }
-    Ok(())
+    match sigmesh_core::frame::deflate::accepted(value) {
+        Accepted::None => Ok(None),
+        Accepted::ReadThrough(to_client) => Ok(Some(to_client)),
+        Accepted::Refused(why) => Err(handshake_error(why)),
+    }
 }

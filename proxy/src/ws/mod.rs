@@ -63,11 +63,14 @@ struct ClientHandshake {
 }
 
 impl ClientHandshake {
+    /// `offer`: the request carries core's `permessage-deflate` offer for the upstream (else
+    /// every extension offer is left out).
     fn take(
         req: &mut Request<Incoming>,
         client: SocketAddr,
         edits: &HeaderEdits,
         trusted_peer: bool,
+        offer: bool,
     ) -> Option<ClientHandshake> {
         // Core checked the handshake's form: an HTTP/1.1 request without a key never gets here.
         let key = match req.method() == http::Method::CONNECT {
@@ -77,7 +80,7 @@ impl ClientHandshake {
         Some(ClientHandshake {
             key,
             on_upgrade: hyper::upgrade::on(&mut *req),
-            headers: upstream_headers(req.headers(), client, edits, trusted_peer),
+            headers: upstream_headers(req.headers(), client, edits, trusted_peer, offer),
             path_and_query: http_util::upstream_path_and_query(req.uri()),
         })
     }
@@ -108,8 +111,8 @@ pub async fn upgrade(
     client: SocketAddr,
     trace: Option<Arc<SessionTrace>>,
 ) -> Response<Body> {
-    let Some(hs) = ClientHandshake::take(&mut req, client, &up.edits, runtime.trusts(client.ip()))
-    else {
+    let trusted = runtime.trusts(client.ip());
+    let Some(hs) = ClientHandshake::take(&mut req, client, &up.edits, trusted, up.deflate) else {
         return missing_key();
     };
     let places = Places::new(shared.counts().clone(), std::mem::take(&mut up.leases));
@@ -136,7 +139,16 @@ pub async fn upgrade(
         return http_util::text(StatusCode::BAD_GATEWAY, "upstream handshake failed");
     };
     let protocol = conn.headers.get(header::SEC_WEBSOCKET_PROTOCOL).cloned();
-    let resp = switching_protocols(hs.key.as_ref(), protocol, &conn.headers);
+    let mut resp = switching_protocols(hs.key.as_ref(), protocol, &conn.headers);
+    let compressed = conn.extensions.is_some();
+    if let Some(ext) = conn
+        .extensions
+        .as_deref()
+        .and_then(|e| HeaderValue::from_str(e).ok())
+    {
+        resp.headers_mut()
+            .insert(header::SEC_WEBSOCKET_EXTENSIONS, ext);
+    }
     if let Some(t) = &start.trace {
         t.accepted();
     }
@@ -149,7 +161,9 @@ pub async fn upgrade(
         let Some(client_leg) = upgraded_leg(on_upgrade).await else {
             return;
         };
-        start.run(upstream, room, (client_leg, upstream_leg)).await;
+        start
+            .run(upstream, room, (client_leg, upstream_leg), compressed)
+            .await;
     });
     resp
 }
@@ -165,7 +179,7 @@ pub fn await_first(
     trace: Option<Arc<SessionTrace>>,
 ) -> Response<Body> {
     let Some(hs) =
-        ClientHandshake::take(&mut req, client, &wait.edits, runtime.trusts(client.ip()))
+        ClientHandshake::take(&mut req, client, &wait.edits, runtime.trusts(client.ip()), false)
     else {
         return missing_key();
     };
@@ -247,6 +261,7 @@ impl Start {
         upstream: usize,
         room: Option<String>,
         legs: (Leg, Leg),
+        compressed: bool,
     ) -> impl std::future::Future<Output = ()> + Send + 'static {
         let route = &self.runtime.route(self.route).route;
         let info = Arc::new(SessionInfo::new(
@@ -261,7 +276,9 @@ impl Start {
         let _ = info.transport.set(legs.0.io.transport());
         let opts = SessionOptions {
             sticky_room: room,
-            deflate: false,
+            // Negotiated only without a context either way: read through.
+            deflate: compressed,
+            inflate: compressed,
             mask_key: rand::random(),
             now: crate::clock::now(),
             read_dropped: self.trace.as_ref().is_some_and(|t| t.is_recording()),
@@ -318,7 +335,7 @@ impl Start {
         match self.connect(up.upstream, headers, pq, sticky).await {
             Ok(conn) => {
                 let upstream_leg = conn.into_leg();
-                self.run(up.upstream, None, (client_leg, upstream_leg))
+                self.run(up.upstream, None, (client_leg, upstream_leg), false)
                     .await
             }
             Err(_) => {
@@ -437,19 +454,26 @@ fn upstream_headers(
     addr: SocketAddr,
     edits: &HeaderEdits,
     trusted_peer: bool,
+    offer: bool,
 ) -> HeaderMap {
     let mut h = client.clone();
     http_util::strip_hop_by_hop(&mut h);
+    if !offer {
+        h.remove(header::SEC_WEBSOCKET_EXTENSIONS);
+    }
+    // Core's edits set the rewritten offer (no context takeover), when there is one.
     http_util::apply_edits(&mut h, edits);
     for n in [
         header::HOST,
         header::SEC_WEBSOCKET_KEY,
         header::SEC_WEBSOCKET_VERSION,
-        header::SEC_WEBSOCKET_EXTENSIONS,
         header::SEC_WEBSOCKET_ACCEPT,
         header::CONTENT_LENGTH,
     ] {
         h.remove(n);
+    }
+    if !offer {
+        h.remove(header::SEC_WEBSOCKET_EXTENSIONS);
     }
     http_util::set_forwarded(&mut h, addr.ip(), "http", trusted_peer);
     http_util::ensure_traceparent(&mut h);

@@ -95,6 +95,7 @@ const WEBSOCKET: &[&str] = &[
     "idle_timeout",
     "allowed_origins",
     "signaling",
+    "compression",
 ];
 const SIGNALING: &[&str] = &["type", "room", "peer"];
 const LIMITS: &[&str] = &["connections", "messages", "rooms", "sessions"];

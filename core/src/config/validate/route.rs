@@ -248,6 +248,19 @@ fn websocket(cx: &mut Validator, node: &Node, path: &str) -> WebSocket {
         w.max_message_bytes = usize::try_from(v).unwrap_or(w.max_message_bytes);
     }
     w.idle_timeout = positive_duration(cx, &f, "idle_timeout", w.idle_timeout);
+    if let Some(n) = f.value("compression") {
+        let p = f.path("compression");
+        match string(cx, n, &p).as_deref() {
+            Some("passthrough") => w.compression = super::super::Compression::Passthrough,
+            Some("strip") => w.compression = super::super::Compression::Strip,
+            Some(other) => cx.err(
+                &p,
+                n.line,
+                format!("`{other}`: use `passthrough` or `strip`"),
+            ),
+            None => {}
+        }
+    }
     if let Some(n) = f.get("allowed_origins") {
         let p = f.path("allowed_origins");
         for (i, (o, line)) in string_list(cx, n, &p).into_iter().enumerate() {
