@@ -336,16 +336,39 @@ fn compression_offers_follow_the_front_ends_policy() {
         "sec-websocket-extensions",
         "permessage-deflate; client_max_window_bits, x-other",
     ));
-    let strip = compiled(Capabilities::PROXY);
-    let Verdict::Upgrade(u) = run(&strip, &b, &r) else {
+    // The proxy reads compressed sessions through: the offer goes on rewritten so neither
+    // side keeps a context, and nothing else is offered.
+    let proxy = compiled(Capabilities::PROXY);
+    let Verdict::Upgrade(u) = run(&proxy, &b, &r) else {
         panic!()
     };
-    assert!(!u.deflate);
-    assert!(
-        u.edits
-            .set
-            .contains(&("sec-websocket-extensions".into(), "x-other".into()))
+    assert!(u.deflate);
+    assert!(u.edits.set.contains(&(
+        "sec-websocket-extensions".into(),
+        "permessage-deflate; client_max_window_bits; client_no_context_takeover; server_no_context_takeover".into()
+    )));
+    // `compression: strip` on the route, and a front end that strips.
+    let text = CONFIG.replace(
+        "websocket: { allowed_origins: [https://ok.example] }",
+        "websocket: { allowed_origins: [https://ok.example], compression: strip }",
     );
+    let strip_route = Compiled::new(load(&text).unwrap(), Capabilities::PROXY).unwrap();
+    let strip = compiled(Capabilities {
+        deflate: DeflatePolicy::Strip,
+        ..Capabilities::PROXY
+    });
+    for c in [&strip_route, &strip] {
+        // Fresh buckets: the route's connection bucket has a burst of 2.
+        let Verdict::Upgrade(u) = run(c, &Buckets::default(), &r) else {
+            panic!()
+        };
+        assert!(!u.deflate);
+        assert!(
+            u.edits
+                .set
+                .contains(&("sec-websocket-extensions".into(), "x-other".into()))
+        );
+    }
     let keep = compiled(Capabilities {
         deflate: DeflatePolicy::Keep,
         ..Capabilities::PROXY

@@ -35,9 +35,18 @@ static ROUTE: std::sync::LazyLock<sigmesh_core::config::Route> = std::sync::Lazy
 
 fuzz_target!(|data: &[u8]| {
     let route = &*ROUTE;
-    let mut s = Session::new(route, SessionOptions::default());
-    // The first byte picks the chunk size; then alternate ways.
-    let step = usize::from(data.first().copied().unwrap_or(1)).max(1);
+    // The first byte's top bit: a compressed session read through (inflate, bounded).
+    let compressed = data.first().is_some_and(|b| b & 0x80 != 0);
+    let mut s = Session::new(
+        route,
+        SessionOptions {
+            deflate: compressed,
+            inflate: compressed,
+            ..SessionOptions::default()
+        },
+    );
+    // The first byte's low bits pick the chunk size; then alternate ways.
+    let step = usize::from(data.first().copied().unwrap_or(1) & 0x7f).max(1);
     for (i, chunk) in data.chunks(step).enumerate() {
         let env = SessionEnv {
             route,

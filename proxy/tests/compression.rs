@@ -113,8 +113,15 @@ async fn a_compressed_session_is_read_through_and_a_bomb_closes_1009() {
     );
     // The bomb: 1009 from sigmesh once inflated (it was well under the limit compressed), and
     // the upstream never saw it (a room bucket holds messages until read).
-    assert!(stdout.contains("closed 1009 message too big once inflated"), "{stdout}");
-    assert!(got.lock().unwrap().iter().all(|n| *n < 65536), "{:?}", got.lock().unwrap());
+    assert!(
+        stdout.contains("closed 1009 message too big once inflated"),
+        "{stdout}"
+    );
+    assert!(
+        got.lock().unwrap().iter().all(|n| *n < 65536),
+        "{:?}",
+        got.lock().unwrap()
+    );
 
     // sigmesh read the compressed messages: types, the room, the candidates.
     let m = metrics(&p).await;

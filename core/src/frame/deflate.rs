@@ -20,7 +20,11 @@ fn name_of(offer: &str) -> &str {
 }
 
 fn params(offer: &str) -> impl Iterator<Item = &str> {
-    offer.split(';').skip(1).map(str::trim).filter(|p| !p.is_empty())
+    offer
+        .split(';')
+        .skip(1)
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
 }
 
 fn param_name(p: &str) -> &str {
@@ -210,24 +214,32 @@ mod tests {
                 "permessage-deflate; server_no_context_takeover; client_no_context_takeover".into()
             )
         );
-        assert!(matches!(accepted(Some("permessage-deflate")), Accepted::Refused(_)));
+        assert!(matches!(
+            accepted(Some("permessage-deflate")),
+            Accepted::Refused(_)
+        ));
         assert!(matches!(accepted(Some("x-other")), Accepted::Refused(_)));
     }
 
     #[test]
     fn inflates_within_the_limit_and_refuses_bombs() {
-        let text = br#"{"type":"candidate","candidate":"candidate:1 1 udp 2 10.0.0.1 5000 typ host"}"#;
+        let text =
+            br#"{"type":"candidate","candidate":"candidate:1 1 udp 2 10.0.0.1 5000 typ host"}"#;
         let z = compress(text);
         with_inflated(&z, 1024, |r| assert_eq!(r, Ok(&text[..])));
         // Twice in a row: the decompressor is reset between messages.
         with_inflated(&z, 1024, |r| assert_eq!(r, Ok(&text[..])));
         let bomb = compress(&vec![b'a'; 4 << 20]);
         assert!(bomb.len() < 8 << 10, "{}", bomb.len());
-        with_inflated(&bomb, 64 << 10, |r| assert_eq!(r, Err(InflateError::TooBig)));
+        with_inflated(&bomb, 64 << 10, |r| {
+            assert_eq!(r, Err(InflateError::TooBig))
+        });
         with_inflated(&[0xff, 0xff, 0xff], 1024, |r| {
             assert_eq!(r, Err(InflateError::Corrupt))
         });
         with_inflated(&z, text.len(), |r| assert_eq!(r, Ok(&text[..])));
-        with_inflated(&z, text.len() - 1, |r| assert_eq!(r, Err(InflateError::TooBig)));
+        with_inflated(&z, text.len() - 1, |r| {
+            assert_eq!(r, Err(InflateError::TooBig))
+        });
     }
 }

@@ -274,20 +274,18 @@ impl FrameReader {
             return self.close_now(e, close_code::TOO_BIG, "message too big");
         }
         if first {
-            m.fate = if self.cfg.defer_text
-                && m.info.text
-                && (!m.info.compressed || self.cfg.inflate)
-            {
-                Fate::Hold
-            } else {
-                match handler.decide(&m.info, None) {
-                    MessageAction::Forward => Fate::Forward,
-                    MessageAction::Cut => Fate::Cut,
-                    MessageAction::Close { code, reason } => {
-                        return self.close_now(e, code, reason);
+            m.fate =
+                if self.cfg.defer_text && m.info.text && (!m.info.compressed || self.cfg.inflate) {
+                    Fate::Hold
+                } else {
+                    match handler.decide(&m.info, None) {
+                        MessageAction::Forward => Fate::Forward,
+                        MessageAction::Cut => Fate::Cut,
+                        MessageAction::Close { code, reason } => {
+                            return self.close_now(e, code, reason);
+                        }
                     }
-                }
-            };
+                };
         }
         self.msg = Some(m);
         if m.fate == Fate::Hold && self.over_hold_bound(raw_len, h.len) {
@@ -451,9 +449,10 @@ impl FrameReader {
                     super::deflate::InflateError::TooBig => {
                         (close_code::TOO_BIG, "message too big once inflated")
                     }
-                    super::deflate::InflateError::Corrupt => {
-                        (close_code::INVALID_DATA, "compressed data that does not inflate")
-                    }
+                    super::deflate::InflateError::Corrupt => (
+                        close_code::INVALID_DATA,
+                        "compressed data that does not inflate",
+                    ),
                 };
                 self.close_now(e, code, reason);
             }

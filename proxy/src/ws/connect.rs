@@ -189,11 +189,7 @@ pub(super) async fn connect_upstream(
 /// RFC 6455 §4.1: the 101 must upgrade to websocket with the accept value of our key, and
 /// name no extension but the `permessage-deflate` offered, without a context
 /// ([`sigmesh_core::frame::deflate::accepted`]); the value for the client when one is agreed.
-fn check_accept(
-    h: &HeaderMap,
-    key: &str,
-    offered: bool,
-) -> Result<Option<String>, UpstreamError> {
+fn check_accept(h: &HeaderMap, key: &str, offered: bool) -> Result<Option<String>, UpstreamError> {
     if !super::upgrades_to_websocket(h) {
         return Err(handshake_error("101 without Upgrade: websocket"));
     }

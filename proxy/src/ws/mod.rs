@@ -178,9 +178,13 @@ pub fn await_first(
     client: SocketAddr,
     trace: Option<Arc<SessionTrace>>,
 ) -> Response<Body> {
-    let Some(hs) =
-        ClientHandshake::take(&mut req, client, &wait.edits, runtime.trusts(client.ip()), false)
-    else {
+    let Some(hs) = ClientHandshake::take(
+        &mut req,
+        client,
+        &wait.edits,
+        runtime.trusts(client.ip()),
+        false,
+    ) else {
         return missing_key();
     };
     if let Some(t) = &trace {
