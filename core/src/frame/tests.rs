@@ -138,6 +138,87 @@ fn deflate_marks_compressed_and_reads_nothing() {
     assert_eq!(h.done[0].1, None);
 }
 
+/// A permessage-deflate payload without context takeover (the trailing `00 00 ff ff` removed).
+fn deflated(text: &[u8]) -> Vec<u8> {
+    use flate2::{Compress, Compression, FlushCompress};
+    let mut c = Compress::new(Compression::default(), false);
+    let mut out = Vec::with_capacity(text.len() * 2 + 64);
+    let r = c.compress_vec(text, &mut out, FlushCompress::Sync);
+    assert!(r.is_ok() && c.total_in() as usize == text.len());
+    assert!(out.ends_with(&[0, 0, 0xff, 0xff]));
+    out.truncate(out.len() - 4);
+    out
+}
+
+fn compressed_frame(opcode: u8, fin: bool, payload: &[u8]) -> Vec<u8> {
+    let mut f = frame(opcode, fin, payload, Some(KEY));
+    if opcode != 0 {
+        f[0] |= 0x40;
+    }
+    f
+}
+
+#[test]
+fn inflate_reads_compressed_text_across_chunks_and_fragments() {
+    let text = br#"{"type":"candidate","room":"r1","candidate":"candidate:1 1 udp 1 10.0.0.1 9 typ host"}"#;
+    let z = deflated(text);
+    let (a, b) = z.split_at(z.len() / 2);
+    // Two fragments (RSV1 on the first only), pushed one byte at a time.
+    let mut bytes = compressed_frame(1, false, a);
+    bytes.extend(compressed_frame(0, true, b));
+    for defer in [false, true] {
+        let mut r = FrameReader::new(ReaderConfig {
+            deflate: true,
+            inflate: true,
+            defer_text: defer,
+            max_message_bytes: Some(1024),
+            ..client()
+        });
+        let mut h = Log::default();
+        let mut out = Vec::new();
+        for byte in bytes.chunks(1) {
+            out.extend(run(&mut r, byte, &mut h));
+        }
+        assert_eq!(out, bytes, "defer {defer}: forwarded as it came");
+        assert_eq!(h.done.len(), 1);
+        assert!(h.done[0].0.compressed);
+        assert_eq!(h.done[0].1.as_deref(), std::str::from_utf8(text).ok());
+        if defer {
+            assert_eq!(h.decided[0].1.as_deref(), std::str::from_utf8(text).ok());
+        }
+    }
+}
+
+#[test]
+fn a_bomb_closes_1009_and_a_held_one_is_never_forwarded() {
+    let bomb = deflated(&vec![b'a'; 1 << 20]);
+    assert!(bomb.len() < 4096, "{}", bomb.len());
+    let f = compressed_frame(1, true, &bomb);
+    let mut r = FrameReader::new(ReaderConfig {
+        deflate: true,
+        inflate: true,
+        defer_text: true,
+        max_message_bytes: Some(65536),
+        ..client()
+    });
+    let mut h = Log::default();
+    let p = r.push(&f, &mut h);
+    let close = p.close.expect("closed");
+    assert_eq!(close.code, close_code::TOO_BIG);
+    let out = p.forward.bytes(&f).to_vec();
+    // Only sigmesh's close frame goes on: the bomb itself was held and dropped.
+    assert!(out.len() < 130, "{}", out.len());
+    // Data that does not inflate: 1007.
+    let mut r = FrameReader::new(ReaderConfig {
+        deflate: true,
+        inflate: true,
+        ..client()
+    });
+    let junk = compressed_frame(1, true, &[0xff; 32]);
+    let p = r.push(&junk, &mut h);
+    assert_eq!(p.close.expect("closed").code, close_code::INVALID_DATA);
+}
+
 #[test]
 fn strip_extension_offers() {
     assert_eq!(
