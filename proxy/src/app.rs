@@ -142,7 +142,7 @@ impl Proxy {
             tasks.spawn(crate::admin::serve(shared.clone(), l));
         }
         tasks.spawn(crate::reload::watch(shared.clone()));
-        tasks.spawn(crate::tls::watch(shared.clone()));
+        tasks.spawn(crate::reload::watch_certificates(shared.clone()));
         if let Some((bound, relay, secret)) = turn_relay {
             tasks.spawn(crate::turn_relay::serve(
                 shared.turn().clone(),

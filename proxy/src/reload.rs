@@ -103,3 +103,23 @@ pub fn apply(shared: &Shared, path: &Path, text: &str) -> bool {
         }
     }
 }
+
+/// Looks at `tls:`'s certificate files every [`crate::tls::POLL`] until the drain starts
+/// ([`crate::tls::TlsState::refresh`]: by content, so a Secret's symlink swap is seen).
+pub async fn watch_certificates(shared: Arc<Shared>) {
+    let Some(tls) = shared.tls().cloned() else {
+        return;
+    };
+    let mut tick = tokio::time::interval(crate::tls::POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shared.drained() => return,
+        }
+        if let Some(section) = shared.runtime().config().tls.clone() {
+            let state = tls.clone();
+            let _ = tokio::task::spawn_blocking(move || state.refresh(&section, false)).await;
+        }
+    }
+}

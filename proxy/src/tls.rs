@@ -240,22 +240,3 @@ impl TlsState {
         }
     }
 }
-
-/// Looks at the certificate files every [`POLL`] until the drain starts.
-pub async fn watch(shared: Arc<crate::state::Shared>) {
-    let Some(tls) = shared.tls().cloned() else {
-        return;
-    };
-    let mut tick = tokio::time::interval(POLL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = shared.drained() => return,
-        }
-        if let Some(section) = shared.runtime().config().tls.clone() {
-            let state = tls.clone();
-            let _ = tokio::task::spawn_blocking(move || state.refresh(&section, false)).await;
-        }
-    }
-}

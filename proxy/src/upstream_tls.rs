@@ -27,7 +27,7 @@ pub struct UpstreamTls {
 /// The TLS of every upstream of a generation: `[route][upstream]`, `None` for plain ones.
 pub type Table = Vec<Vec<Option<UpstreamTls>>>;
 
-fn client_config(ca: Option<&str>) -> Result<Arc<ClientConfig>, String> {
+pub(crate) fn client_config(ca: Option<&str>) -> Result<Arc<ClientConfig>, String> {
     let mut roots = RootCertStore::empty();
     match ca {
         None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),

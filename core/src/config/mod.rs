@@ -476,6 +476,18 @@ pub struct Tracing {
     pub sample_ratio: f64,
     /// Whether a request's `traceparent` sampled flag decides.
     pub parent_sampling: ParentSampling,
+    /// `tls.ca`: PEM CA certificates for an `https://` collector (default: the built-in
+    /// roots).
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "ca_as_tls")]
+    #[serde(rename = "tls")]
+    pub ca: Option<String>,
+}
+
+fn ca_as_tls<S: serde::Serializer>(ca: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeMap;
+    let mut m = s.serialize_map(Some(1))?;
+    m.serialize_entry("ca", ca)?;
+    m.end()
 }
 
 /// `tracing.parent_sampling`

@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use opentelemetry::{Context, KeyValue};
-use opentelemetry_otlp::{Protocol, WithExportConfig};
+use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
 use opentelemetry_sdk::trace::{
@@ -127,6 +127,14 @@ fn exporter(config: &Tracing) -> Result<opentelemetry_otlp::SpanExporter, Teleme
                 b
             } else {
                 b.with_endpoint(http_traces_url(&config.otlp_endpoint))
+            };
+            // The SDK's hyper client has no TLS: ours does, for an https:// collector.
+            let b = if config.otlp_endpoint.starts_with("https:") {
+                let client = super::https::HttpsClient::new(config.ca.as_deref())
+                    .map_err(TelemetryError::Exporter)?;
+                b.with_http_client(client)
+            } else {
+                b
             };
             b.build()
         }

@@ -33,6 +33,7 @@ use prometheus_client::registry::Registry;
 use sigmesh_core::config::Tracing;
 
 pub mod export;
+mod https;
 mod propagation;
 mod request;
 mod session;

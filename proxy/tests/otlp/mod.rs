@@ -157,6 +157,41 @@ impl Collector {
         Collector { grpc, http, store }
     }
 
+    /// Only OTLP/HTTP, over TLS with `config` (`https_url` then names it).
+    pub async fn start_https(config: Arc<rustls::ServerConfig>) -> Collector {
+        let store = Arc::new(Store::default());
+        let http_l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let http = http_l.local_addr().unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        let s = store.clone();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = http_l.accept().await {
+                let (store, acceptor) = (s.clone(), acceptor.clone());
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let svc = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
+                        let store = store.clone();
+                        async move { Ok::<_, Infallible>(http_export(&store, req).await) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tls), svc)
+                        .await;
+                });
+            }
+        });
+        Collector {
+            grpc: http,
+            http,
+            store,
+        }
+    }
+
+    pub fn https_url(&self) -> String {
+        format!("https://localhost:{}", self.http.port())
+    }
+
     pub fn grpc_url(&self) -> String {
         format!("http://{}", self.grpc)
     }

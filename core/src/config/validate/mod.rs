@@ -126,6 +126,7 @@ const TRACING: &[&str] = &[
     "service_name",
     "sample_ratio",
     "parent_sampling",
+    "tls",
 ];
 
 // === the document ===

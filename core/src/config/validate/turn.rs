@@ -246,11 +246,34 @@ pub(super) fn tracing(cx: &mut Validator, node: &Node, path: &str) -> Option<Tra
             }
         }
     }
+    if protocol == OtlpProtocol::Grpc && otlp_endpoint.starts_with("https:") {
+        cx.err(
+            &f.path("protocol"),
+            f.key_line("protocol"),
+            "OTLP/gRPC to an https:// collector is not supported yet: use `protocol: http` (OTLP/HTTP over TLS)",
+        );
+    }
+    // `tls: { ca }`: the collector's CA, for an https:// endpoint with a private CA.
+    let mut ca = None;
+    if let Some(n) = f.get("tls")
+        && let Some(t) = fields(cx, n, &f.path("tls"), &["ca"], &[])
+        && let Some(n) = t.value("ca")
+    {
+        ca = string(cx, n, &t.path("ca")).filter(|s| !s.trim().is_empty());
+        if ca.is_some() && !otlp_endpoint.starts_with("https:") {
+            cx.err(
+                &t.path("ca"),
+                n.line,
+                "`tls.ca` is for an https:// `otlp_endpoint`",
+            );
+        }
+    }
     Some(Tracing {
         otlp_endpoint,
         protocol,
         service_name,
         sample_ratio,
         parent_sampling,
+        ca,
     })
 }
