@@ -102,7 +102,7 @@ impl Forwarder {
             }
             metrics.upstream_error(rname, uname, kind);
         };
-        // `Compiled` parsed every URL and refused https:// for this build.
+        // `Compiled` parsed every URL.
         let Some(target) = compiled.targets[fwd.upstream].as_ref() else {
             failed(UpstreamErrorKind::Config);
             return http_util::text(StatusCode::BAD_GATEWAY, "bad upstream url");
@@ -112,6 +112,7 @@ impl Forwarder {
         let Ok(uri) = uri.parse::<Uri>() else {
             return http_util::text(StatusCode::BAD_REQUEST, "bad request path");
         };
+        let proto = http_util::scheme_of(&req);
         // An HTTP/2 request (TLS with h2) goes upstream as HTTP/1.1; its `:authority` is the
         // Host.
         let original_host = req.headers().get(header::HOST).cloned().or_else(|| {
@@ -128,7 +129,7 @@ impl Forwarder {
         if let Some(host) = original_host {
             h.insert("x-forwarded-host", host);
         }
-        http_util::set_forwarded(h, client.ip(), "http", runtime.trusts(client.ip()));
+        http_util::set_forwarded(h, client.ip(), proto, runtime.trusts(client.ip()));
         match trace {
             Some(t) => t.inject(h),
             None => http_util::ensure_traceparent(h),

@@ -88,6 +88,19 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// Sets `x-forwarded-for` and `x-forwarded-proto`: the peer is appended to what a trusted proxy
 /// (`trust_forwarded_from`) sent; from anyone else the header is replaced by the peer, so a
 /// client cannot make up the hops before it.
+/// Marks a request that came over TLS on `listen` (a request extension set by the listener).
+#[derive(Debug, Clone, Copy)]
+pub struct Secure;
+
+/// `https` for a request that came over TLS, else `http` (for `x-forwarded-proto`).
+pub fn scheme_of<B>(req: &http::Request<B>) -> &'static str {
+    if req.extensions().get::<Secure>().is_some() {
+        "https"
+    } else {
+        "http"
+    }
+}
+
 pub fn set_forwarded(
     headers: &mut HeaderMap,
     peer: std::net::IpAddr,

@@ -68,9 +68,13 @@ async fn connection(
         }
     };
     let h2 = stream.alpn() == Some(b"h2");
+    let secure = matches!(stream, Stream::TlsServer(_));
     let drain = shared.drain_token();
     let header_timeout = shared.tuning().header_read_timeout;
-    let svc = service_fn(move |req| {
+    let svc = service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+        if secure {
+            req.extensions_mut().insert(crate::http_util::Secure);
+        }
         let shared = shared.clone();
         let forwarder = forwarder.clone();
         async move {

@@ -87,7 +87,13 @@ async fn many_websockets_on_one_http2_connection() {
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(
                     |req: http::Request<hyper::body::Incoming>| async move {
-                        let body = format!("{:?} {}", req.version(), req.uri());
+                        let proto = req
+                            .headers()
+                            .get("x-forwarded-proto")
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("")
+                            .to_owned();
+                        let body = format!("{:?} {} {proto}", req.version(), req.uri());
                         Ok::<_, std::convert::Infallible>(http::Response::new(
                             http_body_util::Full::new(Bytes::from(body)),
                         ))
@@ -153,7 +159,7 @@ async fn many_websockets_on_one_http2_connection() {
         .await
         .unwrap()
         .to_bytes();
-    assert_eq!(&body[..], b"HTTP/1.1 /plain/x?y=1");
+    assert_eq!(&body[..], b"HTTP/1.1 /plain/x?y=1 https");
     // Closing one closes one.
     let (_, s, _) = &mut streams[0];
     s.write_all(&[0x88, 0x82, 0, 0, 0, 0, 0x03, 0xe8])

@@ -80,7 +80,13 @@ impl ClientHandshake {
         Some(ClientHandshake {
             key,
             on_upgrade: hyper::upgrade::on(&mut *req),
-            headers: upstream_headers(req.headers(), client, edits, trusted_peer, offer),
+            headers: upstream_headers(
+                req.headers(),
+                (client, http_util::scheme_of(req)),
+                edits,
+                trusted_peer,
+                offer,
+            ),
             path_and_query: http_util::upstream_path_and_query(req.uri()),
         })
     }
@@ -455,7 +461,7 @@ fn switching_protocols(
 /// `x-forwarded-*` and `traceparent`.
 fn upstream_headers(
     client: &HeaderMap,
-    addr: SocketAddr,
+    (addr, proto): (SocketAddr, &'static str),
     edits: &HeaderEdits,
     trusted_peer: bool,
     offer: bool,
@@ -479,7 +485,7 @@ fn upstream_headers(
     if !offer {
         h.remove(header::SEC_WEBSOCKET_EXTENSIONS);
     }
-    http_util::set_forwarded(&mut h, addr.ip(), "http", trusted_peer);
+    http_util::set_forwarded(&mut h, addr.ip(), proto, trusted_peer);
     http_util::ensure_traceparent(&mut h);
     h
 }
