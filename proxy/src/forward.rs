@@ -28,6 +28,8 @@ pub struct Forwarder {
     client: Client<HttpConnector, Incoming>,
     /// The client of `turn.credentials_auth`.
     pub auth: crate::credentials_auth::AuthClient,
+    /// Pooled TLS connections to `https://` upstreams.
+    https: crate::https_pool::Pools,
 }
 
 impl Default for Forwarder {
@@ -48,6 +50,7 @@ impl Forwarder {
         Forwarder {
             client,
             auth: Default::default(),
+            https: Default::default(),
         }
     }
 
@@ -135,16 +138,8 @@ impl Forwarder {
             None => http_util::ensure_traceparent(h),
         }
         let sent = match runtime.upstream_tls(fwd.route, fwd.upstream) {
-            Some(tls) if target.tls => {
-                let authority = target.authority.clone();
-                let tls = tls.clone();
-                futures_util::future::Either::Left(
-                    async move { send_tls(req, &authority, &tls).await },
-                )
-            }
-            _ => futures_util::future::Either::Right(async {
-                self.client.request(req).await.map_err(Failure::from)
-            }),
+            Some(tls) if target.tls => self.https.client(tls, CONNECT_TIMEOUT).request(req),
+            _ => self.client.request(req),
         };
         match tokio::time::timeout(RESPONSE_TIMEOUT, sent).await {
             Ok(Ok(mut resp)) => {
@@ -168,7 +163,7 @@ impl Forwarder {
             }
             Ok(Err(e)) => {
                 tracing::warn!(route = rname, upstream = uname, error = %e, "upstream request failed");
-                let kind = e.kind();
+                let kind = failure_kind(&e);
                 failed(kind);
                 let mut r = http_util::text(StatusCode::BAD_GATEWAY, "upstream request failed");
                 r.headers_mut().insert(
@@ -185,62 +180,13 @@ impl Forwarder {
     }
 }
 
-/// Why a forwarded request got no response.
-#[derive(Debug, thiserror::Error)]
-enum Failure {
-    #[error("{0}")]
-    Http(#[from] hyper_util::client::legacy::Error),
-    #[error("connect: {0}")]
-    Connect(std::io::Error),
-    #[error("tls: {0}")]
-    Tls(std::io::Error),
-    #[error("{0}")]
-    Exchange(#[from] hyper::Error),
-}
-
-impl Failure {
-    fn kind(&self) -> UpstreamErrorKind {
-        match self {
-            Failure::Http(e) if e.is_connect() => UpstreamErrorKind::Connect,
-            Failure::Connect(_) => UpstreamErrorKind::Connect,
-            Failure::Tls(_) => UpstreamErrorKind::Tls,
-            Failure::Http(_) | Failure::Exchange(_) => UpstreamErrorKind::Reset,
-        }
+/// The `kind` of a forwarded request's failure.
+fn failure_kind(e: &hyper_util::client::legacy::Error) -> UpstreamErrorKind {
+    if crate::https_pool::is_tls(e) {
+        UpstreamErrorKind::Tls
+    } else if e.is_connect() {
+        UpstreamErrorKind::Connect
+    } else {
+        UpstreamErrorKind::Reset
     }
-}
-
-/// One request to an `https://` upstream on a connection of its own (TLS verified as
-/// [`crate::upstream_tls`] says). Not pooled yet: each request pays a TLS handshake.
-async fn send_tls(
-    mut req: Request<Incoming>,
-    authority: &str,
-    tls: &crate::upstream_tls::UpstreamTls,
-) -> Result<Response<Incoming>, Failure> {
-    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(authority))
-        .await
-        .map_err(|_| Failure::Connect(std::io::ErrorKind::TimedOut.into()))?
-        .map_err(Failure::Connect)?;
-    let _ = tcp.set_nodelay(true);
-    let stream = tokio_rustls::TlsConnector::from(tls.config.clone())
-        .connect(tls.server_name.clone(), tcp)
-        .await
-        .map_err(Failure::Tls)?;
-    let io = hyper_util::rt::TokioIo::new(crate::io::Stream::TlsClient(Box::new(stream)));
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await?;
-    // The connection ends once the response body is read and the sender is gone.
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    // Origin form on a connection of its own, with the upstream's Host.
-    let pq = req
-        .uri()
-        .path_and_query()
-        .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned());
-    if let Ok(uri) = pq.parse::<Uri>() {
-        *req.uri_mut() = uri;
-    }
-    if let Ok(host) = HeaderValue::from_str(authority) {
-        req.headers_mut().insert(header::HOST, host);
-    }
-    Ok(sender.send_request(req).await?)
 }

@@ -29,6 +29,7 @@ pub mod credentials_auth;
 pub mod demo;
 pub mod forward;
 pub mod http_util;
+pub mod https_pool;
 pub mod io;
 pub mod listener;
 pub mod metrics;

@@ -45,13 +45,18 @@ async fn wss_upstream(config: Arc<rustls::ServerConfig>) -> SocketAddr {
     addr
 }
 
-/// An HTTP server over TLS: `200 over tls, host=<Host>`.
-async fn https_upstream(config: Arc<rustls::ServerConfig>) -> SocketAddr {
+/// An HTTP server over TLS: `200 over tls, host=<Host>`; counts the connections it accepts.
+async fn https_upstream(
+    config: Arc<rustls::ServerConfig>,
+) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = accepted.clone();
     tokio::spawn(async move {
         while let Ok((s, _)) = l.accept().await {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             let acceptor = acceptor.clone();
             tokio::spawn(async move {
                 let Ok(tls) = acceptor.accept(s).await else {
@@ -78,7 +83,7 @@ async fn https_upstream(config: Arc<rustls::ServerConfig>) -> SocketAddr {
             });
         }
     });
-    addr
+    (addr, accepted)
 }
 
 fn ws_route(url: &str, tls: &str) -> String {
@@ -129,15 +134,37 @@ async fn wss_and_https_upstreams_are_verified() {
         p.drain().await;
     }
 
-    // https:// for plain requests, with the upstream's name as Host.
-    let https = https_upstream(config).await;
+    // https:// for plain requests, with the upstream's name as Host, on pooled connections.
+    let (https, accepted) = https_upstream(config).await;
     let route = format!(
         "routes:\n  - name: web\n    match: {{ path_prefix: / }}\n    upstreams:\n      - {{ name: secure, url: \"https://{https}\"{trusted} }}\n"
     );
     let p = proxy(&route, &[]).await;
-    let (status, _, body) = http(p.listen, "GET", "/hello", &[], "").await;
-    assert_eq!(status, 200, "{body}");
-    assert_eq!(body, format!("over tls, host={https}"));
+    for _ in 0..3 {
+        let (status, _, body) = http(p.listen, "GET", "/hello", &[], "").await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body, format!("over tls, host={https}"));
+    }
+    assert_eq!(
+        accepted.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "three requests, one TLS connection"
+    );
+    p.drain().await;
+    // A wrong name: 502, counted as a TLS failure.
+    let wrong = route.replace("server_name: upstream.test", "server_name: other.test");
+    let p = proxy(&wrong, &[]).await;
+    let (status, _, _) = http(p.listen, "GET", "/hello", &[], "").await;
+    assert_eq!(status, 502);
+    let m = metrics(&p).await;
+    assert_eq!(
+        metric(
+            &m,
+            r#"sigmesh_upstream_errors_total{route="web",upstream="secure",kind="tls"}"#
+        ),
+        Some(1.0),
+        "{m}"
+    );
     p.drain().await;
 }
 
