@@ -12,10 +12,9 @@ use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use flate2::{Compress, Compression, FlushCompress};
-use sigmesh_core::bucket::BucketVerdict;
-use sigmesh_core::config::{Rate, Route};
+use sigmesh_benches::fixtures;
+use sigmesh_core::config::Route;
 use sigmesh_core::frame::frame;
-use sigmesh_core::request::{Bucket, BucketStore};
 use sigmesh_core::session::{Event, Observer, Session, SessionEnv, SessionOptions};
 
 const SIZE: usize = 2048;
@@ -78,33 +77,6 @@ fn streams() -> (Vec<u8>, Vec<u8>, usize) {
     (plain, deflated, compressed_bytes)
 }
 
-fn route() -> Route {
-    let text = r#"
-listen: 127.0.0.1:0
-routes:
-  - name: bench
-    match: { path_prefix: /ws }
-    websocket:
-      max_message_bytes: 65536
-      signaling: { type: /type, room: /room, peer: /from }
-    limits:
-      messages: { rate: 1000000000, per: 1s, burst: 1000000000 }
-    upstreams: [{ name: echo, url: ws://127.0.0.1:1/ws }]
-"#;
-    match sigmesh_core::config::load(text) {
-        Ok(mut c) => c.routes.remove(0),
-        Err(e) => panic!("bench route: {e}"),
-    }
-}
-
-struct NoBuckets;
-
-impl BucketStore for NoBuckets {
-    fn take(&self, _: Bucket, _: &str, _: &Rate, _: Duration) -> BucketVerdict {
-        BucketVerdict::Allow { remaining: 0 }
-    }
-}
-
 /// Messages by type, and candidates.
 #[derive(Default, PartialEq, Eq, Debug)]
 struct Seen {
@@ -141,7 +113,7 @@ fn run(bytes: &[u8], route: &Route, compressed: bool, out: &mut Vec<u8>) -> Seen
         let env = SessionEnv {
             route,
             route_index: 0,
-            buckets: &NoBuckets,
+            buckets: &fixtures::NoBuckets,
             now: Duration::ZERO,
         };
         let pushed = s.client_bytes(chunk, &env, &mut seen);
@@ -151,7 +123,7 @@ fn run(bytes: &[u8], route: &Route, compressed: bool, out: &mut Vec<u8>) -> Seen
 }
 
 fn deflate(c: &mut Criterion) {
-    let route = route();
+    let route = fixtures::suite_route();
     let (plain, deflated, zbytes) = streams();
     let mut out = Vec::with_capacity(plain.len());
     let a = run(&plain, &route, false, &mut out);

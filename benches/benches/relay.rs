@@ -35,13 +35,12 @@ use std::io::{self, Read, Write};
 use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use sigmesh_core::bucket::BucketVerdict;
+use sigmesh_benches::fixtures;
+use sigmesh_core::config::Route;
 use sigmesh_core::config::Signaling;
-use sigmesh_core::config::{Rate, Route};
 use sigmesh_core::frame::{
     Direction, FrameReader, Handler, MessageAction, MessageInfo, ReaderConfig, frame,
 };
-use sigmesh_core::request::{Bucket, BucketStore};
 use sigmesh_core::session::{Event, Observer, Session, SessionEnv, SessionOptions};
 use sigmesh_core::signal::{SignalKind, read_message};
 use tungstenite::protocol::{Message, Role, WebSocket, WebSocketConfig};
@@ -154,36 +153,6 @@ fn run_core(
     h.counts
 }
 
-/// The suite's route (benches/peers/sigmesh.yaml.in): signaling pointers, a message bucket
-/// that never runs dry.
-fn suite_route() -> Route {
-    let text = r#"
-listen: 127.0.0.1:0
-routes:
-  - name: bench
-    match: { path_prefix: /ws }
-    websocket:
-      max_message_bytes: 65536
-      signaling: { type: /type, room: /room, peer: /from }
-    limits:
-      messages: { rate: 1000000000, per: 1s, burst: 1000000000 }
-    upstreams: [{ name: echo, url: ws://127.0.0.1:1/ws }]
-"#;
-    match sigmesh_core::config::load(text) {
-        Ok(mut c) => c.routes.remove(0),
-        Err(e) => panic!("bench route: {e}"),
-    }
-}
-
-/// No room buckets on the suite's route.
-struct NoBuckets;
-
-impl BucketStore for NoBuckets {
-    fn take(&self, _: Bucket, _: &str, _: &Rate, _: Duration) -> BucketVerdict {
-        BucketVerdict::Allow { remaining: 0 }
-    }
-}
-
 /// Tallies events as the proxy's recorder does (a counter per message, bytes, candidates).
 #[derive(Default)]
 struct Tally {
@@ -220,7 +189,7 @@ fn run_session(bytes: &[u8], route: &Route, rbuf: &mut [u8], out: &mut Vec<u8>) 
         let env = SessionEnv {
             route,
             route_index: 0,
-            buckets: &NoBuckets,
+            buckets: &fixtures::NoBuckets,
             now,
         };
         let pushed = session.client_bytes(read, &env, &mut tally);
@@ -406,7 +375,7 @@ fn verify(input: &Input, signaling: &Signaling) {
     assert_eq!(counts, all_read);
     assert!(out == *bytes, "core: the output differs from the input");
 
-    let counts = run_session(bytes, &suite_route(), &mut rbuf, &mut out);
+    let counts = run_session(bytes, &fixtures::suite_route(), &mut rbuf, &mut out);
     assert_eq!(counts.messages, input.messages);
     assert!(out == *bytes, "session: the output differs from the input");
 
@@ -440,7 +409,7 @@ fn relay(c: &mut Criterion) {
     let signaling = signaling();
     let read = client_reader(true);
     let floor = client_reader(false);
-    let route = suite_route();
+    let route = fixtures::suite_route();
     for size in [200usize, 16 * 1024] {
         let input = stream(size);
         verify(&input, &signaling);

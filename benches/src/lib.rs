@@ -5,6 +5,46 @@
 //! here, in [`naive`], so they can be read and tested next to what they stand in for: each is
 //! what a straightforward first implementation would look like.
 
+pub mod fixtures {
+    //! What the session benches share: the suite's route, and buckets that never run dry.
+
+    use std::time::Duration;
+
+    use sigmesh_core::bucket::BucketVerdict;
+    use sigmesh_core::config::{Rate, Route};
+    use sigmesh_core::request::{Bucket, BucketStore};
+
+    /// The route of `benches/run.sh`'s sigmesh: signaling pointers, a message bucket that
+    /// never runs dry, no room bucket.
+    pub fn suite_route() -> Route {
+        let text = r#"
+listen: 127.0.0.1:0
+routes:
+  - name: bench
+    match: { path_prefix: /ws }
+    websocket:
+      max_message_bytes: 65536
+      signaling: { type: /type, room: /room, peer: /from }
+    limits:
+      messages: { rate: 1000000000, per: 1s, burst: 1000000000 }
+    upstreams: [{ name: echo, url: ws://127.0.0.1:1/ws }]
+"#;
+        match sigmesh_core::config::load(text) {
+            Ok(mut c) => c.routes.remove(0),
+            Err(e) => panic!("bench route: {e}"),
+        }
+    }
+
+    /// No room buckets on the suite's route.
+    pub struct NoBuckets;
+
+    impl BucketStore for NoBuckets {
+        fn take(&self, _: Bucket, _: &str, _: &Rate, _: Duration) -> BucketVerdict {
+            BucketVerdict::Allow { remaining: 0 }
+        }
+    }
+}
+
 pub mod naive {
     //! Straightforward implementations that the core is measured against.
 

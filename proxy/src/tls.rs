@@ -80,8 +80,24 @@ impl ResolvesServerCert for BySni {
     }
 }
 
-fn provider() -> Arc<CryptoProvider> {
+/// The crypto provider of every TLS setup here (ring).
+pub(crate) fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// The CA certificates of a PEM file's contents (for `client_ca` and an upstream's `tls.ca`).
+pub(crate) fn ca_roots(pem: &[u8]) -> Result<RootCertStore, String> {
+    let mut roots = RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(pem) {
+        let c = c.map_err(|e| format!("bad PEM: {e}"))?;
+        roots
+            .add(c)
+            .map_err(|e| format!("not a CA certificate: {e}"))?;
+    }
+    if roots.is_empty() {
+        return Err("no CERTIFICATE in it".to_owned());
+    }
+    Ok(roots)
 }
 
 /// Every file a `tls:` section names, path and contents.
@@ -149,16 +165,7 @@ pub fn build(tls: &Tls) -> Result<(rustls::ServerConfig, u64), TlsError> {
         .with_protocol_versions(versions)?;
     let builder = match &tls.client_ca {
         Some(ca) => {
-            let mut roots = RootCertStore::empty();
-            for c in CertificateDer::pem_slice_iter(bytes(ca)) {
-                let c = c.map_err(|e| file_error(ca, format!("bad PEM: {e}")))?;
-                roots
-                    .add(c)
-                    .map_err(|e| file_error(ca, format!("not a CA certificate: {e}")))?;
-            }
-            if roots.is_empty() {
-                return Err(file_error(ca, "no CERTIFICATE in it"));
-            }
+            let roots = ca_roots(bytes(ca)).map_err(|why| file_error(ca, why))?;
             let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
                 .build()
                 .map_err(|e| file_error(ca, e.to_string()))?;

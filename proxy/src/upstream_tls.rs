@@ -11,8 +11,7 @@ use std::sync::Arc;
 
 use rustls::ClientConfig;
 use rustls::RootCertStore;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::ServerName;
 use sigmesh_core::compiled::{CompileError, Compiled};
 
 /// How one upstream is dialled over TLS.
@@ -28,24 +27,18 @@ pub struct UpstreamTls {
 pub type Table = Vec<Vec<Option<UpstreamTls>>>;
 
 pub(crate) fn client_config(ca: Option<&str>) -> Result<Arc<ClientConfig>, String> {
-    let mut roots = RootCertStore::empty();
-    match ca {
-        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    let roots = match ca {
+        None => {
+            let mut roots = RootCertStore::empty();
+            roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+            roots
+        }
         Some(path) => {
             let bytes = std::fs::read(path).map_err(|e| format!("{path}: {e}"))?;
-            for c in CertificateDer::pem_slice_iter(&bytes) {
-                let c = c.map_err(|e| format!("{path}: bad PEM: {e}"))?;
-                roots
-                    .add(c)
-                    .map_err(|e| format!("{path}: not a CA certificate: {e}"))?;
-            }
-            if roots.is_empty() {
-                return Err(format!("{path}: no CERTIFICATE in it"));
-            }
+            crate::tls::ca_roots(&bytes).map_err(|why| format!("{path}: {why}"))?
         }
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = ClientConfig::builder_with_provider(provider)
+    };
+    let mut config = ClientConfig::builder_with_provider(crate::tls::provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
         .with_root_certificates(roots)

@@ -6,24 +6,10 @@
 
 mod common;
 
-use std::path::Path;
 use std::process::Stdio;
 
 use common::*;
 use tokio::io::{AsyncBufReadExt, BufReader};
-
-fn python() -> String {
-    let default = format!(
-        "{}/.local/share/sigmesh/py/bin/python",
-        std::env::var("HOME").unwrap_or_default()
-    );
-    let py = std::env::var("SIGMESH_PYTHON").unwrap_or(default);
-    assert!(
-        Path::new(&py).exists(),
-        "{py} is missing: run scripts/install/python-peers.sh (Python `websockets`)"
-    );
-    py
-}
 
 /// `server`: echoes every message and prints `got <len>` for each; `client URL`: negotiates,
 /// prints the agreed extensions, sends signaling messages and prints their echoes, then a bomb

@@ -13,19 +13,6 @@ use rcgen::KeyPair;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-fn python() -> String {
-    let default = format!(
-        "{}/.local/share/sigmesh/py/bin/python",
-        std::env::var("HOME").unwrap_or_default()
-    );
-    let py = std::env::var("SIGMESH_PYTHON").unwrap_or(default);
-    assert!(
-        Path::new(&py).exists(),
-        "{py} is missing: run scripts/install/python-peers.sh (Python `websockets`)"
-    );
-    py
-}
-
 /// A Python `websockets` client: connects to `wss://127.0.0.1:PORT/ws` with SNI `sni`,
 /// trusting `ca`; sends `{"type":"whoami"}` and prints the answer and the certificate's names.
 /// With `hold`, keeps the session and sends again each time a line arrives on stdin.

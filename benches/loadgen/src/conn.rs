@@ -59,7 +59,7 @@ pub enum Handshake {
 }
 
 /// The `host:port` of a `ws://` URL, resolved.
-async fn target(url: &str) -> anyhow::Result<SocketAddr> {
+pub(crate) async fn target(url: &str) -> anyhow::Result<SocketAddr> {
     let req = url.into_client_request().context("bad URL")?;
     let uri = req.uri();
     let host = uri.host().context("URL without host")?;

@@ -14,7 +14,6 @@
 //!   sessions, churn, round trips and their p50/p99/max, failures, attacks by outcome.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -150,7 +149,7 @@ pub async fn soak(args: SoakArgs) -> anyhow::Result<()> {
     let args = Arc::new(args);
     let stats = Arc::new(Stats::default());
     *stats.rtt.lock().unwrap_or_else(|p| p.into_inner()) = Some(Histogram::new(3)?);
-    let addr = target(&args.url).await?;
+    let addr = crate::conn::target(&args.url).await?;
     let path = path_of(&args.url);
 
     let mut tasks = tokio::task::JoinSet::new();
@@ -352,16 +351,6 @@ async fn good(id: usize, args: &SoakArgs, stats: &Stats, permits: &tokio::sync::
         stats.closed.fetch_add(1, Relaxed);
         generation += 1;
     }
-}
-
-/// The proxy's address from the URL.
-async fn target(url: &str) -> anyhow::Result<SocketAddr> {
-    let rest = url.strip_prefix("ws://").context("a ws:// URL")?;
-    let authority = rest.split('/').next().unwrap_or(rest);
-    tokio::net::lookup_host(authority)
-        .await?
-        .next()
-        .with_context(|| format!("{authority} does not resolve"))
 }
 
 /// The path (and query) of the URL.

@@ -19,6 +19,20 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 pub mod pki;
 pub mod turn;
 
+/// The Python with `websockets` (scripts/install/python-peers.sh); the test fails without it.
+pub fn python() -> String {
+    let default = format!(
+        "{}/.local/share/sigmesh/py/bin/python",
+        std::env::var("HOME").unwrap_or_default()
+    );
+    let py = std::env::var("SIGMESH_PYTHON").unwrap_or(default);
+    assert!(
+        std::path::Path::new(&py).exists(),
+        "{py} is missing: run scripts/install/python-peers.sh (Python `websockets`)"
+    );
+    py
+}
+
 pub type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// Every network wait in the tests is bounded by this.
