@@ -56,8 +56,6 @@ pub enum DeflatePolicy {
     /// Take it out of the upgrade request: never negotiated, every message can be read.
     #[default]
     Strip,
-    /// Let it through; compressed messages are limited as whole messages but not read.
-    Keep,
     /// Rewrite it so neither side keeps a context, and read compressed messages through
     /// (the standalone proxy; `websocket.compression: strip` still strips).
     ReadThrough,

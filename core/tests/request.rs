@@ -369,20 +369,6 @@ fn compression_offers_follow_the_front_ends_policy() {
                 .contains(&("sec-websocket-extensions".into(), "x-other".into()))
         );
     }
-    let keep = compiled(Capabilities {
-        deflate: DeflatePolicy::Keep,
-        ..Capabilities::PROXY
-    });
-    let Verdict::Upgrade(u) = run(&keep, &b, &r) else {
-        panic!()
-    };
-    assert!(u.deflate);
-    assert!(
-        !u.edits
-            .set
-            .iter()
-            .any(|(k, _)| k == "sec-websocket-extensions")
-    );
 }
 
 #[test]

@@ -13,12 +13,15 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel, MetricType, Status};
 
 use sigmesh_core::frame::Forward;
+
 use sigmesh_core::route::host_without_port;
 
 use crate::metrics::{Metrics, Sink};
 use crate::settings::{Settings, parse};
 use crate::shared::{SetError, Store, prepare};
-use crate::stream::{FilterSession, HeadersVerdict, HostFacts, on_request_headers};
+use crate::stream::{
+    FilterSession, HeadersVerdict, HostFacts, ResponseVerdict, on_request_headers,
+};
 use sigmesh_core::request::Bucket;
 
 proxy_wasm::main! {{
@@ -277,12 +280,35 @@ impl HttpContext for Http {
     }
 
     fn on_http_response_headers(&mut self, _n: usize, _eos: bool) -> Action {
-        if self.session.is_some() {
-            let status = self
-                .get_http_response_header(":status")
-                .and_then(|v| v.parse().ok());
-            if let Some(session) = self.session.as_mut() {
-                session.on_response_headers(status, &mut self.sink);
+        if self.session.is_none() {
+            return Action::Continue;
+        }
+        let status = self
+            .get_http_response_header(":status")
+            .and_then(|v| v.parse().ok());
+        let extensions = self.get_http_response_header("sec-websocket-extensions");
+        let Some(session) = self.session.as_mut() else {
+            return Action::Continue;
+        };
+        let verdict = session.on_response_headers(status, extensions.as_deref(), &mut self.sink);
+        let route = session.route().to_owned();
+        match verdict {
+            ResponseVerdict::Continue => {}
+            ResponseVerdict::SetExtensions(v) => {
+                self.set_http_response_header("sec-websocket-extensions", Some(&v));
+            }
+            ResponseVerdict::Failed => {}
+            ResponseVerdict::Refuse(why) => {
+                log(
+                    LogLevel::Warn,
+                    &format!("sigmesh: refusing an upgrade on route {route}: {why}"),
+                );
+                self.send_http_response(
+                    502,
+                    vec![("content-type", "text/plain")],
+                    Some(format!("upstream handshake: {why}\n").as_bytes()),
+                );
+                return Action::Pause;
             }
         }
         Action::Continue

@@ -8,10 +8,12 @@
 //! ```
 //!
 //! - `permessage_deflate`: `strip` (default) removes `permessage-deflate` from the upgrade
-//!   request's `Sec-WebSocket-Extensions`, so it is never negotiated and every message can be
-//!   read; `keep` lets it through: compressed messages are then counted, limited by the message
-//!   and room buckets and by `max_message_bytes` (compressed size) as whole messages, but their
-//!   text is not read (no signaling types, rooms or candidates from them).
+//!   request's `Sec-WebSocket-Extensions`, so it is never negotiated; `keep` lets it through,
+//!   rewritten so that neither side keeps a compression context (as the standalone proxy
+//!   does). When the upstream agrees, compressed text messages are inflated to be read, like
+//!   any other (types, rooms, candidates, the room bucket; a message past
+//!   `max_message_bytes` once inflated closes 1009); an upstream that insists on a context is
+//!   answered 502, since its messages could not be read.
 //! - `bucket_slots`: slots of each shared bucket family (connections per route, rooms per route,
 //!   credential requests); see [`crate::shared`]. Default 1024, at most 65536.
 //! - `bucket_seed`: seed of the key → slot hash; default (0): random per Envoy, made by the
@@ -32,7 +34,7 @@ pub enum Deflate {
     /// Remove it from the upgrade request: never negotiated.
     #[default]
     Strip,
-    /// Let it through; compressed messages are limited as whole messages but not read.
+    /// Let it through without a context either way; compressed messages are read through.
     Keep,
 }
 
@@ -66,7 +68,7 @@ impl Deflate {
     pub fn policy(self) -> DeflatePolicy {
         match self {
             Deflate::Strip => DeflatePolicy::Strip,
-            Deflate::Keep => DeflatePolicy::Keep,
+            Deflate::Keep => DeflatePolicy::ReadThrough,
         }
     }
 }

@@ -333,7 +333,7 @@ fn run_filter(
     };
     run.status = 101;
     run.upstream = Some(session.upstream().to_owned());
-    session.on_response_headers(Some(101), stats);
+    session.on_response_headers(Some(101), None, stats);
     let mask = [9, 8, 7, 6];
     for m in &script.messages {
         let (opcode, payload) = match m {

@@ -142,6 +142,16 @@ impl FrameReader {
         &self.cfg
     }
 
+    /// What the handshake agreed, learnt after the reader was made (a filter sees the answer
+    /// after the request): `deflate` lets RSV1 through, `inflate` reads compressed text. Only
+    /// before the first byte; later it changes nothing, so a stream is read by one rule.
+    pub fn negotiated(&mut self, deflate: bool, inflate: bool) {
+        if self.stats == Stats::default() && self.hdr_len == 0 && self.frame.is_none() {
+            self.cfg.deflate = deflate;
+            self.cfg.inflate = inflate && deflate;
+        }
+    }
+
     /// Counters.
     pub fn stats(&self) -> Stats {
         Stats {

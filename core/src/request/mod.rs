@@ -560,7 +560,6 @@ fn extension_edits<H: Headers + ?Sized>(
         return false; // not offered
     }
     match policy {
-        DeflatePolicy::Keep => true,
         DeflatePolicy::ReadThrough => match crate::frame::deflate::offer_without_context(offer) {
             Some(rewritten) => {
                 edits

@@ -306,6 +306,13 @@ impl Session {
 
     // === input ===
 
+    /// What the upstream's answer agreed on compression, when it is learnt after the session
+    /// was made (the filter): see [`FrameReader::negotiated`].
+    pub fn negotiated(&mut self, deflate: bool, inflate: bool) {
+        self.client.negotiated(deflate, inflate);
+        self.upstream.negotiated(deflate, inflate);
+    }
+
     /// A chunk of the client's bytes; returns what to send the upstream in its place.
     pub fn client_bytes<'s>(
         &'s mut self,

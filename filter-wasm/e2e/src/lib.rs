@@ -136,6 +136,31 @@ pub async fn upstreams(names: &[&str]) -> Result<Vec<Upstream>> {
     Ok(out)
 }
 
+/// The Python with `websockets` (`scripts/install/python-peers.sh`, as the proxy's tests use
+/// it); panics, naming the script, when it is missing.
+pub fn python() -> String {
+    let default = format!(
+        "{}/.local/share/sigmesh/py/bin/python",
+        std::env::var("HOME").unwrap_or_default()
+    );
+    let py = std::env::var("SIGMESH_PYTHON").unwrap_or(default);
+    assert!(
+        Path::new(&py).exists(),
+        "{py} is missing: run scripts/install/python-peers.sh (Python `websockets`)"
+    );
+    py
+}
+
+/// A child process killed (and reaped) on drop.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// How to start an Envoy.
 #[derive(Debug, Clone)]
 pub struct EnvoyOpts {

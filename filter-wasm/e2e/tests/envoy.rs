@@ -550,11 +550,175 @@ async fn permessage_deflate_is_stripped_by_default_and_kept_on_request() -> Resu
             .get("sec-websocket-extensions")
             .and_then(Value::as_str);
         if kept {
-            assert_eq!(seen, Some(offer));
+            // On, rewritten so that neither side keeps a context (the server here agrees to
+            // no compression, so the session is read as plain).
+            assert_eq!(
+                seen,
+                Some(
+                    "permessage-deflate; client_max_window_bits; client_no_context_takeover; server_no_context_takeover"
+                )
+            );
         } else {
             assert_eq!(seen, None, "the offer never reaches the upstream");
         }
     }
+    Ok(())
+}
+
+/// A Python `websockets` client and server (both offer and accept deflate by default): the
+/// same peers as the proxy's compression test.
+const DEFLATE_PEERS: &str = include_str!("../../../proxy/tests/common/deflate_peers.py");
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kept_compression_is_read_through_in_envoy() -> Result<()> {
+    use std::io::BufRead as _;
+    let mut server = sigmesh_filter_e2e::KillOnDrop(
+        std::process::Command::new(sigmesh_filter_e2e::python())
+            .args(["-c", DEFLATE_PEERS, "server"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()?,
+    );
+    let stdout = server.0.stdout.take().context("server stdout")?;
+    // The server prints its port, then `got <len>` per message; the lines are read to the
+    // end (a closed pipe would fail the server).
+    let (port_tx, port_rx) = tokio::sync::oneshot::channel();
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::<usize>::new()));
+    let sink = got.clone();
+    std::thread::spawn(move || {
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        let port = lines.next().and_then(Result::ok);
+        let _ = port_tx.send(port);
+        for l in lines.map_while(Result::ok) {
+            if let Some(n) = l.strip_prefix("got ").and_then(|n| n.parse().ok()) {
+                sink.lock().unwrap_or_else(|e| e.into_inner()).push(n);
+            }
+        }
+    });
+    let port: u16 = tokio::time::timeout(WAIT, port_rx)
+        .await??
+        .and_then(|l| l.strip_prefix("port ")?.parse().ok())
+        .context("the server's port")?;
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    let mut r = route(json!({}));
+    r["websocket"]["max_message_bytes"] = json!(65536);
+    r["websocket"]["signaling"]["peer"] = json!("/from");
+    r["limits"] = json!({"rooms": {"rate": 100, "per": "1s", "burst": 100}});
+    let cfg = json!({"routes": [r], "filter": {"permessage_deflate": "keep"}});
+    let opts = EnvoyOpts {
+        clusters: vec![("stable".into(), addr), ("canary".into(), addr)],
+        ..EnvoyOpts::new(cfg, &[])
+    };
+    let e = Envoy::start(&opts).await?;
+    let url = e.ws_url("/ws?room=zroom");
+    let out = tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(sigmesh_filter_e2e::python())
+                .args(["-c", DEFLATE_PEERS, "client", &url])
+                .output()
+        }),
+    )
+    .await???;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Negotiated end to end through Envoy, without a context either way.
+    let ext = stdout.lines().next().unwrap_or_default();
+    assert!(ext.contains("permessage-deflate"), "{stdout}");
+    assert!(ext.contains("client_no_context_takeover"), "{ext}");
+    assert!(ext.contains("server_no_context_takeover"), "{ext}");
+    assert_eq!(stdout.lines().filter(|l| l.starts_with("echo ")).count(), 5);
+    // The bomb (a few KiB compressed, 2 MiB inflated) closes 1009 in the filter.
+    assert!(
+        stdout.contains("closed 1009 message too big once inflated"),
+        "{stdout}"
+    );
+    // ... and it never reached the upstream (the room bucket holds messages until read).
+    let got = got.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    assert!(got.iter().all(|n| *n < 65536), "{got:?}");
+    assert!(got.len() >= 5, "{got:?}");
+    // The filter read the compressed messages: their types, not `compressed`.
+    let sticky = expected_upstream("zroom");
+    let p = format!("wasmcustom.sigmesh.messages_total.route.signaling.upstream.{sticky}");
+    e.wait_stat(&format!("{p}.direction.in.type.candidate"), WAIT, |v| {
+        v == 2
+    })
+    .await?;
+    e.wait_stat(&format!("{p}.direction.in.type.offer"), WAIT, |v| v == 1)
+        .await?;
+    assert_eq!(
+        e.stat(&format!("{p}.direction.in.type.compressed")).await?,
+        None
+    );
+    Ok(())
+}
+
+/// An upstream that answers an upgrade with a compression context (it may not: the offer asked
+/// for none, but a buggy or hostile one does) is refused with 502: its messages could not be
+/// read, so every bucket would be blind to them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_keeping_a_compression_context_is_refused() -> Result<()> {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = l.local_addr()?;
+    let upstream = tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut b = [0u8; 1024];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut b).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&b[..n]),
+                    }
+                }
+                let text = String::from_utf8_lossy(&buf);
+                let key = text
+                    .lines()
+                    .find_map(|l| {
+                        l.split_once(':')
+                            .filter(|(k, _)| k.eq_ignore_ascii_case("sec-websocket-key"))
+                            .map(|(_, v)| v.trim().to_owned())
+                    })
+                    .unwrap_or_default();
+                let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
+                let answer = format!(
+                    "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\nSec-WebSocket-Extensions: permessage-deflate\r\n\r\n"
+                );
+                let _ = s.write_all(answer.as_bytes()).await;
+                let _ = s.read(&mut b).await;
+            });
+        }
+    });
+    let cfg = json!({"routes": [route(json!({}))], "filter": {"permessage_deflate": "keep"}});
+    let opts = EnvoyOpts {
+        clusters: vec![("stable".into(), addr), ("canary".into(), addr)],
+        ..EnvoyOpts::new(cfg, &[])
+    };
+    let e = Envoy::start(&opts).await?;
+    let got = connect(
+        &e,
+        "/ws?room=r",
+        &[("sec-websocket-extensions", "permessage-deflate")],
+    )
+    .await?;
+    let Err((status, _)) = got else {
+        bail!("the upgrade went through");
+    };
+    assert_eq!(status, 502);
+    let sticky = expected_upstream("r");
+    e.wait_stat(
+        &format!(
+            "wasmcustom.sigmesh.connections_total.route.signaling.upstream.{sticky}.outcome.upstream_error"
+        ),
+        WAIT,
+        |v| v == 1,
+    )
+    .await?;
+    assert!(e.log().contains("refusing an upgrade"), "{}", e.log());
+    upstream.abort();
     Ok(())
 }
 

@@ -14,6 +14,7 @@
 use std::time::Duration;
 
 use sigmesh_core::frame::Pushed;
+use sigmesh_core::frame::deflate::{self, Accepted};
 use sigmesh_core::label::{MessageDirection, Outcome, UpstreamErrorKind};
 use sigmesh_core::request::{self, Reply, RequestFacts, Verdict};
 use sigmesh_core::route::Headers;
@@ -76,6 +77,19 @@ pub enum HeadersVerdict {
     },
 }
 
+/// What to do with the upstream's answer to an upgrade.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ResponseVerdict {
+    /// Pass it on.
+    Continue,
+    /// Pass it on with this `Sec-WebSocket-Extensions` for the client.
+    SetExtensions(String),
+    /// Not an upgrade: counted as an upstream error; the answer goes on as it is.
+    Failed,
+    /// An upgrade sigmesh could not read, with why: answer 502 instead.
+    Refuse(String),
+}
+
 /// Decides on request headers: core's request phase, translated.
 pub fn on_request_headers(
     s: &Settings,
@@ -136,7 +150,7 @@ pub fn on_request_headers(
                     SessionOptions {
                         sticky_room: u.room,
                         deflate: u.deflate,
-                        // Envoy passes the offer as it is: a context may be kept.
+                        // Known at the answer ([`FilterSession::on_response_headers`]).
                         inflate: false,
                         mask_key: cx.random.to_le_bytes(),
                         now: cx.now,
@@ -144,6 +158,7 @@ pub fn on_request_headers(
                     },
                 ),
                 names: Names::default(),
+                offered: u.deflate,
                 open: false,
                 counted: false,
             };
@@ -193,6 +208,9 @@ pub struct FilterSession {
     core: session::Session,
     /// Stat names of this session's message counters, built once each.
     names: Names,
+    /// `permessage-deflate` went on to the upstream (`filter.permessage_deflate: keep`,
+    /// rewritten without a context either way).
+    offered: bool,
     /// The upgrade succeeded (101, or 200 to an extended CONNECT).
     open: bool,
     /// Counted in `connections_active`.
@@ -210,19 +228,54 @@ impl FilterSession {
         &self.route_name
     }
 
-    /// The response headers arrived with `status`.
-    pub fn on_response_headers(&mut self, status: Option<u32>, sink: &mut dyn Sink) {
+    /// The response headers arrived with `status` and `Sec-WebSocket-Extensions`.
+    ///
+    /// With an offer kept, the answer decides how the session reads: no extension, nothing
+    /// compressed; `permessage-deflate` without a context either way, compressed text is
+    /// inflated to be read ([`sigmesh_core::frame::deflate::accepted`]); anything else (an
+    /// upstream that keeps its context, an extension not offered) would leave compressed
+    /// messages unread past every bucket, so the upgrade is refused (502): fail closed.
+    pub fn on_response_headers(
+        &mut self,
+        status: Option<u32>,
+        extensions: Option<&str>,
+        sink: &mut dyn Sink,
+    ) -> ResponseVerdict {
         let mut m = Metrics { sink };
         let (route, upstream) = (&self.route_name, &self.upstream);
-        if matches!(status, Some(101) | Some(200)) {
+        let upgraded = matches!(status, Some(101) | Some(200));
+        let verdict = match (upgraded, self.offered) {
+            (false, _) => ResponseVerdict::Failed,
+            (true, false) => ResponseVerdict::Continue,
+            (true, true) => match deflate::accepted(extensions) {
+                Accepted::None => {
+                    self.core.negotiated(false, false);
+                    ResponseVerdict::Continue
+                }
+                Accepted::ReadThrough(to_client) => {
+                    self.core.negotiated(true, true);
+                    if extensions.map(str::trim) == Some(to_client.as_str()) {
+                        ResponseVerdict::Continue
+                    } else {
+                        ResponseVerdict::SetExtensions(to_client)
+                    }
+                }
+                Accepted::Refused(why) => ResponseVerdict::Refuse(why),
+            },
+        };
+        if matches!(
+            verdict,
+            ResponseVerdict::Failed | ResponseVerdict::Refuse(_)
+        ) {
+            m.connection(route, upstream, Outcome::UpstreamError);
+            m.upstream_error(route, upstream, UpstreamErrorKind::Handshake);
+        } else {
             self.open = true;
             self.counted = true;
             m.connection(route, upstream, Outcome::Accepted);
             m.active(route, upstream, 1);
-        } else {
-            m.connection(route, upstream, Outcome::UpstreamError);
-            m.upstream_error(route, upstream, UpstreamErrorKind::Handshake);
         }
+        verdict
     }
 
     /// A chunk of client bytes; returns what to forward. Room buckets are taken in `store`.

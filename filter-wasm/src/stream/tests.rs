@@ -226,7 +226,10 @@ fn body_chunks_cut_over_the_message_bucket_and_close_oversize() {
     else {
         panic!("{v:?}");
     };
-    session.on_response_headers(Some(101), &mut m);
+    assert_eq!(
+        session.on_response_headers(Some(101), None, &mut m),
+        ResponseVerdict::Continue
+    );
     let a = frame(1, true, br#"{"type":"offer"}"#, Some([1, 2, 3, 4]));
     let b = frame(1, true, br#"{"type":"answer"}"#, Some([1, 2, 3, 4]));
     let chunk = [a.clone(), b].concat();
@@ -257,4 +260,96 @@ fn body_chunks_cut_over_the_message_bucket_and_close_oversize() {
         c(&format!("sigmesh.connections_total.{r}.outcome.accepted")),
         Some(1)
     );
+}
+
+/// A masked, compressed text frame (RFC 7692: raw deflate without the final empty block).
+fn compressed_frame(text: &[u8]) -> Vec<u8> {
+    use flate2::{Compress, Compression, FlushCompress};
+    let mut c = Compress::new(Compression::default(), false);
+    let mut out = Vec::with_capacity(text.len() + 64);
+    c.compress_vec(text, &mut out, FlushCompress::Sync)
+        .expect("deflate");
+    out.truncate(out.len() - 4);
+    let mut f = frame(1, true, &out, Some([1, 2, 3, 4]));
+    f[0] |= 0x40;
+    f
+}
+
+#[test]
+fn kept_offers_are_read_through_and_a_context_is_refused() {
+    let s = settings("", r#", "filter": {"permessage_deflate": "keep"}"#);
+    let store = MemStore::default();
+    let offer = [(
+        "sec-websocket-extensions",
+        "permessage-deflate; client_max_window_bits",
+    )];
+    let open = |m: &mut Counters| {
+        let h = headers("/ws?room=r", true, &offer);
+        let HeadersVerdict::Proceed {
+            set,
+            session: Some(session),
+            ..
+        } = on_request_headers(&s, &store, m, &h, cx())
+        else {
+            panic!("an upgrade");
+        };
+        // Rewritten so neither side keeps a context.
+        assert!(set.contains(&(
+            "sec-websocket-extensions".to_owned(),
+            "permessage-deflate; client_max_window_bits; client_no_context_takeover; server_no_context_takeover".to_owned()
+        )));
+        session
+    };
+    let mut m = Counters::default();
+
+    // Agreed without a context: the client is told `client_no_context_takeover` too, and a
+    // compressed offer is read (its type counted, not `compressed`).
+    let mut session = open(&mut m);
+    let v = session.on_response_headers(
+        Some(101),
+        Some("permessage-deflate; server_no_context_takeover"),
+        &mut m,
+    );
+    assert_eq!(
+        v,
+        ResponseVerdict::SetExtensions(
+            "permessage-deflate; server_no_context_takeover; client_no_context_takeover".into()
+        )
+    );
+    let f = compressed_frame(br#"{"type":"offer","room":"r","sdp":"v=0"}"#);
+    let p = session.on_request_body(&s, &store, &mut m, &f, cx().now);
+    assert_eq!(p.forward, Forward::All, "frames pass as they came");
+    let r = format!("route.sig.upstream.{}", session.upstream());
+    let c = |m: &Counters, t: &str| {
+        m.0.get(&format!("sigmesh.messages_total.{r}.direction.in.type.{t}"))
+            .copied()
+    };
+    assert_eq!(c(&m, "offer"), Some(1));
+    assert_eq!(c(&m, "compressed"), None);
+    // A bomb: 64 bytes allowed, far more once inflated.
+    let bomb = compressed_frame(&[b' '; 100_000]);
+    assert!(bomb.len() < 1024);
+    let p = session.on_request_body(&s, &store, &mut m, &bomb, cx().now);
+    assert_eq!(p.close.map(|c| c.code), Some(1009));
+    session.on_end(&mut m);
+
+    // An upstream that keeps its context could not be read: refused.
+    let mut session = open(&mut m);
+    let v = session.on_response_headers(Some(101), Some("permessage-deflate"), &mut m);
+    assert!(matches!(v, ResponseVerdict::Refuse(_)), "{v:?}");
+    assert!(!session.is_open());
+    assert_eq!(
+        m.0.get(&format!(
+            "sigmesh.connections_total.{r}.outcome.upstream_error"
+        ))
+        .copied(),
+        Some(1)
+    );
+
+    // No extension in the answer: nothing may be compressed (RSV1 is a protocol error).
+    let mut session = open(&mut m);
+    let v = session.on_response_headers(Some(101), None, &mut m);
+    assert_eq!(v, ResponseVerdict::Continue);
+    let p = session.on_request_body(&s, &store, &mut m, &f, cx().now);
+    assert_eq!(p.close.map(|c| c.code), Some(1002));
 }
