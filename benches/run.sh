@@ -6,6 +6,7 @@
 #   BENCH_DURATION=10s benches/run.sh
 #   BENCH_PARTS="storm memory" BENCH_PEERS="sigmesh nginx" benches/run.sh   # some measurements only
 #   BENCH_REPEAT=3 benches/run.sh   # relay, latency and storm: the median of 3 runs per peer
+#   BENCH_PARTS=tls benches/run.sh  # wss:// rows only: sigmesh, nginx and HAProxy terminating TLS
 #
 # See benches/README.md for what is measured, how, and every knob. Writes
 # benches/results/<UTC>-suite.md and .json.
@@ -21,13 +22,14 @@ LAT_SESSIONS=${BENCH_LAT_SESSIONS:-100}
 LAT_RATE=${BENCH_LAT_RATE:-20}
 WINDOW=${BENCH_WINDOW:-4}
 MEM_SESSIONS=${BENCH_MEM_SESSIONS:-1000 10000 50000}
+TLS_MEM_SESSIONS=${BENCH_TLS_MEM_SESSIONS:-10000}
 STORM_CONNECTORS=${BENCH_STORM_CONNECTORS:-50}
 STORM_DURATION=${BENCH_STORM_DURATION:-3s}
 LIMIT_RATE=${BENCH_LIMIT_RATE:-200}
 LIMIT_BURST=${BENCH_LIMIT_BURST:-20}
 LIMIT_DURATION=${BENCH_LIMIT_DURATION:-5s}
 PEERS=${BENCH_PEERS:-direct sigmesh nginx haproxy envoy}
-ALL_PARTS="relay latency storm memory limits"
+ALL_PARTS="relay latency storm memory limits tls"
 PARTS=${BENCH_PARTS:-$ALL_PARTS}
 REPEAT=${BENCH_REPEAT:-1}
 NGINX_WORKERS=${BENCH_NGINX_WORKERS:-1}
@@ -38,7 +40,7 @@ ENVOY=${SIGMESH_ENVOY:-$HOME/.local/share/sigmesh/envoy/bin/envoy}
 
 for part in $PARTS; do
     case $part in
-    relay | latency | storm | memory | limits) ;;
+    relay | latency | storm | memory | limits | tls) ;;
     *) log "BENCH_PARTS: unknown part '$part' (known: $ALL_PARTS)"; exit 1 ;;
     esac
 done
@@ -102,13 +104,34 @@ done
 
 make_tmp sigmesh-bench
 free_ports 3
+# --- TLS: one certificate for every peer (an EC P-256 leaf for 127.0.0.1, signed by a test CA) ----
+TLS=0 # 1 while the tls part runs: the peers are rendered with TLS, URLs are wss://
+CA_ARGS=()
+if has_part tls; then
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+        -subj /CN=sigmesh-bench-ca -keyout "$TMP/ca.key" -out "$TMP/ca.pem" >/dev/null 2>&1 \
+        || fail "openssl: the CA"
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj /CN=127.0.0.1 \
+        -keyout "$TMP/key.pem" -out "$TMP/leaf.csr" >/dev/null 2>&1 || fail "openssl: the key"
+    printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n' >"$TMP/leaf.ext"
+    openssl x509 -req -in "$TMP/leaf.csr" -CA "$TMP/ca.pem" -CAkey "$TMP/ca.key" -CAcreateserial \
+        -days 2 -extfile "$TMP/leaf.ext" -out "$TMP/cert.pem" >/dev/null 2>&1 || fail "openssl: the leaf"
+    cat "$TMP/cert.pem" "$TMP/key.pem" >"$TMP/haproxy.pem" # HAProxy wants both in one file
+    CA_ARGS=(--ca "$TMP/ca.pem")
+fi
 ECHO_PORT=${PORTS[0]} LISTEN_PORT=${PORTS[1]} ADMIN_PORT=${PORTS[2]}
 
 # --- echo upstream (one for the whole suite), on the load core ------------------------------------
 start_echo "$ECHO_PORT" "$LOAD_CPUS"
 
-render() { # `render TEMPLATE OUT`
-    sed -e "s|@LISTEN_PORT@|$LISTEN_PORT|g; s|@ADMIN_PORT@|$ADMIN_PORT|g; s|@ECHO_PORT@|$ECHO_PORT|g" \
+render() { # `render TEMPLATE OUT` (with TLS=1: the listener terminates TLS with TMP/cert.pem)
+    local s_tls='' n_ssl='' n_tls='' h_tls=''
+    if ((TLS)); then
+        s_tls="tls: { certificates: [{ cert: $TMP/cert.pem, key: $TMP/key.pem }] }"
+        n_ssl=ssl n_tls="ssl_certificate $TMP/cert.pem; ssl_certificate_key $TMP/key.pem;"
+        h_tls="ssl crt $TMP/haproxy.pem"
+    fi
+    sed -e "s|@SIGMESH_TLS@|$s_tls|; s|@NGINX_SSL@|$n_ssl|; s|@NGINX_TLS@|$n_tls|; s|@HAPROXY_TLS@|$h_tls|" -e "s|@LISTEN_PORT@|$LISTEN_PORT|g; s|@ADMIN_PORT@|$ADMIN_PORT|g; s|@ECHO_PORT@|$ECHO_PORT|g" \
         -e "s|@DIR@|$TMP|g; s|@NOFILE@|$NOFILE|g; s|@MAXCONN@|$MAX_SESSIONS|g" \
         -e "s|@NGINX_WORKERS@|$NGINX_WORKERS|g; s|@LIMIT_RATE@|$LIMIT_RATE|g; s|@LIMIT_BURST@|$LIMIT_BURST|g" \
         -e "s|@NGINX_USER@|$([[ $(id -u) == 0 ]] && echo 'user root;')|g" \
@@ -120,6 +143,7 @@ PEER_PID=
 start_peer() {
     local peer=$1 tpl=${2:-}
     URL="ws://127.0.0.1:$LISTEN_PORT/ws"
+    ((TLS)) && URL="wss://127.0.0.1:$LISTEN_PORT/ws"
     case $peer in
     direct)
         PEER_PID='' URL="ws://127.0.0.1:$ECHO_PORT/ws"
@@ -169,36 +193,41 @@ relay() {
     shift 2
     c0=$([[ -n $PEER_PID ]] && cpu_ticks "$PEER_PID" || echo 0)
     pin "$LOAD_CPUS"
-    bounded 120 "${PIN[@]}" "$LOADGEN" run --url "$URL" --label "$peer" --duration "$DURATION" \
+    bounded 120 "${PIN[@]}" "$LOADGEN" "${CA_ARGS[@]}" run --url "$URL" --label "$peer" --duration "$DURATION" \
         --warmup "$WARMUP" --grace 1s --threads "$LOAD_THREADS" --connect-concurrency 64 \
         --json "$OUT/$name-$peer.r$RUN.json" "$@" >&2 || fail "$name $peer"
     c1=$([[ -n $PEER_PID ]] && cpu_ticks "$PEER_PID" || echo 0)
     echo "{\"cpu_s\": $(cpu_seconds $((c1 - c0)))}" >"$OUT/$name-$peer.r$RUN.cpu.json"
 }
 
-# `idle_mem PEER N`: N idle sessions; the proxy's memory with them, minus its baseline.
+# `idle_mem PEER N [PREFIX]`: N idle sessions; the proxy's memory with them, minus its baseline
+# (OUT/PREFIXmemN-PEER.json and PREFIXidleN-PEER.json).
 idle_mem() {
-    local peer=$1 n=$2 lpid
-    local ilog=$TMP/idle-$n-$peer.log # one per run: a stale `ready` must not be read
+    local peer=$1 n=$2 pre=${3:-} lpid
+    local ilog=$TMP/${pre}idle-$n-$peer.log # one per run: a stale `ready` must not be read
     rm -f "$ilog"
-    spawn "$ilog" "$LOAD_CPUS" "$LOADGEN" idle --url "$URL" --sessions "$n" --source-ips "$SOURCE_IPS" \
-        --connect-concurrency 64 --hold 120s --json "$OUT/idle$n-$peer.json"
+    spawn "$ilog" "$LOAD_CPUS" "$LOADGEN" "${CA_ARGS[@]}" idle --url "$URL" --sessions "$n" \
+        --source-ips "$SOURCE_IPS" --connect-concurrency 64 --hold 120s --json "$OUT/${pre}idle$n-$peer.json"
     lpid=$SPAWNED
     wait_until 120 "$lpid" "idle $n $peer (loadgen)" grep -qs '^ready' "$ilog"
     sleep 1 # let the proxy settle (allocator, lazily freed buffers)
     read -r rss pss < <(mem_kib "$PEER_PID")
     echo "{\"sessions\": $n, \"rss_kib\": $rss, \"pss_kib\": $pss, \"base_rss_kib\": $BASE_RSS, \"base_pss_kib\": $BASE_PSS}" \
-        >"$OUT/mem$n-$peer.json"
-    log "  $peer idle $n: $(grep -m1 '^ready' "$ilog") rss ${rss} KiB (base ${BASE_RSS}), pss ${pss} KiB (base ${BASE_PSS})"
+        >"$OUT/${pre}mem$n-$peer.json"
+    log "  $peer ${pre}idle $n: $(grep -m1 '^ready' "$ilog") rss ${rss} KiB (base ${BASE_RSS}), pss ${pss} KiB (base ${BASE_PSS})"
     stop "$lpid"
     sleep 1 # closes propagate through the proxy
 }
 
-storm() { # `storm PEER OUT.json DURATION`
+storm() { # `storm PEER OUT.json DURATION`: the proxy's CPU around it goes to OUT.cpu.json
+    local c0 c1
+    c0=$([[ -n $PEER_PID ]] && cpu_ticks "$PEER_PID" || echo 0)
     pin "$LOAD_CPUS"
-    bounded 120 "${PIN[@]}" "$LOADGEN" storm --url "$URL" --label "$1" --connectors "$STORM_CONNECTORS" \
+    bounded 120 "${PIN[@]}" "$LOADGEN" "${CA_ARGS[@]}" storm --url "$URL" --label "$1" --connectors "$STORM_CONNECTORS" \
         --duration "$3" --source-ips "$SOURCE_IPS" --threads "$LOAD_THREADS" \
         --json "$2" >&2 || fail "storm $1"
+    c1=$([[ -n $PEER_PID ]] && cpu_ticks "$PEER_PID" || echo 0)
+    echo "{\"cpu_s\": $(cpu_seconds $((c1 - c0)))}" >"${2%.json}.cpu.json"
 }
 
 SUITE_START=$SECONDS
@@ -230,6 +259,31 @@ for peer in $PEERS; do
         stop_peer
     fi
 done
+
+# --- TLS: sigmesh, nginx and HAProxy terminating TLS with the same certificate ---------------------
+if has_part tls; then
+    TLS=1
+    for peer in $PEERS; do
+        [[ " sigmesh nginx haproxy " == *" $peer "* ]] || continue
+        start_peer "$peer"
+        for ((RUN = 1; RUN <= REPEAT; RUN++)); do
+            log "=== $peer over TLS: wss relay, handshake storm$( ((REPEAT == 1)) || echo " (run $RUN of $REPEAT)")"
+            relay "$peer" tls-tp100 --sessions 100 --window "$WINDOW" --size 200
+            relay "$peer" tls-tp16k --sessions 100 --window "$WINDOW" --size 16384
+            storm "$peer" "$OUT/tls-storm-$peer.r$RUN.json" "$STORM_DURATION"
+        done
+        stop_peer
+        log "=== $peer over TLS: idle memory ($TLS_MEM_SESSIONS sessions)"
+        start_peer "$peer"
+        read -r BASE_RSS BASE_PSS < <(mem_kib "$PEER_PID")
+        for n in $TLS_MEM_SESSIONS; do
+            ((n > MAX_SESSIONS)) && n=$MAX_SESSIONS
+            idle_mem "$peer" "$n" tls-
+        done
+        stop_peer
+    done
+    TLS=0
+fi
 
 # --- limits under load: a route-wide connection bucket while a flood of handshakes runs ----------
 if has_part limits && [[ " $PEERS " == *" sigmesh "* ]]; then
@@ -266,9 +320,12 @@ if has_part latency; then
 fi
 if has_part storm; then RUNS+=("storm: $STORM_CONNECTORS connectors x $STORM_DURATION"); fi
 if has_part limits; then RUNS+=("limits: $LIMIT_DURATION"); fi
+if has_part tls; then
+    RUNS+=("tls: the relay and storm runs over wss:// (TLS 1.3, X25519, ECDSA P-256 certificate; the client resumes no session), idle memory at $TLS_MEM_SESSIONS sessions; nginx and HAProxy with their default TLS settings and the same certificate")
+fi
 RUNS+=("suite took ${ELAPSED}s")
 RUNS_DESC=$(printf '%s; ' "${RUNS[@]}")
-export B_OUT=$OUT B_PEERS=$PEERS B_MEM="${MEM_RUNS[*]}" B_STAMP=$STAMP B_RESULTS=$RESULTS B_REPEAT=$REPEAT
+export B_OUT=$OUT B_PEERS=$PEERS B_MEM="${MEM_RUNS[*]}" B_TLS_MEM="$TLS_MEM_SESSIONS" B_STAMP=$STAMP B_RESULTS=$RESULTS B_REPEAT=$REPEAT
 B_META_date=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 export B_META_date B_META_versions=$VERSIONS B_META_machine="$MACHINE, load average at the end $LOADAVG"
 export B_META_pinning="proxy on CPU ${PROXY_CPUS:-any}; echo upstream (1 thread) + load generator ($LOAD_THREADS thread) on CPU ${LOAD_CPUS:-any}; nginx $NGINX_WORKERS worker, haproxy nbthread 1, envoy --concurrency $ENVOY_CONCURRENCY, sigmesh default tokio runtime (confined to CPU ${PROXY_CPUS:-any})"
@@ -301,7 +358,10 @@ repeat = int(env["B_REPEAT"])
 # shows the median run by its main figure (higher or lower is better); of an even count, the worse
 # of the two middle runs.
 MAIN = {"tp100": ("msgs_per_sec", True), "tp1000": ("msgs_per_sec", True), "tp16k": ("msgs_per_sec", True),
-        "lat": ("p99_us", False), "storm": ("completed_per_sec", True)}
+        "lat": ("p99_us", False), "storm": ("completed_per_sec", True),
+        "tls-tp100": ("msgs_per_sec", True), "tls-tp16k": ("msgs_per_sec", True),
+        "tls-storm": ("completed_per_sec", True)}
+tls_mems = [int(n) for n in env.get("B_TLS_MEM", "").split()]
 def median_run(run, p):
     """(the median run's JSON, its CPU JSON), or (None, None) when RUN did not run for P."""
     key, higher = MAIN[run]
@@ -320,7 +380,7 @@ def median_run(run, p):
     return j, c
 for p in peers:
     r = {}
-    for run in ["tp100", "tp1000", "tp16k", "lat"]:
+    for run in ["tp100", "tp1000", "tp16k", "lat", "tls-tp100", "tls-tp16k"]:
         j, c = median_run(run, p)
         if j is None:
             continue
@@ -328,15 +388,22 @@ for p in peers:
             j["proxy_cpu_s"] = c["cpu_s"]
             j["proxy_cpu_s_per_million_round_trips"] = round(c["cpu_s"] / (j["received"] / 1e6), 3)
         r[run] = j
-    r["storm"] = median_run("storm", p)[0]
-    for n in mems:
-        m, i = load(f"mem{n}-{p}.json"), load(f"idle{n}-{p}.json")
-        if m and i and i["connected"]:
-            m["connected"] = i["connected"]
-            m["idle_errors"] = i["errors"]
-            m["rss_kib_per_session"] = round((m["rss_kib"] - m["base_rss_kib"]) / i["connected"], 2)
-            m["pss_kib_per_session"] = round((m["pss_kib"] - m["base_pss_kib"]) / i["connected"], 2)
-            r[f"idle{n}"] = m
+    for run in ["storm", "tls-storm"]:
+        j, c = median_run(run, p)
+        if j is not None and p != "direct" and c is not None and c["cpu_s"] > 0:
+            # Every attempt costs the proxy, completed or refused: per proxy CPU second.
+            j["proxy_cpu_s"] = c["cpu_s"]
+            j["handshakes_per_proxy_cpu_s"] = round(j["completed"] / c["cpu_s"], 1)
+        r[run] = j
+    for pre, ns in [("", mems), ("tls-", tls_mems)]:
+        for n in ns:
+            m, i = load(f"{pre}mem{n}-{p}.json"), load(f"{pre}idle{n}-{p}.json")
+            if m and i and i["connected"]:
+                m["connected"] = i["connected"]
+                m["idle_errors"] = i["errors"]
+                m["rss_kib_per_session"] = round((m["rss_kib"] - m["base_rss_kib"]) / i["connected"], 2)
+                m["pss_kib_per_session"] = round((m["pss_kib"] - m["base_pss_kib"]) / i["connected"], 2)
+                r[f"{pre}idle{n}"] = m
     res["peers"][p] = r
 lim, limm = load("limit-sigmesh.json"), load("limit-sigmesh.mem.json")
 if lim and limm:
@@ -368,7 +435,17 @@ for n in mems:
 rows += [
     ("storm: completed handshakes/s", ("storm", "completed_per_sec"), 0, True),
     ("storm: handshake p99, µs", ("storm", "p99_us"), 0, True),
+    ("storm: handshakes per proxy CPU second", ("storm", "handshakes_per_proxy_cpu_s"), 0, False),
+    ("wss relay 100 sessions × 200 B, round trips/s", ("tls-tp100", "msgs_per_sec"), 0, True),
+    ("wss relay 100 sessions × 16 KiB, round trips/s", ("tls-tp16k", "msgs_per_sec"), 0, True),
+    ("wss proxy CPU s / 1M round trips, 100 × 200 B", ("tls-tp100", "proxy_cpu_s_per_million_round_trips"), 2, False),
+    ("wss proxy CPU s / 1M round trips, 100 × 16 KiB", ("tls-tp16k", "proxy_cpu_s_per_million_round_trips"), 2, False),
+    ("TLS storm: completed handshakes/s (full handshakes)", ("tls-storm", "completed_per_sec"), 0, True),
+    ("TLS storm: handshake p99, µs", ("tls-storm", "p99_us"), 0, True),
+    ("TLS storm: handshakes per proxy CPU second", ("tls-storm", "handshakes_per_proxy_cpu_s"), 0, False),
 ]
+for n in tls_mems:
+    rows.append((f"idle RSS per TLS session, KiB ({n:,} sessions)", (f"tls-idle{n}", "rss_kib_per_session"), 2, False))
 ratios = {}
 def cell(p, path, prec, vs_direct):
     v = get(p, *path)
@@ -399,8 +476,9 @@ def run_errors(p, k):  # summed over the repeated runs
     return sum(get(p, k, "repeat", "errors") or [get(p, k, "errors") or 0])
 errs = []
 for p in peers:
-    e = sum(run_errors(p, k) for k in ["tp100", "tp1000", "tp16k", "lat", "storm"])
+    e = sum(run_errors(p, k) for k in ["tp100", "tp1000", "tp16k", "lat", "storm", "tls-tp100", "tls-tp16k", "tls-storm"])
     e += sum((get(p, f"idle{n}", "idle_errors") or 0) for n in mems)
+    e += sum((get(p, f"tls-idle{n}", "idle_errors") or 0) for n in tls_mems)
     errs.append(str(e))
 md.append("| errors (all runs) | " + " | ".join(errs) + " |")
 res["ratios"] = ratios

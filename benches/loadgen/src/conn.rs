@@ -1,20 +1,104 @@
-//! Opening client WebSocket connections, optionally from one of several local source addresses.
+//! Opening client WebSocket connections (`ws://`, or `wss://` trusting `--ca`), optionally from
+//! one of several local source addresses.
+//!
+//! Every `wss://` connection makes a full TLS handshake: session resumption is off, so a storm
+//! measures what a fleet of fresh clients costs (the worst case; browsers resume when they can).
 //!
 //! One loopback source address gives about 28,000 ephemeral ports (`ip_local_port_range`); tens of
 //! thousands of sessions, or a storm of short-lived ones, need more. `--source-ips` spreads the
 //! sessions over several `127.0.0.x` addresses (all of 127/8 is local on Linux), session `i` using
 //! address `i % n`.
 
+use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use anyhow::Context as _;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpSocket, TcpStream};
+use tokio_rustls::rustls::pki_types::pem::PemObject as _;
+use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
+use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
+use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 use tokio_tungstenite::tungstenite::http::StatusCode;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+pub type Ws = WebSocketStream<Stream>;
+
+/// A client connection: plain TCP, or TLS over it.
+#[derive(Debug)]
+pub enum Stream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+macro_rules! each {
+    ($self:ident, $s:ident => $e:expr) => {
+        match $self.get_mut() {
+            Stream::Plain($s) => {
+                let $s = Pin::new($s);
+                $e
+            }
+            Stream::Tls($s) => {
+                let $s = Pin::new($s.as_mut());
+                $e
+            }
+        }
+    };
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        each!(self, s => s.poll_read(cx, buf))
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, b: &[u8]) -> Poll<io::Result<usize>> {
+        each!(self, s => s.poll_write(cx, b))
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        each!(self, s => s.poll_flush(cx))
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        each!(self, s => s.poll_shutdown(cx))
+    }
+}
+
+static TLS: OnceLock<Arc<ClientConfig>> = OnceLock::new();
+
+/// Trusts the CA certificates in the PEM file `ca` for `wss://` URLs (`--ca`); without it,
+/// `wss://` trusts nothing and every handshake fails.
+pub fn trust(ca: &Path) -> anyhow::Result<()> {
+    let pem = std::fs::read(ca).with_context(|| format!("reading {}", ca.display()))?;
+    let mut roots = RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(&pem) {
+        roots.add(c.with_context(|| format!("{}: bad PEM", ca.display()))?)?;
+    }
+    anyhow::ensure!(!roots.is_empty(), "{}: no certificate", ca.display());
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.resumption = rustls::client::Resumption::disabled();
+    let _ = TLS.set(Arc::new(cfg));
+    Ok(())
+}
+
+fn tls_config() -> anyhow::Result<Arc<ClientConfig>> {
+    TLS.get()
+        .cloned()
+        .context("a wss:// URL needs --ca (the CA that signed the server's certificate)")
+}
 
 /// Local addresses to connect from: `127.0.0.2-127.0.0.9` (an IPv4 range, last octet varying) or
 /// `127.0.0.2,127.0.0.3` (a list). Empty: let the kernel choose.
@@ -58,17 +142,25 @@ pub enum Handshake {
     Refused(StatusCode),
 }
 
-/// The `host:port` of a `ws://` URL, resolved.
-pub(crate) async fn target(url: &str) -> anyhow::Result<SocketAddr> {
+/// The `host:port` of a `ws://` or `wss://` URL, resolved, and the host for TLS (`None` for
+/// `ws://`).
+pub(crate) async fn endpoint(url: &str) -> anyhow::Result<(SocketAddr, Option<String>)> {
     let req = url.into_client_request().context("bad URL")?;
     let uri = req.uri();
+    let tls = uri.scheme_str() == Some("wss");
     let host = uri.host().context("URL without host")?;
     let host = host.trim_start_matches('[').trim_end_matches(']');
-    let port = uri.port_u16().unwrap_or(80);
-    tokio::net::lookup_host((host, port))
+    let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
+    let addr = tokio::net::lookup_host((host, port))
         .await?
         .next()
-        .with_context(|| format!("{host} does not resolve"))
+        .with_context(|| format!("{host} does not resolve"))?;
+    Ok((addr, tls.then(|| host.to_owned())))
+}
+
+/// The `host:port` of a `ws://` URL, resolved.
+pub(crate) async fn target(url: &str) -> anyhow::Result<SocketAddr> {
+    Ok(endpoint(url).await?.0)
 }
 
 async fn tcp(addr: SocketAddr, source: Option<IpAddr>) -> anyhow::Result<TcpStream> {
@@ -97,11 +189,20 @@ pub async fn handshake(
 ) -> anyhow::Result<Handshake> {
     use tokio_tungstenite::tungstenite::Error;
     let attempt = async {
-        let addr = target(url).await?;
-        let stream = tcp(addr, source).await?;
-        match tokio_tungstenite::client_async_with_config(url, MaybeTlsStream::Plain(stream), None)
-            .await
-        {
+        let (addr, tls) = endpoint(url).await?;
+        let tcp = tcp(addr, source).await?;
+        let stream = match tls {
+            None => Stream::Plain(tcp),
+            Some(host) => {
+                let name = ServerName::try_from(host).context("bad TLS server name")?;
+                let tls = tokio_rustls::TlsConnector::from(tls_config()?)
+                    .connect(name, tcp)
+                    .await
+                    .context("TLS handshake")?;
+                Stream::Tls(Box::new(tls))
+            }
+        };
+        match tokio_tungstenite::client_async_with_config(url, stream, None).await {
             Ok((ws, _resp)) => Ok(Handshake::Open(Box::new(ws))),
             Err(Error::Http(resp)) => Ok(Handshake::Refused(resp.status())),
             Err(e) => Err(anyhow::Error::new(e).context("handshake")),

@@ -35,6 +35,9 @@ use clap::{Parser, Subcommand};
     about = "End-to-end load harness for sigmesh"
 )]
 struct Cli {
+    /// CA certificate(s), PEM, that `wss://` URLs are verified with.
+    #[arg(long, global = true)]
+    ca: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -106,6 +109,12 @@ fn free_ports(count: usize) -> anyhow::Result<()> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(ca) = &cli.ca
+        && let Err(e) = conn::trust(ca)
+    {
+        eprintln!("sigmesh-loadgen: error: --ca: {e:#}");
+        return ExitCode::from(2);
+    }
     let result = match cli.command {
         Command::Echo { listen, threads } => {
             runtime(threads).and_then(|rt| rt.block_on(echo::serve(listen)))
