@@ -92,7 +92,12 @@ if ((MAX_UPSTREAM < MAX_SESSIONS)); then
     CAP_WHY="ephemeral ports $PORT_LO-$PORT_HI for the upstream connections, all from 127.0.0.1"
 fi
 MEM_RUNS=()
+TLS_MEM_RUNS=()
 MEM_NOTE=""
+for n in $TLS_MEM_SESSIONS; do
+    ((n > MAX_SESSIONS)) && n=$MAX_SESSIONS
+    [[ " ${TLS_MEM_RUNS[*]} " == *" $n "* ]] || TLS_MEM_RUNS+=("$n")
+done
 for n in $MEM_SESSIONS; do
     if ((n > MAX_SESSIONS)); then
         MEM_NOTE="$MEM_NOTE $n sessions capped to $MAX_SESSIONS ($CAP_WHY);"
@@ -273,13 +278,10 @@ if has_part tls; then
             storm "$peer" "$OUT/tls-storm-$peer.r$RUN.json" "$STORM_DURATION"
         done
         stop_peer
-        log "=== $peer over TLS: idle memory ($TLS_MEM_SESSIONS sessions)"
+        log "=== $peer over TLS: idle memory (${TLS_MEM_RUNS[*]} sessions)"
         start_peer "$peer"
         read -r BASE_RSS BASE_PSS < <(mem_kib "$PEER_PID")
-        for n in $TLS_MEM_SESSIONS; do
-            ((n > MAX_SESSIONS)) && n=$MAX_SESSIONS
-            idle_mem "$peer" "$n" tls-
-        done
+        for n in "${TLS_MEM_RUNS[@]}"; do idle_mem "$peer" "$n" tls-; done
         stop_peer
     done
     TLS=0
@@ -321,11 +323,11 @@ fi
 if has_part storm; then RUNS+=("storm: $STORM_CONNECTORS connectors x $STORM_DURATION"); fi
 if has_part limits; then RUNS+=("limits: $LIMIT_DURATION"); fi
 if has_part tls; then
-    RUNS+=("tls: the relay and storm runs over wss:// (TLS 1.3, X25519, ECDSA P-256 certificate; the client resumes no session), idle memory at $TLS_MEM_SESSIONS sessions; nginx and HAProxy with their default TLS settings and the same certificate")
+    RUNS+=("tls: the relay and storm runs over wss:// (TLS 1.3, X25519, ECDSA P-256 certificate; the client resumes no session), idle memory at ${TLS_MEM_RUNS[*]} sessions; nginx and HAProxy with their default TLS settings and the same certificate")
 fi
 RUNS+=("suite took ${ELAPSED}s")
 RUNS_DESC=$(printf '%s; ' "${RUNS[@]}")
-export B_OUT=$OUT B_PEERS=$PEERS B_MEM="${MEM_RUNS[*]}" B_TLS_MEM="$TLS_MEM_SESSIONS" B_STAMP=$STAMP B_RESULTS=$RESULTS B_REPEAT=$REPEAT
+export B_OUT=$OUT B_PEERS=$PEERS B_MEM="${MEM_RUNS[*]}" B_TLS_MEM="${TLS_MEM_RUNS[*]}" B_STAMP=$STAMP B_RESULTS=$RESULTS B_REPEAT=$REPEAT
 B_META_date=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 export B_META_date B_META_versions=$VERSIONS B_META_machine="$MACHINE, load average at the end $LOADAVG"
 export B_META_pinning="proxy on CPU ${PROXY_CPUS:-any}; echo upstream (1 thread) + load generator ($LOAD_THREADS thread) on CPU ${LOAD_CPUS:-any}; nginx $NGINX_WORKERS worker, haproxy nbthread 1, envoy --concurrency $ENVOY_CONCURRENCY, sigmesh default tokio runtime (confined to CPU ${PROXY_CPUS:-any})"

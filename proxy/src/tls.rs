@@ -12,6 +12,7 @@
 //! - **Handshakes** must finish within [`crate::state::Tuning::tls_handshake_timeout`]; a failed
 //!   one is counted in `sigmesh_tls_handshake_errors_total` and logged at most once a second.
 
+use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -55,17 +56,44 @@ fn file_error(path: &str, why: impl Into<String>) -> TlsError {
     }
 }
 
-/// The certificates, picked by SNI.
+/// The certificates, picked by SNI: the first that covers the name, else the first.
 #[derive(Debug)]
 struct BySni {
     certs: Vec<Arc<CertifiedKey>>,
+    /// Each exact (not wildcard) DNS name of the certificates, lower-case → the first
+    /// certificate naming it: a handshake for a listed name parses no certificate.
+    exact: HashMap<String, usize>,
+}
+
+impl BySni {
+    fn new(certs: Vec<Arc<CertifiedKey>>) -> BySni {
+        let mut exact = HashMap::new();
+        for (i, ck) in certs.iter().enumerate() {
+            let Ok(der) = ck.end_entity_cert() else {
+                continue;
+            };
+            let Ok(ee) = webpki::EndEntityCert::try_from(der) else {
+                continue;
+            };
+            for name in ee.valid_dns_names().filter(|n| !n.starts_with('*')) {
+                exact.entry(name.to_ascii_lowercase()).or_insert(i);
+            }
+        }
+        BySni { certs, exact }
+    }
 }
 
 impl ResolvesServerCert for BySni {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        if let Some(name) = hello.server_name()
-            && let Ok(name) = ServerName::try_from(name)
-        {
+        let Some(sni) = hello.server_name() else {
+            return self.certs.first().cloned();
+        };
+        // rustls hands the name over lower-cased; any other spelling takes the slow path.
+        if let Some(&i) = self.exact.get(sni) {
+            return self.certs.get(i).cloned();
+        }
+        // Wildcards, or a name no certificate has: ask each certificate.
+        if let Ok(name) = ServerName::try_from(sni) {
             for ck in &self.certs {
                 let covers = ck.end_entity_cert().ok().is_some_and(|der| {
                     webpki::EndEntityCert::try_from(der)
@@ -173,7 +201,7 @@ pub fn build(tls: &Tls) -> Result<(rustls::ServerConfig, u64), TlsError> {
         }
         None => builder.with_no_client_auth(),
     };
-    let mut config = builder.with_cert_resolver(Arc::new(BySni { certs }));
+    let mut config = builder.with_cert_resolver(Arc::new(BySni::new(certs)));
     config.alpn_protocols = tls.alpn.iter().map(|a| a.id().to_vec()).collect();
     Ok((config, print))
 }

@@ -331,29 +331,33 @@ async fn http_export_request_spans_and_refusals() {
     );
 }
 
-/// `sample_ratio: 0.0` exports nothing for new traces, yet the upstream still gets a valid,
-/// unsampled traceparent; a client's sampled traceparent is honoured (parent-based).
-/// An `https://` collector with a private CA (`tracing.tls.ca`): the spans arrive over TLS.
+/// An `https://` collector with a private CA (`tracing.tls.ca`): the spans arrive over TLS,
+/// by OTLP/HTTP and by OTLP/gRPC.
 #[tokio::test]
-async fn http_export_to_an_https_collector() {
+async fn export_to_an_https_collector() {
     let pki = common::pki::Pki::new();
     pki.issue("collector", &["localhost"]);
     let collector = Collector::start_https(common::pki::server_config(&pki, "collector")).await;
     let up = signaling("stable").await;
-    let tracing = format!(
-        "  otlp_endpoint: {}\n  protocol: http\n  tls: {{ ca: {} }}\n",
-        collector.https_url(),
-        pki.path("ca.pem").display()
-    );
-    let yaml = routes_and_tracing(&up.local_addr.to_string(), "", &tracing);
-    let p = proxy(&yaml, &[]).await;
-    let (status, _, _) = http(p.listen, "GET", "/healthz", &[], "").await;
-    assert_eq!(status, 200);
-    drain(p).await;
-    eventually(|| async { !collector.spans().is_empty() }).await;
-    assert!(collector.spans().iter().all(|s| s.transport == "http"));
+    for (protocol, url) in [
+        ("http", collector.https_url()),
+        ("grpc", collector.grpcs_url()),
+    ] {
+        let tracing = format!(
+            "  otlp_endpoint: {url}\n  protocol: {protocol}\n  tls: {{ ca: {} }}\n",
+            pki.path("ca.pem").display()
+        );
+        let yaml = routes_and_tracing(&up.local_addr.to_string(), "", &tracing);
+        let p = proxy(&yaml, &[]).await;
+        let (status, _, _) = http(p.listen, "GET", "/healthz", &[], "").await;
+        assert_eq!(status, 200);
+        drain(p).await;
+        eventually(|| async { collector.spans().iter().any(|s| s.transport == protocol) }).await;
+    }
 }
 
+/// `sample_ratio: 0.0` exports nothing for new traces, yet the upstream still gets a valid,
+/// unsampled traceparent; a client's sampled traceparent is honoured (parent-based).
 #[tokio::test]
 async fn ratio_zero_samples_nothing_but_parents_win() {
     ratio_zero(true).await;

@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use opentelemetry::{Context, KeyValue};
-use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig};
+use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig, WithTonicConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
 use opentelemetry_sdk::trace::{
@@ -116,6 +116,18 @@ fn exporter(config: &Tracing) -> Result<opentelemetry_otlp::SpanExporter, Teleme
                 b
             } else {
                 b.with_endpoint(config.otlp_endpoint.clone())
+            };
+            // tonic's own TLS would be a second TLS stack: the channel dials through ours.
+            let b = if config.otlp_endpoint.starts_with("https:") {
+                let connector = super::https::GrpcConnector::new(config.ca.as_deref())
+                    .map_err(TelemetryError::Exporter)?;
+                let endpoint =
+                    tonic::transport::Endpoint::from_shared(config.otlp_endpoint.clone())
+                        .map_err(|e| TelemetryError::Exporter(e.to_string()))?
+                        .timeout(Duration::from_secs(10));
+                b.with_channel(endpoint.connect_with_connector_lazy(connector))
+            } else {
+                b
             };
             b.build()
         }

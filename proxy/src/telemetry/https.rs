@@ -1,9 +1,15 @@
-//! OTLP/HTTP to an `https://` collector: the exporter's HTTP client, over rustls with the
-//! built-in roots or `tracing.tls.ca` (the SDK's own hyper client speaks plain HTTP only).
-//! One connection per export (a batch every few seconds), bounded in time and in the size of
-//! the answer read.
+//! OTLP to an `https://` collector, over rustls with the built-in roots or `tracing.tls.ca`
+//! (the SDK's own clients speak plain HTTP/2 and HTTP only):
+//!
+//! - OTLP/HTTP: the exporter's HTTP client, one connection per export (a batch every few
+//!   seconds), bounded in time and in the size of the answer read;
+//! - OTLP/gRPC: the connector under tonic's channel ([`GrpcConnector`]), ALPN `h2`; the channel
+//!   keeps its connection and reconnects through it.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -40,13 +46,7 @@ impl HttpsClient {
             .trim_start_matches('[')
             .trim_end_matches(']')
             .to_owned();
-        let port = uri.port_u16().unwrap_or(443);
-        let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
-        let _ = tcp.set_nodelay(true);
-        let name = ServerName::try_from(host.clone())?;
-        let tls = tokio_rustls::TlsConnector::from(self.config.clone())
-            .connect(name, tcp)
-            .await?;
+        let tls = connect(&self.config, &host, uri.port_u16()).await?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
         tokio::spawn(async move {
             let _ = conn.await;
@@ -75,5 +75,74 @@ impl HttpClient for HttpsClient {
         tokio::time::timeout(TIMEOUT, self.send(request))
             .await
             .map_err(|_| "OTLP export over https timed out")?
+    }
+}
+
+/// TCP and a TLS handshake to `host:port` (443 by default).
+async fn connect(
+    config: &Arc<ClientConfig>,
+    host: &str,
+    port: Option<u16>,
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let tcp = tokio::net::TcpStream::connect((host, port.unwrap_or(443))).await?;
+    let _ = tcp.set_nodelay(true);
+    let name = ServerName::try_from(host.to_owned())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    tokio_rustls::TlsConnector::from(config.clone())
+        .connect(name, tcp)
+        .await
+}
+
+/// tonic's connector for an `https://` OTLP/gRPC collector: TCP, then TLS with ALPN `h2`.
+#[derive(Debug, Clone)]
+pub struct GrpcConnector {
+    config: Arc<ClientConfig>,
+}
+
+impl GrpcConnector {
+    /// Trusting the built-in roots, or the CAs in `ca`.
+    pub fn new(ca: Option<&str>) -> Result<GrpcConnector, String> {
+        let mut config = (*crate::upstream_tls::client_config(ca)?).clone();
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(GrpcConnector {
+            config: Arc::new(config),
+        })
+    }
+}
+
+type Connecting = Pin<
+    Box<
+        dyn Future<
+                Output = std::io::Result<
+                    TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>,
+                >,
+            > + Send,
+    >,
+>;
+
+impl tower_service::Service<Uri> for GrpcConnector {
+    type Response = TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
+    type Error = std::io::Error;
+    type Future = Connecting;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let config = self.config.clone();
+        Box::pin(async move {
+            let host = uri
+                .host()
+                .ok_or_else(|| std::io::Error::other("OTLP endpoint without a host"))?
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned();
+            let connecting = connect(&config, &host, uri.port_u16());
+            let tls = tokio::time::timeout(TIMEOUT, connecting)
+                .await
+                .map_err(|_| std::io::Error::other("OTLP/gRPC connect over TLS timed out"))??;
+            Ok(TokioIo::new(tls))
+        })
     }
 }

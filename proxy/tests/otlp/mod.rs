@@ -157,11 +157,31 @@ impl Collector {
         Collector { grpc, http, store }
     }
 
-    /// Only OTLP/HTTP, over TLS with `config` (`https_url` then names it).
+    /// Both over TLS with `config`: OTLP/gRPC (ALPN `h2`) at `grpcs_url`, OTLP/HTTP at
+    /// `https_url`.
     pub async fn start_https(config: Arc<rustls::ServerConfig>) -> Collector {
         let store = Arc::new(Store::default());
+        let grpc_l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let http_l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let http = http_l.local_addr().unwrap();
+        let (grpc, http) = (grpc_l.local_addr().unwrap(), http_l.local_addr().unwrap());
+        let mut h2 = (*config).clone();
+        h2.alpn_protocols = vec![b"h2".to_vec()];
+        let h2 = tokio_rustls::TlsAcceptor::from(Arc::new(h2));
+        let s = store.clone();
+        tokio::spawn(async move {
+            let svc = TraceServiceServer::new(Grpc(s));
+            while let Ok((tcp, _)) = grpc_l.accept().await {
+                let (svc, h2) = (TowerToHyperService::new(svc.clone()), h2.clone());
+                tokio::spawn(async move {
+                    let Ok(tls) = h2.accept(tcp).await else {
+                        return;
+                    };
+                    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(tls), svc)
+                        .await;
+                });
+            }
+        });
         let acceptor = tokio_rustls::TlsAcceptor::from(config);
         let s = store.clone();
         tokio::spawn(async move {
@@ -181,15 +201,15 @@ impl Collector {
                 });
             }
         });
-        Collector {
-            grpc: http,
-            http,
-            store,
-        }
+        Collector { grpc, http, store }
     }
 
     pub fn https_url(&self) -> String {
         format!("https://localhost:{}", self.http.port())
+    }
+
+    pub fn grpcs_url(&self) -> String {
+        format!("https://localhost:{}", self.grpc.port())
     }
 
     pub fn grpc_url(&self) -> String {

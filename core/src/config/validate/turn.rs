@@ -246,13 +246,6 @@ pub(super) fn tracing(cx: &mut Validator, node: &Node, path: &str) -> Option<Tra
             }
         }
     }
-    if protocol == OtlpProtocol::Grpc && otlp_endpoint.starts_with("https:") {
-        cx.err(
-            &f.path("protocol"),
-            f.key_line("protocol"),
-            "OTLP/gRPC to an https:// collector is not supported yet: use `protocol: http` (OTLP/HTTP over TLS)",
-        );
-    }
     // `tls: { ca }`: the collector's CA, for an https:// endpoint with a private CA.
     let mut ca = None;
     if let Some(n) = f.get("tls")
