@@ -10,12 +10,15 @@
 //! * `storm` — a reconnect storm: completed handshakes/s and handshake time with N connectors.
 //! * `soak` — holds N sessions with churn beside a flood of bad input, reporting the proxy's RSS,
 //!   file descriptors and round-trip p99 every interval.
+//! * `raw-echo` / `raw-run` — compressed sessions (`permessage-deflate`) and uncompressed ones
+//!   from raw frames, for `benches/compression.sh`.
 //! * `free-ports` — prints free loopback TCP ports (for the e2e script's temporary config).
 
 mod attack;
 mod conn;
 mod echo;
 mod idle;
+mod raw;
 mod report;
 mod run;
 mod soak;
@@ -62,6 +65,13 @@ enum Command {
     Storm(storm::StormArgs),
     /// Hold N sessions with churn and a flood of bad input; report the proxy every interval.
     Soak(soak::SoakArgs),
+    /// An echo upstream that accepts permessage-deflate and echoes frames as they came.
+    RawEcho {
+        #[arg(long, default_value = "127.0.0.1:9002")]
+        listen: SocketAddr,
+    },
+    /// Closed-loop raw sessions, compressed (`--deflate`) or not; prints round trips as JSON.
+    RawRun(raw::RawRunArgs),
     /// Compare a direct and a proxied run (the JSON written by `run --json`).
     Report(report::ReportArgs),
     /// Print N free loopback TCP ports, one per line.
@@ -130,6 +140,8 @@ fn main() -> ExitCode {
             runtime(args.threads).and_then(|rt| rt.block_on(storm::storm(args)))
         }
         Command::Soak(args) => runtime(args.threads).and_then(|rt| rt.block_on(soak::soak(args))),
+        Command::RawEcho { listen } => runtime(1).and_then(|rt| rt.block_on(raw::echo(listen))),
+        Command::RawRun(args) => runtime(args.threads).and_then(|rt| rt.block_on(raw::run(args))),
         Command::Report(args) => report::report(&args),
         Command::FreePorts { count } => free_ports(count),
     };
