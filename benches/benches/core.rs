@@ -149,6 +149,7 @@ fn routes() -> Vec<Route> {
                     url: None,
                     weight: 1,
                     tls: None,
+                    pool: Default::default(),
                 }],
             }
         })

@@ -212,8 +212,33 @@ pub struct CompiledRoute {
     pub route: Route,
     /// The split over its upstreams, with the configured weights.
     pub splitter: Splitter,
-    /// Each upstream's parsed URL, in upstream order (`None` where the front end does not dial).
+    /// Each upstream's parsed URL, in upstream order (`None` where the front end does not dial):
+    /// its `url`, its first endpoint, or its `dns` URL (whose host names the TLS server).
     pub targets: Vec<Option<Target>>,
+    /// Each upstream's static endpoints: its `url` alone, or its `endpoints` (empty for `dns`,
+    /// resolved by the front end, and where the front end does not dial).
+    pub endpoints: Vec<Vec<Target>>,
+    /// Each upstream's `dns` URL, parsed.
+    pub dns: Vec<Option<Target>>,
+    /// Each upstream's balancing, defaults applied ([`CompiledRoute::balance`]).
+    pub balance: Vec<crate::balance::Balance>,
+}
+
+impl CompiledRoute {
+    /// How upstream `upstream` picks an endpoint: its `balance`, else `room` when the route's
+    /// `split.sticky` names a room source (the key is there at every handshake), else
+    /// `least_sessions`.
+    pub fn balance_of(route: &Route, upstream: usize) -> crate::balance::Balance {
+        use crate::balance::Balance;
+        route
+            .upstreams
+            .get(upstream)
+            .and_then(|u| u.pool.balance)
+            .unwrap_or(match route.split.sticky {
+                Sticky::None => Balance::LeastSessions,
+                _ => Balance::Room,
+            })
+    }
 }
 
 /// A config generation, compiled for one front end.
@@ -262,45 +287,69 @@ impl Compiled {
                     continue;
                 }
             };
-            let mut targets = Vec::with_capacity(route.upstreams.len());
+            let n = route.upstreams.len();
+            let (mut targets, mut endpoints, mut dns) = (
+                Vec::with_capacity(n),
+                Vec::with_capacity(n),
+                Vec::with_capacity(n),
+            );
             for (j, up) in route.upstreams.iter().enumerate() {
-                let path = || format!("routes[{i}].upstreams[{j}].url");
-                let target = match (&up.url, caps.dials_upstreams) {
-                    (_, false) => None,
-                    (None, true) => {
+                let mut parse = |key: &str, url: &str| match Target::parse(url) {
+                    Ok(t) if t.tls && !caps.tls_upstreams => {
                         errors.push(CompileError {
-                            path: path(),
-                            message: "an upstream needs a url".into(),
+                            path: format!("routes[{i}].upstreams[{j}].{key}"),
+                            message: format!(
+                                "`{url}`: wss:// and https:// upstreams need TLS, which this \
+                                 build of sigmesh does not have yet; use ws:// or http://"
+                            ),
                         });
                         None
                     }
-                    (Some(url), true) => match Target::parse(url) {
-                        Ok(t) if t.tls && !caps.tls_upstreams => {
-                            errors.push(CompileError {
-                                path: path(),
-                                message: format!(
-                                    "`{url}`: wss:// and https:// upstreams need TLS, which this \
-                                     build of sigmesh does not have yet; use ws:// or http://"
-                                ),
-                            });
-                            None
-                        }
-                        Ok(t) => Some(t),
-                        Err(e) => {
-                            errors.push(CompileError {
-                                path: path(),
-                                message: e.to_string(),
-                            });
-                            None
-                        }
-                    },
+                    Ok(t) => Some(t),
+                    Err(e) => {
+                        errors.push(CompileError {
+                            path: format!("routes[{i}].upstreams[{j}].{key}"),
+                            message: e.to_string(),
+                        });
+                        None
+                    }
                 };
-                targets.push(target);
+                let (statics, resolved) = if !caps.dials_upstreams {
+                    (Vec::new(), None)
+                } else if let Some(url) = &up.url {
+                    (parse("url", url).into_iter().collect(), None)
+                } else if !up.pool.endpoints.is_empty() {
+                    let list = up
+                        .pool
+                        .endpoints
+                        .iter()
+                        .enumerate()
+                        .filter_map(|(k, u)| parse(&format!("endpoints[{k}]"), u))
+                        .collect();
+                    (list, None)
+                } else if let Some(url) = &up.pool.dns {
+                    (Vec::new(), parse("dns", url))
+                } else {
+                    errors.push(CompileError {
+                        path: format!("routes[{i}].upstreams[{j}].url"),
+                        message: "an upstream needs a url".into(),
+                    });
+                    (Vec::new(), None)
+                };
+                targets.push(statics.first().cloned().or_else(|| resolved.clone()));
+                endpoints.push(statics);
+                dns.push(resolved);
             }
+            let balance = (0..n)
+                .map(|j| CompiledRoute::balance_of(route, j))
+                .collect();
             routes.push(CompiledRoute {
                 route: route.clone(),
                 splitter,
                 targets,
+                endpoints,
+                dns,
+                balance,
             });
         }
         if !errors.is_empty() {

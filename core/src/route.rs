@@ -346,6 +346,7 @@ mod tests {
                 url: None,
                 weight: 1,
                 tls: None,
+                pool: Default::default(),
             }],
         }
     }

@@ -5,6 +5,9 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+mod common;
+
+use common::{errors, has, one_error};
 use sigmesh_core::config::{
     Cidr, ConfigError, ConfigErrors, LimitKey, OnExceed, OtlpProtocol, Sticky, load, load_filter,
 };
@@ -60,43 +63,6 @@ tracing:
 
 const MINIMAL: &str =
     "routes:\n  - name: r\n    upstreams:\n      - { name: a, url: http://127.0.0.1:9000 }\n";
-
-fn errors(text: &str) -> Vec<ConfigError> {
-    match load(text) {
-        Ok(c) => panic!("expected errors, loaded {c:#?}"),
-        Err(ConfigErrors(e)) => {
-            assert!(!e.is_empty());
-            e
-        }
-    }
-}
-
-/// The one error at `path`, checked to mention `needle` and be on `line`.
-#[track_caller]
-fn has(errs: &[ConfigError], path: &str, line: usize, needle: &str) {
-    let found = errs
-        .iter()
-        .find(|e| e.path == path && e.message.contains(needle));
-    match found {
-        Some(e) => assert_eq!(e.line, Some(line), "line of {e}"),
-        None => panic!(
-            "no error at `{path}` mentioning `{needle}` in:\n{}",
-            ConfigErrors(errs.to_vec())
-        ),
-    }
-}
-
-#[track_caller]
-fn one_error(text: &str, path: &str, line: usize, needle: &str) {
-    let errs = errors(text);
-    assert_eq!(
-        errs.len(),
-        1,
-        "expected one error, got:\n{}",
-        ConfigErrors(errs.clone())
-    );
-    has(&errs, path, line, needle);
-}
 
 /// A websocket route `r` with `extra` route keys (indented four spaces) before the upstreams.
 fn ws_route(extra: &str) -> String {

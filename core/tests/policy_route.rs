@@ -18,6 +18,7 @@ fn route(i: usize, m: Match) -> Route {
             url: None,
             weight: 1,
             tls: None,
+            pool: Default::default(),
         }],
     }
 }

@@ -379,6 +379,57 @@ pub struct Upstream {
     /// How a `wss://` or `https://` upstream's certificate is checked.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<UpstreamTls>,
+    /// Its endpoints, balancing and health (the standalone proxy's pools).
+    #[serde(flatten)]
+    pub pool: UpstreamPool,
+}
+
+/// `endpoints`, `dns`, `balance` and `health_check` of an upstream: where it runs beyond one
+/// `url`, how an endpoint is picked, and how an endpoint is judged.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+pub struct UpstreamPool {
+    /// Static endpoints, instead of `url` (same schemes; each its own host and port).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub endpoints: Vec<String>,
+    /// A name whose every A/AAAA record is an endpoint (a headless Service), re-resolved.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dns: Option<String>,
+    /// How an endpoint is picked; `None`: `room` when the route's `split.sticky` names a room
+    /// source, else `least_sessions`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub balance: Option<crate::balance::Balance>,
+    /// Active HTTP checks of every endpoint.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheck>,
+}
+
+/// `health_check:` of an upstream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HealthCheck {
+    /// Path of the `GET`; default `/healthz`. A 2xx passes.
+    pub path: String,
+    /// Between checks of one endpoint; default `5s`.
+    #[serde(with = "duration_str")]
+    pub interval: Duration,
+    /// For one check's answer; default `1s`.
+    #[serde(with = "duration_str")]
+    pub timeout: Duration,
+    /// Consecutive failures that make an endpoint unhealthy; default 2.
+    pub unhealthy: u32,
+    /// Consecutive passes that make it healthy again; default 2.
+    pub healthy: u32,
+}
+
+impl Default for HealthCheck {
+    fn default() -> Self {
+        HealthCheck {
+            path: "/healthz".into(),
+            interval: Duration::from_secs(5),
+            timeout: Duration::from_secs(1),
+            unhealthy: 2,
+            healthy: 2,
+        }
+    }
 }
 
 /// `routes[].upstreams[].tls`: the CA and name a `wss://`/`https://` upstream is verified with.

@@ -18,6 +18,7 @@
 
 mod fields;
 mod limits;
+mod pools;
 mod route;
 mod scalars;
 mod tls;
@@ -105,7 +106,17 @@ const CONNECTIONS: &[&str] = &["rate", "per", "burst", "key"];
 const MESSAGES: &[&str] = &["rate", "per", "burst", "on_exceed"];
 const ROOMS: &[&str] = &["rate", "per", "burst"];
 const SPLIT: &[&str] = &["sticky", "override_header", "override_from"];
-const UPSTREAM_PROXY: &[&str] = &["name", "url", "weight", "tls"];
+const UPSTREAM_PROXY: &[&str] = &[
+    "name",
+    "url",
+    "endpoints",
+    "dns",
+    "balance",
+    "health_check",
+    "weight",
+    "tls",
+];
+const HEALTH_CHECK: &[&str] = &["path", "interval", "timeout", "unhealthy", "healthy"];
 const UPSTREAM_TLS: &[&str] = &["ca", "server_name"];
 const UPSTREAM_FILTER: &[&str] = &["name", "weight"];
 const TURN_PROXY: &[&str] = &[

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use super::super::tree::{Node, NodeKind};
-use super::super::{Split, Sticky, Upstream, UpstreamTls};
+use super::super::{Split, Sticky, Upstream, UpstreamPool, UpstreamTls};
 use super::fields::{fields, name_line};
 use super::scalars::{
     check_name, cidr_list, header_name, int, is_tchar, json_pointer, required_string, string, url,
@@ -111,10 +111,28 @@ pub(super) fn upstreams(cx: &mut Validator, node: &Node, path: &str, is_ws: bool
         Mode::Proxy => (UPSTREAM_PROXY, &[]),
         Mode::Filter => (
             UPSTREAM_FILTER,
-            &[(
-                "url",
-                "`url` is not used by the Wasm filter: Envoy routes by the upstream's name (written to the split header); remove it",
-            )],
+            &[
+                (
+                    "url",
+                    "`url` is not used by the Wasm filter: Envoy routes by the upstream's name (written to the split header); remove it",
+                ),
+                (
+                    "endpoints",
+                    "in Envoy the upstream's cluster holds the endpoints (a Kubernetes Service in Istio); remove it",
+                ),
+                (
+                    "dns",
+                    "in Envoy the upstream's cluster resolves its endpoints (a STRICT_DNS cluster, or a Service in Istio); remove it",
+                ),
+                (
+                    "balance",
+                    "in Envoy the cluster's lb_policy picks the endpoint; for `room`, hash the split header (Istio: DestinationRule `consistentHash: {httpHeaderName: ...}`), see docs/upstreams.md",
+                ),
+                (
+                    "health_check",
+                    "in Envoy the cluster's health_checks and outlier_detection judge endpoints (Istio: DestinationRule `outlierDetection`); remove it",
+                ),
+            ],
         ),
     };
     let mut out = Vec::new();
@@ -140,23 +158,48 @@ pub(super) fn upstreams(cx: &mut Validator, node: &Node, path: &str, is_ws: bool
                 seen.insert(name.clone(), i);
             }
         }
+        let (schemes, why): (&[&str], &str) = if is_ws {
+            (
+                &["ws", "wss"],
+                " on a route with `websocket:` (sigmesh speaks WebSocket to the upstream)",
+            )
+        } else {
+            (&["http", "https", "ws", "wss"], "")
+        };
         let mut url_value = None;
+        let mut pool = UpstreamPool::default();
         if cx.mode == Mode::Proxy {
-            match f.value("url") {
-                None => cx.err(&f.path("url"), f.key_line("url"), "missing upstream `url`"),
-                Some(n) => {
-                    url_value = if is_ws {
-                        url(
-                            cx,
-                            n,
-                            &f.path("url"),
-                            &["ws", "wss"],
-                            " on a route with `websocket:` (sigmesh speaks WebSocket to the upstream)",
-                        )
-                    } else {
-                        url(cx, n, &f.path("url"), &["http", "https", "ws", "wss"], "")
-                    };
-                }
+            let given: Vec<&str> = ["url", "endpoints", "dns"]
+                .into_iter()
+                .filter(|k| f.value(k).is_some())
+                .collect();
+            match given.as_slice() {
+                [] => cx.err(
+                    &f.path("url"),
+                    f.key_line("url"),
+                    "missing upstream `url` (or `endpoints:`, a list of URLs, or `dns:`, a URL whose host name resolves to every endpoint)",
+                ),
+                [_] => {}
+                [a, b, ..] => cx.err(
+                    &f.path(b),
+                    f.key_line(b),
+                    format!("`{a}` and `{b}` both given: an upstream has one of `url`, `endpoints` and `dns`"),
+                ),
+            }
+            if let Some(n) = f.value("url") {
+                url_value = url(cx, n, &f.path("url"), schemes, why);
+            }
+            if let Some(n) = f.value("endpoints") {
+                pool.endpoints = super::pools::endpoints(cx, n, &f.path("endpoints"), schemes, why);
+            }
+            if let Some(n) = f.value("dns") {
+                pool.dns = url(cx, n, &f.path("dns"), schemes, why);
+            }
+            if let Some(n) = f.value("balance") {
+                pool.balance = super::pools::balance(cx, n, &f.path("balance"));
+            }
+            if let Some(n) = f.get("health_check") {
+                pool.health_check = super::pools::health_check(cx, n, &f.path("health_check"));
             }
         }
         let weight = match f.value("weight") {
@@ -188,10 +231,13 @@ pub(super) fn upstreams(cx: &mut Validator, node: &Node, path: &str, is_ws: bool
         }
         let tls = match f.get("tls") {
             Some(n) if cx.mode == Mode::Proxy => {
-                let secure = url_value
+                let first = url_value
                     .as_deref()
-                    .is_some_and(|u| u.starts_with("wss:") || u.starts_with("https:"));
-                if url_value.is_some() && !secure {
+                    .or(pool.endpoints.first().map(String::as_str))
+                    .or(pool.dns.as_deref());
+                let secure =
+                    first.is_some_and(|u| u.starts_with("wss:") || u.starts_with("https:"));
+                if first.is_some() && !secure {
                     cx.err(
                         &f.path("tls"),
                         n.line,
@@ -207,6 +253,7 @@ pub(super) fn upstreams(cx: &mut Validator, node: &Node, path: &str, is_ws: bool
             url: url_value,
             weight: weight.unwrap_or(1),
             tls,
+            pool,
         });
     }
     if weights_ok && out.iter().map(|u| u64::from(u.weight)).sum::<u64>() == 0 {
