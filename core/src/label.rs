@@ -97,6 +97,8 @@ label_enum! {
         Reset => "reset",
         /// The upstream's frames broke RFC 6455.
         Protocol => "protocol",
+        /// No endpoint of the upstream was healthy (503 at once).
+        Unavailable => "unavailable",
     }
 }
 

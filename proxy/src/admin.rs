@@ -148,6 +148,10 @@ pub async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
                 serde_json::to_string(&views).unwrap_or_else(|_| "[]".into()),
             )
         }
+        (&Method::GET, "/upstreams") => http_util::json(
+            StatusCode::OK,
+            crate::pool::view(shared.runtime().pools()).to_string(),
+        ),
         (&Method::GET, "/config") => {
             let cfg = shared.runtime().effective_config();
             match serde_json::to_string_pretty(&cfg) {
@@ -163,7 +167,7 @@ pub async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
             };
             set_weights(shared, &name, &body)
         }
-        (_, "/healthz" | "/readyz" | "/metrics" | "/sessions" | "/config") => {
+        (_, "/healthz" | "/readyz" | "/metrics" | "/sessions" | "/config" | "/upstreams") => {
             http_util::text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
         }
         _ => http_util::text(StatusCode::NOT_FOUND, "not found"),

@@ -13,6 +13,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
+use sigmesh_core::compiled::Target;
 use sigmesh_core::label::UpstreamErrorKind;
 use sigmesh_core::request::Forward;
 
@@ -105,10 +106,30 @@ impl Forwarder {
             }
             metrics.upstream_error(rname, uname, kind);
         };
-        // `Compiled` parsed every URL.
-        let Some(target) = compiled.targets[fwd.upstream].as_ref() else {
-            failed(UpstreamErrorKind::Config);
-            return http_util::text(StatusCode::BAD_GATEWAY, "bad upstream url");
+        // An endpoint of the upstream, held for the request.
+        let Some(lease) = runtime
+            .pools()
+            .get(fwd.route, fwd.upstream)
+            .and_then(|p| p.pick(fwd.room.as_deref(), rand::random()))
+        else {
+            failed(UpstreamErrorKind::Unavailable);
+            return http_util::text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no healthy upstream endpoint",
+            );
+        };
+        let ep = lease.endpoint();
+        // A DNS endpoint is dialled by its address; the Host stays the name.
+        let dialled;
+        let target = match ep.dial {
+            Some(addr) => {
+                dialled = Target {
+                    authority: addr.to_string(),
+                    ..ep.target.clone()
+                };
+                &dialled
+            }
+            None => &ep.target,
         };
         let pq = http_util::upstream_path_and_query(req.uri());
         let uri = target.request_uri("http", route.matcher.path_prefix.as_deref(), &pq);
@@ -137,12 +158,22 @@ impl Forwarder {
             Some(t) => t.inject(h),
             None => http_util::ensure_traceparent(h),
         }
-        let sent = match runtime.upstream_tls(fwd.route, fwd.upstream) {
+        if ep.dial.is_some()
+            && let Ok(host) = HeaderValue::from_str(&ep.target.authority)
+        {
+            h.insert(header::HOST, host);
+        }
+        let sent = match lease.tls() {
             Some(tls) if target.tls => self.https.client(tls, CONNECT_TIMEOUT).request(req),
             _ => self.client.request(req),
         };
         match tokio::time::timeout(RESPONSE_TIMEOUT, sent).await {
             Ok(Ok(mut resp)) => {
+                if resp.status().is_server_error() {
+                    lease.failed(&format!("answered {}", resp.status().as_u16()));
+                } else {
+                    lease.passed();
+                }
                 http_util::strip_hop_by_hop(resp.headers_mut());
                 let class = match resp.status().as_u16() {
                     100..=199 => "1xx",
@@ -165,6 +196,7 @@ impl Forwarder {
                 tracing::warn!(route = rname, upstream = uname, error = %e, "upstream request failed");
                 let kind = failure_kind(&e);
                 failed(kind);
+                lease.failed(&e.to_string());
                 let mut r = http_util::text(StatusCode::BAD_GATEWAY, "upstream request failed");
                 r.headers_mut().insert(
                     "x-sigmesh-upstream-error",
@@ -174,6 +206,7 @@ impl Forwarder {
             }
             Err(_) => {
                 failed(UpstreamErrorKind::Timeout);
+                lease.failed("response timed out");
                 http_util::text(StatusCode::GATEWAY_TIMEOUT, "upstream timed out")
             }
         }

@@ -33,6 +33,7 @@ pub mod https_pool;
 pub mod io;
 pub mod listener;
 pub mod metrics;
+pub mod pool;
 pub mod reload;
 pub mod request;
 pub mod sessions;

@@ -68,6 +68,14 @@ pub struct UpstreamErrorLabels {
     pub kind: &'static str,
 }
 
+/// `route, upstream, endpoint`
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointLabels {
+    pub route: String,
+    pub upstream: String,
+    pub endpoint: String,
+}
+
 /// `result`
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabel {
@@ -88,6 +96,8 @@ pub struct Metrics {
     pub tls_handshake_errors: Counter,
     /// `sigmesh_credentials_auth_total{result}`: allowed, denied, error, timeout.
     pub credentials_auth: Family<ResultLabel, Counter>,
+    /// `sigmesh_upstream_endpoint_healthy{route,upstream,endpoint}`: 1 or 0.
+    pub endpoint_healthy: Family<EndpointLabels, Gauge>,
     /// `sigmesh_trace_*`: spans exported and dropped, message events over the cap.
     pub trace: crate::telemetry::TraceMetrics,
     /// `sigmesh_turn_*`: TURN relay allocations, relayed bytes, messages.
@@ -153,6 +163,12 @@ impl Metrics {
             "TURN credential requests decided by turn.credentials_auth, by result (allowed, denied, error, timeout)",
             credentials_auth.clone(),
         );
+        let endpoint_healthy = Family::default();
+        registry.register(
+            "sigmesh_upstream_endpoint_healthy",
+            "Whether an upstream endpoint gets new sessions (1) or not (0: failed checks, ejected)",
+            endpoint_healthy.clone(),
+        );
         let trace = crate::telemetry::TraceMetrics::register(&mut registry);
         let turn = TurnMetrics::register(&mut registry);
         let signal = SignalMetrics::register(&mut registry);
@@ -167,6 +183,7 @@ impl Metrics {
             http_requests,
             tls_handshake_errors,
             credentials_auth,
+            endpoint_healthy,
             trace,
             turn,
             signal,
@@ -180,6 +197,26 @@ impl Metrics {
             out.clear();
         }
         out
+    }
+
+    /// An endpoint's health, as its gauge.
+    pub fn endpoint_healthy(&self, route: &str, upstream: &str, endpoint: &str, healthy: bool) {
+        self.endpoint_healthy
+            .get_or_create(&EndpointLabels {
+                route: route.to_owned(),
+                upstream: upstream.to_owned(),
+                endpoint: endpoint.to_owned(),
+            })
+            .set(i64::from(healthy));
+    }
+
+    /// An endpoint left its pool (DNS): its gauge goes, so churn does not grow the families.
+    pub fn endpoint_gone(&self, route: &str, upstream: &str, endpoint: &str) {
+        self.endpoint_healthy.remove(&EndpointLabels {
+            route: route.to_owned(),
+            upstream: upstream.to_owned(),
+            endpoint: endpoint.to_owned(),
+        });
     }
 
     pub fn connection(&self, route: &str, upstream: &str, outcome: Outcome) {

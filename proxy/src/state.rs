@@ -51,6 +51,8 @@ pub struct Runtime {
     admin_token: Option<String>,
     /// TLS of the `wss://` and `https://` upstreams, `[route][upstream]`.
     upstream_tls: crate::upstream_tls::Table,
+    /// Each upstream's endpoints, `[route][upstream]`.
+    pools: crate::pool::Pools,
 }
 
 impl Runtime {
@@ -64,6 +66,7 @@ impl Runtime {
         };
         let compiled = Compiled::new(config, Capabilities::PROXY)?;
         let upstream_tls = crate::upstream_tls::table(&compiled)?;
+        let pools = crate::pool::Pools::new(&compiled, &upstream_tls, previous.map(|p| &p.pools));
         let live = compiled
             .routes
             .iter()
@@ -76,7 +79,13 @@ impl Runtime {
                 .map_or_else(|| new_buckets(CREDENTIALS_RATE), |p| p.credentials.clone()),
             admin_token,
             upstream_tls,
+            pools,
         })
+    }
+
+    /// Every upstream's pool of endpoints.
+    pub fn pools(&self) -> &crate::pool::Pools {
+        &self.pools
     }
 
     /// How upstream `upstream` of route `route` is dialled over TLS (`None`: plain).
@@ -279,11 +288,17 @@ impl SessionCounts for SessionCounter {
 pub struct Places {
     counter: Arc<SessionCounter>,
     leases: Vec<Lease>,
+    /// Its place on the upstream endpoint, once connected.
+    pub endpoint: Option<crate::pool::Lease>,
 }
 
 impl Places {
     pub fn new(counter: Arc<SessionCounter>, leases: Vec<Lease>) -> Places {
-        Places { counter, leases }
+        Places {
+            counter,
+            leases,
+            endpoint: None,
+        }
     }
 }
 

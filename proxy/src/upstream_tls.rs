@@ -21,6 +21,22 @@ pub struct UpstreamTls {
     pub config: Arc<ClientConfig>,
     /// SNI and the name the certificate must carry.
     pub server_name: ServerName<'static>,
+    /// `server_name` was configured (`tls.server_name`), not taken from the URL.
+    pub named: bool,
+}
+
+impl UpstreamTls {
+    /// The same setup for an endpoint at `host`: its own name, unless `tls.server_name` fixes
+    /// one for every endpoint.
+    pub fn for_host(&self, host: &str) -> UpstreamTls {
+        match ServerName::try_from(host.to_owned()) {
+            Ok(server_name) if !self.named => UpstreamTls {
+                server_name,
+                ..self.clone()
+            },
+            _ => self.clone(),
+        }
+    }
 }
 
 /// The TLS of every upstream of a generation: `[route][upstream]`, `None` for plain ones.
@@ -79,15 +95,14 @@ pub fn table(compiled: &Compiled) -> Result<Table, Vec<CompileError>> {
                 },
             };
             let host = target.host();
-            let name = up
-                .tls
-                .as_ref()
-                .and_then(|t| t.server_name.clone())
-                .unwrap_or_else(|| host.to_owned());
+            let named = up.tls.as_ref().and_then(|t| t.server_name.clone());
+            let fixed = named.is_some();
+            let name = named.unwrap_or_else(|| host.to_owned());
             match ServerName::try_from(name.clone()) {
                 Ok(server_name) => row.push(Some(UpstreamTls {
                     config,
                     server_name,
+                    named: fixed,
                 })),
                 Err(e) => {
                     errors.push(CompileError {

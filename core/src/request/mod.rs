@@ -208,6 +208,8 @@ pub struct Forward {
     pub reason: Reason,
     /// The split header set to the upstream's name.
     pub edits: HeaderEdits,
+    /// The sticky key, if the request has one: what an endpoint is picked by.
+    pub room: Option<String>,
 }
 
 /// The verdict on a request.
@@ -326,6 +328,7 @@ pub fn decide<H: Headers + ?Sized>(
             upstream: pick.index,
             reason: pick.reason,
             edits,
+            room,
         }),
     }
 }
@@ -361,7 +364,8 @@ impl AwaitFirst {
             route: self.route,
             upstream: pick.index,
             reason: pick.reason,
-            room: None,
+            // The message's sticky value: the room an endpoint is picked by.
+            room: key.map(|k| k.to_string()),
             edits,
             deflate: self.deflate,
             leases: std::mem::take(&mut self.leases),

@@ -33,6 +33,8 @@ pub enum UpstreamError {
     Handshake(String),
     #[error("tls: {0}")]
     Tls(String),
+    #[error("no healthy endpoint")]
+    Unavailable,
 }
 
 impl UpstreamError {
@@ -53,6 +55,20 @@ impl UpstreamError {
             UpstreamError::Refused(_) => UpstreamErrorKind::Refused,
             UpstreamError::Handshake(_) => UpstreamErrorKind::Handshake,
             UpstreamError::Tls(_) => UpstreamErrorKind::Tls,
+            UpstreamError::Unavailable => UpstreamErrorKind::Unavailable,
+        }
+    }
+
+    /// Whether it counts against the endpoint's health (passive ejection): it could not be
+    /// reached, broke the handshake, or answered 5xx; a 4xx is the request's own fault.
+    pub fn is_endpoint_failure(&self) -> bool {
+        match self {
+            UpstreamError::Connect(_)
+            | UpstreamError::Timeout(_)
+            | UpstreamError::Handshake(_)
+            | UpstreamError::Tls(_) => true,
+            UpstreamError::Refused(s) => s.is_server_error(),
+            UpstreamError::Url(_) | UpstreamError::Unavailable => false,
         }
     }
 }
@@ -66,6 +82,8 @@ pub(super) struct UpstreamConn {
     pub headers: HeaderMap,
     /// `permessage-deflate` agreed without a context either way: the value for the client.
     pub extensions: Option<String>,
+    /// The session's place on the endpoint (set by the caller that picked it).
+    pub lease: Option<crate::pool::Lease>,
 }
 
 impl UpstreamConn {
@@ -87,7 +105,7 @@ fn handshake_error(e: impl std::fmt::Display) -> UpstreamError {
 /// `timeout` ([`crate::state::Tuning::upstream_handshake_timeout`]). `headers` are the
 /// end-to-end headers to send (the WebSocket ones are set here).
 pub(super) async fn connect_upstream(
-    target: &Target,
+    (target, dial): (&Target, Option<std::net::SocketAddr>),
     route_prefix: Option<&str>,
     client_path: &str,
     headers: HeaderMap,
@@ -122,9 +140,11 @@ pub(super) async fn connect_upstream(
         HeaderValue::from_str(&key).map_err(handshake_error)?,
     );
     let work = async {
-        let tcp = TcpStream::connect(target.authority.as_str())
-            .await
-            .map_err(UpstreamError::Connect)?;
+        let tcp = match dial {
+            Some(addr) => TcpStream::connect(addr).await,
+            None => TcpStream::connect(target.authority.as_str()).await,
+        }
+        .map_err(UpstreamError::Connect)?;
         let _ = tcp.set_nodelay(true);
         let io = match (target.tls, tls) {
             (false, _) => Stream::Plain(tcp),
@@ -179,6 +199,7 @@ pub(super) async fn connect_upstream(
             read_ahead: parts.read_buf,
             headers,
             extensions,
+            lease: None,
         })
     };
     tokio::time::timeout(timeout, work)

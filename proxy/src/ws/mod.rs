@@ -135,15 +135,29 @@ pub async fn upgrade(
             up.upstream,
             hs.headers,
             hs.path_and_query,
-            up.room.is_some(),
+            (up.room.is_some(), up.room.as_deref()),
         )
         .await;
-    let Ok(conn) = conn else {
-        if let Some(t) = &start.trace {
-            t.refused(StatusCode::BAD_GATEWAY.as_u16());
+    let mut conn = match conn {
+        Ok(conn) => conn,
+        Err(e) => {
+            let status = match e {
+                UpstreamError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+                _ => StatusCode::BAD_GATEWAY,
+            };
+            if let Some(t) = &start.trace {
+                t.refused(status.as_u16());
+            }
+            return match e {
+                UpstreamError::Unavailable => {
+                    http_util::text(status, "no healthy upstream endpoint")
+                }
+                _ => http_util::text(status, "upstream handshake failed"),
+            };
         }
-        return http_util::text(StatusCode::BAD_GATEWAY, "upstream handshake failed");
     };
+    let mut start = start;
+    start.places.endpoint = conn.lease.take();
     let protocol = conn.headers.get(header::SEC_WEBSOCKET_PROTOCOL).cloned();
     let mut resp = switching_protocols(hs.key.as_ref(), protocol, &conn.headers);
     let compressed = conn.extensions.is_some();
@@ -216,36 +230,58 @@ pub fn await_first(
 }
 
 impl Start {
-    /// Connects to upstream `index` of the route and completes its handshake; a failure is
-    /// traced, logged and counted here (the one place), then returned.
+    /// Connects to an endpoint of upstream `index` of the route (picked by `key`, the room)
+    /// and completes its handshake; a failure is traced, logged and counted here (the one
+    /// place), told to the endpoint's health, then returned. On success the session's place
+    /// on the endpoint is in the connection ([`UpstreamConn::lease`]).
     async fn connect(
         &self,
         index: usize,
         mut headers: HeaderMap,
         path_and_query: String,
-        sticky: bool,
+        (sticky, key): (bool, Option<&str>),
     ) -> Result<UpstreamConn, UpstreamError> {
         let compiled = self.runtime.route(self.route);
         let route = &compiled.route;
         let uname = route.upstreams[index].name.as_str();
-        let url = route.upstreams[index].url.as_deref().unwrap_or_default();
+        let lease = self
+            .runtime
+            .pools()
+            .get(self.route, index)
+            .and_then(|p| p.pick(key, rand::random()));
+        let url = lease.as_ref().map_or("", |l| l.endpoint().id.as_str());
         let hs = self.trace.as_ref().map(|t| {
             t.picked(uname, sticky);
             t.upstream_handshake(uname, url, &mut headers)
         });
-        let result = match compiled.targets[index].as_ref() {
-            Some(target) => {
+        let result = match &lease {
+            Some(lease) => {
+                let ep = lease.endpoint();
                 connect_upstream(
-                    target,
+                    (&ep.target, ep.dial),
                     route.matcher.path_prefix.as_deref(),
                     &path_and_query,
                     headers,
                     self.shared.tuning().upstream_handshake_timeout,
-                    self.runtime.upstream_tls(self.route, index),
+                    lease.tls(),
                 )
                 .await
             }
-            None => Err(UpstreamError::Url(format!("{url}: no usable url"))),
+            None => Err(UpstreamError::Unavailable),
+        };
+        let result = match (result, lease) {
+            (Ok(mut conn), Some(lease)) => {
+                lease.passed();
+                conn.lease = Some(lease);
+                Ok(conn)
+            }
+            (Err(e), Some(lease)) => {
+                if e.is_endpoint_failure() {
+                    lease.failed(&e.to_string());
+                }
+                Err(e)
+            }
+            (r, None) => r,
         };
         match (&result, hs) {
             (Ok(_), Some(h)) => h.done(),
@@ -342,10 +378,15 @@ impl Start {
         let mut headers = headers;
         http_util::apply_edits(&mut headers, &up.edits);
         let sticky = up.reason == Reason::Sticky;
-        match self.connect(up.upstream, headers, pq, sticky).await {
-            Ok(conn) => {
+        match self
+            .connect(up.upstream, headers, pq, (sticky, up.room.as_deref()))
+            .await
+        {
+            Ok(mut conn) => {
+                let mut this = self;
+                this.places.endpoint = conn.lease.take();
                 let upstream_leg = conn.into_leg();
-                self.run(up.upstream, None, (client_leg, upstream_leg), false)
+                this.run(up.upstream, None, (client_leg, upstream_leg), false)
                     .await
             }
             Err(_) => {

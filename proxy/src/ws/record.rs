@@ -32,6 +32,8 @@ pub(super) struct Recorder<'a> {
     /// Only a sampled span (per-message hooks are skipped otherwise).
     pub trace: Option<&'a SessionTrace>,
     pub handles: &'a mut Handles,
+    /// The session's place on its endpoint: a reset mid-session counts against its health.
+    pub endpoint: Option<&'a crate::pool::Lease>,
 }
 
 impl Observer for Recorder<'_> {
@@ -112,6 +114,9 @@ impl Observer for Recorder<'_> {
             }
             Event::Limited(limit) => self.metrics.rate_limited(&info.route, limit),
             Event::UpstreamError(kind) => {
+                if let Some(ep) = self.endpoint {
+                    ep.failed(&format!("mid-session: {}", kind.as_str()));
+                }
                 self.metrics
                     .upstream_error(&info.route, &info.upstream, kind)
             }

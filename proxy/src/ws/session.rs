@@ -92,8 +92,9 @@ pub(super) async fn run(
     trace: Option<Arc<SessionTrace>>,
     (opts, places): (SessionOptions, Places),
 ) {
-    // Held for the session's life: its places in the live-session counts.
-    let _places = places;
+    // Held for the session's life: its places in the live-session counts and on its endpoint.
+    let places = places;
+    let endpoint = places.endpoint.as_ref();
     let metrics = shared.metrics();
     let active = metrics
         .connections_active
@@ -134,6 +135,7 @@ pub(super) async fn run(
                 info: &info,
                 trace: recording,
                 handles: &mut handles,
+                endpoint,
             };
             let mut way = SessionWay {
                 session: &mut session,
@@ -183,6 +185,7 @@ pub(super) async fn run(
             info: &info,
             trace: recording,
             handles: &mut handles,
+            endpoint,
         };
         let was_ending = ending;
         let happened = match wake {
