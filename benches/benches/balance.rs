@@ -51,7 +51,10 @@ fn bench(c: &mut Criterion) {
     let hashed: Vec<u64> = ids.iter().map(|i| stable_hash(i.as_bytes())).collect();
     // Both find an endpoint for every key, healthy and below the bound.
     for k in &keys {
-        for pick in [ring.pick(k.as_bytes(), &loads), naive(&hashed, &loads, k.as_bytes())] {
+        for pick in [
+            ring.pick(k.as_bytes(), &loads),
+            naive(&hashed, &loads, k.as_bytes()),
+        ] {
             let i = pick.expect("an endpoint");
             assert!(loads[i].healthy);
         }

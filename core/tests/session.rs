@@ -240,7 +240,9 @@ fn transport_events_map_to_closes_and_count_a_failure_once() {
     // After sigmesh closed the session itself, the upstream ending is no failure.
     let mut r = Rig::new("{}", None);
     let mut log = Log::default();
-    let end = r.session.on(Happened::Drain, &mut log);
+    let end = r
+        .session
+        .on(Happened::Drain(1001, "server shutting down"), &mut log);
     assert!(matches!(end.to_client, LegEnd::Close(Some(_))));
     assert!(matches!(end.to_upstream, LegEnd::Close(Some(_))));
     let end = r.session.on(Happened::UpstreamEnded, &mut log);
@@ -265,7 +267,10 @@ fn a_close_frame_from_a_side_is_passed_and_noted() {
     // Its answer: the upstream's close comes back untouched, and the drain adds nothing.
     let reply = close_frame(1000, "bye", None);
     assert_eq!(r.upstream_sends(&reply), reply);
-    let end = r.session.on(Happened::Drain, &mut Log::default());
+    let end = r.session.on(
+        Happened::Drain(1001, "server shutting down"),
+        &mut Log::default(),
+    );
     assert_eq!(end.to_client, LegEnd::Shut);
     assert_eq!(end.to_upstream, LegEnd::Shut);
 }

@@ -10,6 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
@@ -117,7 +118,12 @@ pub async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
         (&Method::GET, "/healthz") => http_util::text(StatusCode::OK, "ok"),
         (&Method::GET, "/readyz") => {
             if shared.is_draining() {
-                http_util::text(StatusCode::SERVICE_UNAVAILABLE, "draining")
+                let left = shared.sessions().len();
+                let of = shared.shutdown_plan().map_or(0, |p| p.total());
+                http_util::text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &format!("draining: {left} of {of} sessions left"),
+                )
             } else {
                 http_util::text(StatusCode::OK, "ready")
             }
@@ -167,6 +173,15 @@ pub async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
             };
             set_weights(shared, &name, &body)
         }
+        (&Method::POST, p) if upstream_drain(p).is_some() => {
+            let (route, upstream) = upstream_drain(p).unwrap_or_default();
+            let (route, upstream) = (route.to_owned(), upstream.to_owned());
+            let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+                Ok(b) => b.to_bytes(),
+                Err(_) => return bad("body too large or unreadable"),
+            };
+            drain_upstream(shared, &route, &upstream, &body)
+        }
         (_, "/healthz" | "/readyz" | "/metrics" | "/sessions" | "/config" | "/upstreams") => {
             http_util::text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
         }
@@ -178,6 +193,101 @@ pub async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
 fn route_weights(path: &str) -> Option<&str> {
     let name = path.strip_prefix("/routes/")?.strip_suffix("/weights")?;
     (!name.is_empty() && !name.contains('/')).then_some(name)
+}
+
+/// `/routes/NAME/upstreams/UP/drain` → `(NAME, UP)`.
+fn upstream_drain(path: &str) -> Option<(&str, &str)> {
+    let rest = path.strip_prefix("/routes/")?.strip_suffix("/drain")?;
+    let (route, upstream) = rest.split_once("/upstreams/")?;
+    let ok = |s: &str| !s.is_empty() && !s.contains('/');
+    (ok(route) && ok(upstream)).then_some((route, upstream))
+}
+
+/// The body of an upstream drain: both optional.
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct DrainRequest {
+    spread: Option<String>,
+    close_code: Option<u16>,
+}
+
+/// `POST /routes/NAME/upstreams/UP/drain` with `{"spread": "30s", "close_code": 1012}`:
+/// that upstream's live sessions are closed, paced over `spread` (default `shutdown.spread`),
+/// with `close_code` (default 1012: service restart, so clients reconnect, to the weights in
+/// force). Sessions opened afterwards are not drained by it.
+fn drain_upstream(shared: &Shared, route: &str, upstream: &str, body: &[u8]) -> Response<Body> {
+    let req: DrainRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        DrainRequest::default()
+    } else {
+        match serde_json::from_slice(body) {
+            Ok(r) => r,
+            Err(e) => {
+                return bad(&format!(
+                    "body must be {{\"spread\": \"30s\", \"close_code\": 1012}} (both optional): {e}"
+                ));
+            }
+        }
+    };
+    let runtime = shared.runtime();
+    let Some((ri, r)) = runtime.compiled().route(route) else {
+        return not_found(&format!("no route named `{route}`"));
+    };
+    let Some(ui) = r.route.upstreams.iter().position(|u| u.name == upstream) else {
+        return not_found(&format!("route `{route}` has no upstream `{upstream}`"));
+    };
+    let Some(pool) = runtime.pools().get(ri, ui) else {
+        return not_found(&format!("route `{route}` has no upstream `{upstream}`"));
+    };
+    let spread = match req
+        .spread
+        .as_deref()
+        .map(sigmesh_core::config::duration_str::parse)
+    {
+        None => runtime.config().shutdown.spread,
+        Some(Ok(d)) if d <= Duration::from_secs(3600) => d,
+        Some(Ok(_)) => return bad("`spread` is at most 1h"),
+        Some(Err(e)) => return bad(&format!("`spread`: {e}")),
+    };
+    let code = req
+        .close_code
+        .unwrap_or(sigmesh_core::frame::close_code::RESTART);
+    if !matches!(code, 1001 | 1012) {
+        return bad("`close_code` is 1001 (going away) or 1012 (service restart)");
+    }
+    let reason = if code == 1012 {
+        "upstream restarting"
+    } else {
+        "upstream going away"
+    };
+    let sessions = pool.sessions();
+    pool.drains
+        .start(crate::drain::DrainPlan::new(spread, code, reason, sessions));
+    tracing::info!(
+        route,
+        upstream,
+        sessions,
+        ?spread,
+        code,
+        "upstream drain started"
+    );
+    http_util::json(
+        StatusCode::OK,
+        serde_json::json!({
+            "route": route,
+            "upstream": upstream,
+            "sessions": sessions,
+            "spread": sigmesh_core::config::duration_str::format(spread),
+            "close_code": code,
+        })
+        .to_string(),
+    )
+}
+
+fn not_found(reason: &str) -> Response<Body> {
+    http_util::json(
+        StatusCode::NOT_FOUND,
+        serde_json::json!({ "error": reason }).to_string(),
+    )
 }
 
 fn bad(reason: &str) -> Response<Body> {

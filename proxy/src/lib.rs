@@ -27,6 +27,7 @@ pub mod app;
 pub mod clock;
 pub mod credentials_auth;
 pub mod demo;
+pub mod drain;
 pub mod forward;
 pub mod http_util;
 pub mod https_pool;

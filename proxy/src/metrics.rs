@@ -98,6 +98,8 @@ pub struct Metrics {
     pub credentials_auth: Family<ResultLabel, Counter>,
     /// `sigmesh_upstream_endpoint_healthy{route,upstream,endpoint}`: 1 or 0.
     pub endpoint_healthy: Family<EndpointLabels, Gauge>,
+    /// `sigmesh_drain_pending_sessions`: sessions a drain will close and has not yet.
+    pub drain_pending: Gauge,
     /// `sigmesh_trace_*`: spans exported and dropped, message events over the cap.
     pub trace: crate::telemetry::TraceMetrics,
     /// `sigmesh_turn_*`: TURN relay allocations, relayed bytes, messages.
@@ -169,6 +171,12 @@ impl Metrics {
             "Whether an upstream endpoint gets new sessions (1) or not (0: failed checks, ejected)",
             endpoint_healthy.clone(),
         );
+        let drain_pending = Gauge::default();
+        registry.register(
+            "sigmesh_drain_pending_sessions",
+            "Live sessions a drain (shutdown or upstream) will close and has not closed yet",
+            drain_pending.clone(),
+        );
         let trace = crate::telemetry::TraceMetrics::register(&mut registry);
         let turn = TurnMetrics::register(&mut registry);
         let signal = SignalMetrics::register(&mut registry);
@@ -184,6 +192,7 @@ impl Metrics {
             tls_handshake_errors,
             credentials_auth,
             endpoint_healthy,
+            drain_pending,
             trace,
             turn,
             signal,
@@ -197,6 +206,12 @@ impl Metrics {
             out.clear();
         }
         out
+    }
+
+    /// Counts a session in `sigmesh_drain_pending_sessions` until the guard is dropped.
+    pub fn drain_pending_guard(&self) -> GaugeGuard {
+        self.drain_pending.inc();
+        GaugeGuard(self.drain_pending.clone())
     }
 
     /// An endpoint's health, as its gauge.
@@ -364,5 +379,14 @@ impl TurnMetrics {
             m.messages.clone(),
         );
         m
+    }
+}
+
+/// A gauge incremented while this lives.
+pub struct GaugeGuard(Gauge);
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }

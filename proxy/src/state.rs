@@ -350,6 +350,8 @@ pub struct Shared {
     /// Cancelled on SIGTERM/SIGINT: listeners stop accepting, sessions close with 1001.
     drain: CancellationToken,
     draining: AtomicBool,
+    /// The shutdown's plan, made when the drain starts.
+    shutdown_plan: std::sync::OnceLock<Arc<crate::drain::DrainPlan>>,
     /// The file the config came from, for reloads (none for `demo`).
     config_path: Option<PathBuf>,
     /// Spans and their export (off without `tracing:`); built once at start.
@@ -374,6 +376,7 @@ impl Shared {
             sessions: Arc::new(Sessions::default()),
             drain: CancellationToken::new(),
             draining: AtomicBool::new(false),
+            shutdown_plan: std::sync::OnceLock::new(),
             config_path,
             telemetry,
             turn,
@@ -436,6 +439,11 @@ impl Shared {
         self.drain.clone()
     }
 
+    /// The shutdown's plan, once the drain started.
+    pub fn shutdown_plan(&self) -> Option<&Arc<crate::drain::DrainPlan>> {
+        self.shutdown_plan.get()
+    }
+
     /// Resolves when the drain starts.
     pub async fn drained(&self) {
         self.drain.cancelled().await
@@ -447,6 +455,20 @@ impl Shared {
 
     /// Starts the drain: readiness turns 503, listeners stop, sessions close with 1001.
     pub fn start_drain(&self) {
+        let runtime = self.runtime();
+        let s = &runtime.config().shutdown;
+        let reason = if s.close_code == sigmesh_core::frame::close_code::RESTART {
+            "server restarting"
+        } else {
+            "server shutting down"
+        };
+        let total = self.sessions().len() as u64;
+        let _ = self.shutdown_plan.set(crate::drain::DrainPlan::new(
+            s.spread,
+            s.close_code,
+            reason,
+            total,
+        ));
         self.draining.store(true, Ordering::Release);
         self.drain.cancel();
     }

@@ -132,12 +132,19 @@ pub struct Shutdown {
     /// On SIGTERM: stop accepting, close sessions with 1001, wait at most this. Default `30s`.
     #[serde(with = "duration_str")]
     pub drain_timeout: Duration,
+    /// The close code of a drain: 1001 (going away, the default) or 1012 (service restart).
+    pub close_code: u16,
+    /// Live sessions are closed evenly, with jitter, over this window (`0s`: all at once).
+    #[serde(with = "duration_str")]
+    pub spread: Duration,
 }
 
 impl Default for Shutdown {
     fn default() -> Self {
         Shutdown {
             drain_timeout: Duration::from_secs(30),
+            close_code: 1001,
+            spread: Duration::ZERO,
         }
     }
 }

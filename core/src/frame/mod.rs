@@ -62,6 +62,8 @@ pub const DEFAULT_TEXT_LIMIT: usize = 1 << 20;
 pub mod close_code {
     /// 1001: going away (idle timeout, drain, the other side gone).
     pub const AWAY: u16 = 1001;
+    /// 1012: service restart (the client should reconnect).
+    pub const RESTART: u16 = 1012;
     /// 1002: protocol error.
     pub const PROTOCOL_ERROR: u16 = 1002;
     /// 1007: invalid payload data (a compressed message that does not inflate).

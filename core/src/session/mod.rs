@@ -161,8 +161,9 @@ pub enum Happened {
     UpstreamReaderClosed(Closed),
     /// No message either way for `idle_timeout`.
     IdleTimeout,
-    /// The front end is draining.
-    Drain,
+    /// The front end is draining: close both legs with this code (1001 going away, or 1012
+    /// service restart) and the reason.
+    Drain(u16, &'static str),
 }
 
 /// What to do with one leg's write side.
@@ -397,7 +398,7 @@ impl Session {
                 end.to_upstream = LegEnd::Close(self.client.close(c.code, c.reason));
             }
             Happened::IdleTimeout => end = self.close_both(close_code::AWAY, "idle timeout", obs),
-            Happened::Drain => end = self.close_both(close_code::AWAY, "server shutting down", obs),
+            Happened::Drain(code, reason) => end = self.close_both(code, reason, obs),
         }
         end
     }

@@ -196,6 +196,8 @@ pub struct Pool {
     /// endpoint and how many: a room stays with its sessions whatever the load. One entry per
     /// live room, so it is bounded by the live sessions.
     rooms: Mutex<HashMap<u64, (Arc<Endpoint>, u32)>>,
+    /// `POST /routes/NAME/upstreams/UP/drain`.
+    pub drains: crate::drain::Drains,
     /// Whether this upstream ejects endpoints on failed handshakes: with a health check, or
     /// with more than one endpoint (one `url:` alone keeps answering 502 per attempt).
     passive: bool,
@@ -219,6 +221,11 @@ impl Lease {
     /// Its TLS.
     pub fn tls(&self) -> Option<&UpstreamTls> {
         self.tls.as_ref()
+    }
+
+    /// What the session watches for a drain of its upstream.
+    pub fn drain_signal(&self) -> Arc<crate::drain::DrainSignal> {
+        self.pool.drains.signal()
     }
 
     /// The handshake (or request) failed: passive health.
@@ -266,6 +273,11 @@ impl Pool {
         if self.passive && ep.failed(why, self.threshold(), self.check.is_none()) {
             tracing::warn!(route = %self.route, upstream = %self.upstream, endpoint = %ep.id, error = why, "endpoint ejected");
         }
+    }
+
+    /// Its live sessions (on every endpoint).
+    pub fn sessions(&self) -> u64 {
+        self.set.load().endpoints.iter().map(|e| e.sessions()).sum()
     }
 
     /// The endpoints now.
@@ -416,6 +428,7 @@ impl Pools {
                         set: ArcSwap::from_pointee(EndpointSet::new(endpoints, tlss)),
                         due: Mutex::new((now, now)),
                         rooms: Mutex::new(HashMap::new()),
+                        drains: old.map_or_else(Default::default, |o| o.drains.carry()),
                         passive,
                     })
                 })

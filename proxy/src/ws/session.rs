@@ -21,6 +21,7 @@
 use std::future::poll_fn;
 use std::sync::Arc;
 use std::task::Poll;
+use std::time::Duration;
 
 use bytes::Bytes;
 use sigmesh_core::frame::Pushed;
@@ -72,6 +73,9 @@ impl Push for SessionWay<'_, '_> {
 enum Wake {
     In(WayEvent),
     Out(WayEvent),
+    /// A drain started (its plan: an upstream drain's, else the shutdown's).
+    DrainPlanned(Option<Arc<crate::drain::DrainPlan>>),
+    /// The session's turn in the drain came.
     Drain,
     Timer,
     /// A leg took nothing of what waits for it within the write timeout (`true`: the
@@ -116,7 +120,23 @@ pub(super) async fn run(
     let mut inbound = Way::new(client.pre);
     let mut outbound = Way::new(upstream.pre);
 
-    let mut drain = std::pin::pin!(shared.drained());
+    // The shutdown, or a drain of this session's upstream; then its paced close.
+    let upstream_drain = endpoint.map(crate::pool::Lease::drain_signal);
+    let mut drain = std::pin::pin!(async {
+        match &upstream_drain {
+            Some(signal) => tokio::select! {
+                _ = shared.drained() => None,
+                _ = signal.started() => signal.plan().cloned(),
+            },
+            None => {
+                shared.drained().await;
+                None
+            }
+        }
+    });
+    let mut planned: Option<Arc<crate::drain::DrainPlan>> = None;
+    let mut close_at = std::pin::pin!(tokio::time::sleep(Duration::from_secs(86_400)));
+    let mut pending = None;
     let mut timer = std::pin::pin!(tokio::time::sleep(idle));
     let write_timeout = shared.tuning().write_timeout;
     // Set once the session is ending: the timer is then the close grace.
@@ -156,7 +176,11 @@ pub(super) async fn run(
             if !ending && session.is_closing() {
                 return Poll::Ready(Wake::Closing);
             }
-            if !ending && drain.as_mut().poll(task).is_ready() {
+            if !ending && planned.is_none() {
+                if let Poll::Ready(plan) = drain.as_mut().poll(task) {
+                    return Poll::Ready(Wake::DrainPlanned(plan));
+                }
+            } else if !ending && close_at.as_mut().poll(task).is_ready() {
                 return Poll::Ready(Wake::Drain);
             }
             // A leg that stopped reading: the timer also wakes for the earliest stall's end
@@ -206,7 +230,21 @@ pub(super) async fn run(
                     continue;
                 }
             },
-            Wake::Drain => Some(Happened::Drain),
+            Wake::DrainPlanned(plan) => {
+                let Some(plan) = plan.or_else(|| shared.shutdown_plan().cloned()) else {
+                    continue;
+                };
+                close_at.as_mut().reset(plan.close_at());
+                pending = Some(metrics.drain_pending_guard());
+                planned = Some(plan);
+                continue;
+            }
+            Wake::Drain => {
+                let (code, reason) = planned
+                    .as_ref()
+                    .map_or((1001, "server shutting down"), |p| p.close());
+                Some(Happened::Drain(code, reason))
+            }
             Wake::Stalled(to_upstream) => {
                 tracing::debug!(session = info.id, upstream = to_upstream, "write timeout");
                 let way = if to_upstream {
@@ -235,6 +273,7 @@ pub(super) async fn run(
     if let Some(t) = &trace {
         t.finish(Some(&info));
     }
+    drop(pending);
     active.dec();
     tracing::debug!(session = info.id, "session closed");
 }

@@ -88,7 +88,7 @@ const TOP_PROXY: &[&str] = &[
 ];
 const ADMIN_AUTH: &[&str] = &["token_file"];
 const TOP_FILTER: &[&str] = &["routes", "turn"];
-const SHUTDOWN: &[&str] = &["drain_timeout"];
+const SHUTDOWN: &[&str] = &["drain_timeout", "close_code", "spread"];
 const ROUTE: &[&str] = &["name", "match", "websocket", "limits", "split", "upstreams"];
 const MATCH: &[&str] = &["path", "path_prefix", "host", "headers"];
 const WEBSOCKET: &[&str] = &[
@@ -217,10 +217,33 @@ pub(crate) fn config(cx: &mut Validator, root: &Node) -> Config {
         }
         if let Some(n) = f.get("shutdown")
             && let Some(s) = fields(cx, n, "shutdown", SHUTDOWN, &[])
-            && let Some(n) = s.value("drain_timeout")
-            && let Some(d) = duration(cx, n, "shutdown.drain_timeout")
         {
-            c.shutdown.drain_timeout = d;
+            if let Some(n) = s.value("drain_timeout")
+                && let Some(d) = duration(cx, n, "shutdown.drain_timeout")
+            {
+                c.shutdown.drain_timeout = d;
+            }
+            if let Some(n) = s.value("close_code")
+                && let Some(code) = drain_close_code(cx, n, "shutdown.close_code")
+            {
+                c.shutdown.close_code = code;
+            }
+            if let Some(n) = s.value("spread")
+                && let Some(d) = duration(cx, n, "shutdown.spread")
+            {
+                if d > c.shutdown.drain_timeout {
+                    cx.err(
+                        "shutdown.spread",
+                        n.line,
+                        format!(
+                            "`spread` ({d:?}) is longer than `drain_timeout` ({:?}): the sessions left at the timeout would be cut",
+                            c.shutdown.drain_timeout
+                        ),
+                    );
+                } else {
+                    c.shutdown.spread = d;
+                }
+            }
         }
         if let Some(n) = f.get("tracing") {
             c.tracing = tracing(cx, n, "tracing");
@@ -293,4 +316,20 @@ fn admin_hosts(cx: &mut Validator, node: &Node, path: &str) -> Vec<String> {
         }
     }
     out
+}
+
+/// A drain's close code: 1001 (going away) or 1012 (service restart).
+pub(crate) fn drain_close_code(cx: &mut Validator, n: &Node, path: &str) -> Option<u16> {
+    let v = scalars::int(cx, n, path)?;
+    match v {
+        1001 | 1012 => Some(v as u16),
+        _ => {
+            cx.err(
+                path,
+                n.line,
+                format!("{v}: a drain closes with 1001 (going away) or 1012 (service restart)"),
+            );
+            None
+        }
+    }
 }
