@@ -144,6 +144,7 @@ fn routes() -> Vec<Route> {
                 websocket: None,
                 limits: Limits::default(),
                 split: Split::default(),
+                affinity: Default::default(),
                 upstreams: vec![Upstream {
                     name: "u".into(),
                     url: None,

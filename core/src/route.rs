@@ -341,6 +341,7 @@ mod tests {
             websocket: None,
             limits: Limits::default(),
             split: Split::default(),
+            affinity: Default::default(),
             upstreams: vec![Upstream {
                 name: "u".into(),
                 url: None,

@@ -13,6 +13,7 @@ fn route(i: usize, m: Match) -> Route {
         websocket: None,
         limits: Limits::default(),
         split: Split::default(),
+        affinity: Default::default(),
         upstreams: vec![Upstream {
             name: "u".into(),
             url: None,

@@ -95,7 +95,14 @@ impl Forwarder {
         let compiled = runtime.route(fwd.route);
         let route = &compiled.route;
         let rname = route.name.as_str();
-        let uname = route.upstreams[fwd.upstream].name.as_str();
+        // `affinity: engine_io`: a request carrying a known sid goes where it was issued.
+        let query = req.uri().query().map(str::to_owned);
+        let pinned = crate::pool::engine_io::sid_of(query.as_deref())
+            .and_then(|sid| runtime.pools().pinned(fwd.route, sid));
+        let upstream = pinned.as_ref().map_or(fwd.upstream, |(u, _)| *u);
+        let opens_engine_io = runtime.pools().sids(fwd.route).is_some()
+            && crate::pool::engine_io::is_open(query.as_deref());
+        let uname = route.upstreams[upstream].name.as_str();
         let metrics = shared.metrics();
         if let Some(t) = trace {
             t.picked(uname);
@@ -107,11 +114,14 @@ impl Forwarder {
             metrics.upstream_error(rname, uname, kind);
         };
         // An endpoint of the upstream, held for the request.
-        let Some(lease) = runtime
-            .pools()
-            .get(fwd.route, fwd.upstream)
-            .and_then(|p| p.pick(fwd.room.as_deref(), rand::random()))
-        else {
+        let lease = match pinned {
+            Some((_, lease)) => Some(lease),
+            None => runtime
+                .pools()
+                .get(fwd.route, upstream)
+                .and_then(|p| p.pick(fwd.room.as_deref(), rand::random())),
+        };
+        let Some(lease) = lease else {
             failed(UpstreamErrorKind::Unavailable);
             return http_util::text(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -190,6 +200,9 @@ impl Forwarder {
                         outcome: class,
                     })
                     .inc();
+                if opens_engine_io && resp.status().is_success() {
+                    return remember_sid(runtime, fwd.route, upstream, &lease, resp).await;
+                }
                 resp.map(|b| b.boxed())
             }
             Ok(Err(e)) => {
@@ -211,6 +224,37 @@ impl Forwarder {
             }
         }
     }
+}
+
+/// An Engine.IO open answer: read (bounded) to take its sid, remembered for the endpoint that
+/// issued it, then passed on whole.
+async fn remember_sid(
+    runtime: &Runtime,
+    route: usize,
+    upstream: usize,
+    lease: &crate::pool::Lease,
+    resp: Response<Incoming>,
+) -> Response<Body> {
+    use crate::pool::engine_io::{MAX_OPEN_PACKET, sid_in_open_packet};
+    let (parts, body) = resp.into_parts();
+    let body = match http_body_util::Limited::new(body, MAX_OPEN_PACKET)
+        .collect()
+        .await
+    {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            tracing::warn!(error = %e, "engine.io open answer unreadable or over {MAX_OPEN_PACKET} bytes");
+            return http_util::text(StatusCode::BAD_GATEWAY, "upstream answer too large");
+        }
+    };
+    match (sid_in_open_packet(&body), runtime.pools().sids(route)) {
+        (Some(sid), Some(sids)) => sids.insert(&sid, upstream, lease.endpoint_arc().clone()),
+        _ => tracing::debug!("engine.io open answer without a sid"),
+    }
+    let mut parts = parts;
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.remove(header::TRANSFER_ENCODING);
+    Response::from_parts(parts, http_util::full(body))
 }
 
 /// The `kind` of a forwarded request's failure.

@@ -164,6 +164,9 @@ pub struct Route {
     pub limits: Limits,
     /// How a new session picks its upstream.
     pub split: Split,
+    /// `affinity`: what pins a client's later requests to an endpoint.
+    #[serde(skip_serializing_if = "Affinity::is_none")]
+    pub affinity: Affinity,
     /// The upstreams; at least one, names unique within the route.
     pub upstreams: Vec<Upstream>,
 }
@@ -370,6 +373,26 @@ pub enum Sticky {
     /// `none`: no stickiness; each session is split at random.
     #[default]
     None,
+}
+
+/// `routes[].affinity`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Affinity {
+    /// Every request and upgrade picks by the split and `balance`.
+    #[default]
+    None,
+    /// Engine.IO / Socket.IO: the `sid` of the handshake answer pins every later request
+    /// carrying it (polling and the WebSocket upgrade) to the upstream and endpoint that
+    /// issued it.
+    EngineIo,
+}
+
+impl Affinity {
+    /// `none`.
+    pub fn is_none(&self) -> bool {
+        *self == Affinity::None
+    }
 }
 
 /// `routes[].upstreams[]`

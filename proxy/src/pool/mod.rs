@@ -25,6 +25,7 @@ use sigmesh_core::config::HealthCheck;
 use crate::upstream_tls::{Table, UpstreamTls};
 
 pub mod dns;
+pub mod engine_io;
 pub mod health;
 
 /// How long passive ejection keeps an endpoint out when there is no active check to bring it
@@ -218,6 +219,11 @@ impl Lease {
         &self.endpoint
     }
 
+    /// The endpoint, shared (to remember it, as an Engine.IO sid does).
+    pub fn endpoint_arc(&self) -> &Arc<Endpoint> {
+        &self.endpoint
+    }
+
     /// Its TLS.
     pub fn tls(&self) -> Option<&UpstreamTls> {
         self.tls.as_ref()
@@ -318,6 +324,22 @@ impl Pool {
         Some(lease(i, Some(pos)))
     }
 
+    /// A lease on `ep` itself, while it is one of this pool's endpoints and healthy.
+    pub fn lease_on(self: &Arc<Self>, ep: &Arc<Endpoint>) -> Option<Lease> {
+        let set = self.set.load();
+        let i = set.endpoints.iter().position(|e| Arc::ptr_eq(e, ep))?;
+        if !ep.is_healthy() {
+            return None;
+        }
+        ep.sessions.fetch_add(1, Ordering::Relaxed);
+        Some(Lease {
+            endpoint: ep.clone(),
+            tls: set.tls.get(i).cloned().flatten(),
+            pool: self.clone(),
+            room: None,
+        })
+    }
+
     fn pick_index(&self, set: &EndpointSet, key: Option<&str>, random: u32) -> Option<usize> {
         let mut small = [Load::default(); 16];
         let mut big = Vec::new();
@@ -371,8 +393,9 @@ impl Pool {
     }
 }
 
-/// Every upstream's pool of a generation, `[route][upstream]`.
-pub struct Pools(Vec<Vec<Arc<Pool>>>);
+/// Every upstream's pool of a generation, `[route][upstream]`, and each `affinity:
+/// engine_io` route's sids.
+pub struct Pools(Vec<Vec<Arc<Pool>>>, Vec<Option<Arc<engine_io::Sids>>>);
 
 impl Pools {
     /// The pools of `compiled`; endpoints of `previous` with the same route, upstream and id
@@ -434,7 +457,37 @@ impl Pools {
                 })
                 .collect()
         });
-        Pools(rows.collect())
+        let rows: Vec<Vec<Arc<Pool>>> = rows.collect();
+        let sids = compiled
+            .routes
+            .iter()
+            .map(|r| {
+                (r.route.affinity == sigmesh_core::config::Affinity::EngineIo).then(|| {
+                    previous
+                        .and_then(|p| {
+                            let i = p.0.iter().position(|row| {
+                                row.first().is_some_and(|x| x.route == r.route.name)
+                            })?;
+                            p.1.get(i).cloned().flatten()
+                        })
+                        .unwrap_or_default()
+                })
+            })
+            .collect();
+        Pools(rows, sids)
+    }
+
+    /// Route `route`'s Engine.IO sids (`affinity: engine_io`).
+    pub fn sids(&self, route: usize) -> Option<&Arc<engine_io::Sids>> {
+        self.1.get(route)?.as_ref()
+    }
+
+    /// A lease on the endpoint that issued Engine.IO `sid` on route `route`, while it is in its
+    /// upstream and healthy: `(upstream index, lease)`.
+    pub fn pinned(&self, route: usize, sid: &str) -> Option<(usize, Lease)> {
+        let (upstream, ep) = self.sids(route)?.get(sid)?;
+        let lease = self.get(route, upstream)?.lease_on(&ep)?;
+        Some((upstream, lease))
     }
 
     fn find(&self, route: &str, upstream: &str) -> Option<&Arc<Pool>> {

@@ -118,6 +118,12 @@ pub async fn upgrade(
     trace: Option<Arc<SessionTrace>>,
 ) -> Response<Body> {
     let trusted = runtime.trusts(client.ip());
+    // `affinity: engine_io`: the upgrade of a known sid goes where the sid was issued.
+    let pinned = crate::pool::engine_io::sid_of(req.uri().query())
+        .and_then(|sid| runtime.pools().pinned(up.route, sid));
+    if let Some((upstream, _)) = &pinned {
+        up.upstream = *upstream;
+    }
     let Some(hs) = ClientHandshake::take(&mut req, client, &up.edits, trusted, up.deflate) else {
         return missing_key();
     };
@@ -136,6 +142,7 @@ pub async fn upgrade(
             hs.headers,
             hs.path_and_query,
             (up.room.is_some(), up.room.as_deref()),
+            pinned.map(|(_, lease)| lease),
         )
         .await;
     let mut conn = match conn {
@@ -240,15 +247,17 @@ impl Start {
         mut headers: HeaderMap,
         path_and_query: String,
         (sticky, key): (bool, Option<&str>),
+        pinned: Option<crate::pool::Lease>,
     ) -> Result<UpstreamConn, UpstreamError> {
         let compiled = self.runtime.route(self.route);
         let route = &compiled.route;
         let uname = route.upstreams[index].name.as_str();
-        let lease = self
-            .runtime
-            .pools()
-            .get(self.route, index)
-            .and_then(|p| p.pick(key, rand::random()));
+        let lease = pinned.or_else(|| {
+            self.runtime
+                .pools()
+                .get(self.route, index)
+                .and_then(|p| p.pick(key, rand::random()))
+        });
         let url = lease.as_ref().map_or("", |l| l.endpoint().id.as_str());
         let hs = self.trace.as_ref().map(|t| {
             t.picked(uname, sticky);
@@ -379,7 +388,7 @@ impl Start {
         http_util::apply_edits(&mut headers, &up.edits);
         let sticky = up.reason == Reason::Sticky;
         match self
-            .connect(up.upstream, headers, pq, (sticky, up.room.as_deref()))
+            .connect(up.upstream, headers, pq, (sticky, up.room.as_deref()), None)
             .await
         {
             Ok(mut conn) => {

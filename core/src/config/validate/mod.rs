@@ -89,7 +89,15 @@ const TOP_PROXY: &[&str] = &[
 const ADMIN_AUTH: &[&str] = &["token_file"];
 const TOP_FILTER: &[&str] = &["routes", "turn"];
 const SHUTDOWN: &[&str] = &["drain_timeout", "close_code", "spread"];
-const ROUTE: &[&str] = &["name", "match", "websocket", "limits", "split", "upstreams"];
+const ROUTE: &[&str] = &[
+    "name",
+    "match",
+    "websocket",
+    "limits",
+    "split",
+    "affinity",
+    "upstreams",
+];
 const MATCH: &[&str] = &["path", "path_prefix", "host", "headers"];
 const WEBSOCKET: &[&str] = &[
     "max_message_bytes",

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use super::super::tree::{Node, NodeKind};
-use super::super::{Limits, Match, Route, Signaling, Split, Sticky, WebSocket};
+use super::super::{Affinity, Limits, Match, Route, Signaling, Split, Sticky, WebSocket};
 use super::fields::{fields, name_line};
 use super::limits::limits;
 use super::scalars::{
@@ -13,7 +13,7 @@ use super::scalars::{
     string, string_list,
 };
 use super::upstreams::{split, upstreams};
-use super::{MATCH, ROUTE, SIGNALING, Validator, WEBSOCKET, index, join};
+use super::{MATCH, Mode, ROUTE, SIGNALING, Validator, WEBSOCKET, index, join};
 
 // === routes ===
 
@@ -99,12 +99,37 @@ fn route(cx: &mut Validator, node: &Node, path: &str) -> Option<Route> {
         }
         Some(n) => upstreams(cx, n, &f.path("upstreams"), is_ws),
     };
+    let affinity = match f.value("affinity") {
+        None => Affinity::None,
+        Some(n) => match string(cx, n, &f.path("affinity")).as_deref().map(str::trim) {
+            Some("none") => Affinity::None,
+            Some("engine_io") if cx.mode == Mode::Filter => {
+                cx.err(
+                    &f.path("affinity"),
+                    n.line,
+                    "in Envoy, pin Engine.IO sessions with the cluster's hash policy on a cookie (Istio: DestinationRule `consistentHash: {httpCookie: ...}`), see docs/upstreams.md",
+                );
+                Affinity::None
+            }
+            Some("engine_io") => Affinity::EngineIo,
+            Some(other) => {
+                cx.err(
+                    &f.path("affinity"),
+                    n.line,
+                    format!("`{other}`: expected `engine_io` or `none`"),
+                );
+                Affinity::None
+            }
+            None => Affinity::None,
+        },
+    };
     Some(Route {
         name,
         matcher,
         websocket,
         limits,
         split,
+        affinity,
         upstreams,
     })
 }
