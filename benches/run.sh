@@ -28,7 +28,7 @@ STORM_DURATION=${BENCH_STORM_DURATION:-3s}
 LIMIT_RATE=${BENCH_LIMIT_RATE:-200}
 LIMIT_BURST=${BENCH_LIMIT_BURST:-20}
 LIMIT_DURATION=${BENCH_LIMIT_DURATION:-5s}
-PEERS=${BENCH_PEERS:-direct sigmesh nginx haproxy envoy}
+PEERS=${BENCH_PEERS:-direct sigmesh sigmesh-pool nginx haproxy envoy}
 ALL_PARTS="relay latency storm memory limits tls"
 PARTS=${BENCH_PARTS:-$ALL_PARTS}
 REPEAT=${BENCH_REPEAT:-1}
@@ -154,7 +154,8 @@ start_peer() {
         PEER_PID='' URL="ws://127.0.0.1:$ECHO_PORT/ws"
         return
         ;;
-    sigmesh)
+    sigmesh | sigmesh-pool)
+        [[ $peer == sigmesh-pool ]] && tpl=${tpl:-sigmesh-pool.yaml.in}
         render "${tpl:-sigmesh.yaml.in}" "$TMP/sigmesh.yaml"
         "$SIGMESH" check --config "$TMP/sigmesh.yaml" >"$TMP/check.log" 2>&1 || fail "sigmesh check"
         RUST_LOG=${SIGMESH_LOG:-error} spawn "$TMP/sigmesh.log" "$PROXY_CPUS" \

@@ -160,3 +160,64 @@ fn the_filter_refuses_pools_and_says_what_envoy_does() {
         );
     }
 }
+
+#[test]
+fn drains_reconnect_and_affinity_keys() {
+    let text = "shutdown: { drain_timeout: 30s, spread: 20s, close_code: 1012 }\nroutes:\n  - name: r\n    websocket:\n      on_upstream_failure: reconnect\n      reconnect: { replay: none, attempts: 2 }\n    affinity: engine_io\n    upstreams: [{ name: a, url: ws://h:1/ws }]\n";
+    let c = load(text).unwrap();
+    assert_eq!(c.shutdown.close_code, 1012);
+    assert_eq!(c.shutdown.spread, Duration::from_secs(20));
+    let ws = c.routes[0].websocket.as_ref().unwrap();
+    assert_eq!(
+        ws.on_upstream_failure,
+        sigmesh_core::config::OnUpstreamFailure::Reconnect
+    );
+    assert_eq!(ws.reconnect.attempts, 2);
+    assert_eq!(ws.reconnect.replay, sigmesh_core::config::Replay::None);
+    assert_eq!(
+        c.routes[0].affinity,
+        sigmesh_core::config::Affinity::EngineIo
+    );
+    let json = serde_json::to_value(&c).unwrap();
+    assert_eq!(json["routes"][0]["affinity"], "engine_io");
+    assert_eq!(json["shutdown"]["spread"], "20s");
+    // Mistakes.
+    one_error(
+        "shutdown: { close_code: 1000 }\nroutes:\n  - { name: r, upstreams: [{ name: a, url: http://h:1 }] }\n",
+        "shutdown.close_code",
+        1,
+        "1001 (going away) or 1012",
+    );
+    one_error(
+        "shutdown: { drain_timeout: 5s, spread: 10s }\nroutes:\n  - { name: r, upstreams: [{ name: a, url: http://h:1 }] }\n",
+        "shutdown.spread",
+        1,
+        "longer than `drain_timeout`",
+    );
+    one_error(
+        "routes:\n  - name: r\n    websocket: { reconnect: { attempts: 2 } }\n    upstreams: [{ name: a, url: ws://h:1/ws }]\n",
+        "routes[0].websocket.reconnect",
+        3,
+        "on_upstream_failure: reconnect",
+    );
+    one_error(
+        "routes:\n  - name: r\n    affinity: sticky\n    upstreams: [{ name: a, url: ws://h:1/ws }]\n",
+        "routes[0].affinity",
+        3,
+        "`engine_io` or `none`",
+    );
+    // The filter refuses the proxy's own.
+    let json = r#"{"routes": [{"name": "r", "affinity": "engine_io",
+        "websocket": {"on_upstream_failure": "reconnect"}, "upstreams": [{"name": "a"}]}]}"#;
+    let Err(ConfigErrors(errs)) = load_filter(json) else {
+        panic!("refused");
+    };
+    assert!(
+        errs.iter()
+            .any(|e| e.path == "routes[0].affinity" && e.message.contains("httpCookie"))
+    );
+    assert!(
+        errs.iter()
+            .any(|e| e.path == "routes[0].websocket.on_upstream_failure")
+    );
+}

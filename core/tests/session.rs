@@ -291,3 +291,28 @@ fn idle_is_measured_from_the_last_message_either_way() {
         .unwrap();
     assert!(matches!(end.to_client, LegEnd::Close(Some(_))));
 }
+
+#[test]
+fn a_session_may_fail_over_only_at_a_message_boundary_both_ways() {
+    let mut r = Rig::new("{}", None);
+    assert!(r.session.can_fail_over());
+    // Half a frame from the upstream: a reconnect would splice it.
+    let whole = server(r#"{"type":"offer","sdp":"v=0"}"#);
+    r.upstream_sends(&whole[..5]);
+    assert!(!r.session.can_fail_over());
+    r.upstream_sends(&whole[5..]);
+    assert!(r.session.can_fail_over());
+    // The same for the client's way.
+    let c = client(r#"{"type":"join","room":"a"}"#);
+    r.client_sends(&c[..3]);
+    assert!(!r.session.can_fail_over());
+    r.client_sends(&c[3..]);
+    assert!(r.session.can_fail_over());
+    // A fresh upstream reader after the move; the session goes on.
+    r.session.upstream_replaced();
+    r.upstream_sends(&server(r#"{"type":"welcome"}"#));
+    assert!(r.session.can_fail_over());
+    // Once the client closed, no more.
+    r.client_sends(&frame(8, true, &1000u16.to_be_bytes(), Some(MASK)));
+    assert!(!r.session.can_fail_over());
+}

@@ -76,6 +76,14 @@ pub struct EndpointLabels {
     pub endpoint: String,
 }
 
+/// `route, upstream, result`
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReconnectLabels {
+    pub route: String,
+    pub upstream: String,
+    pub result: &'static str,
+}
+
 /// `result`
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabel {
@@ -100,6 +108,11 @@ pub struct Metrics {
     pub endpoint_healthy: Family<EndpointLabels, Gauge>,
     /// `sigmesh_drain_pending_sessions`: sessions a drain will close and has not yet.
     pub drain_pending: Gauge,
+    /// `sigmesh_session_reconnects_total{route,upstream,result}`: ok, failed.
+    pub session_reconnects: Family<ReconnectLabels, Counter>,
+    /// `sigmesh_reconnect_lost_messages_total{route,upstream}`: client messages that were
+    /// waiting for an endpoint that died, dropped by a reconnect.
+    pub reconnect_lost: Family<RouteUpstream, Counter>,
     /// `sigmesh_trace_*`: spans exported and dropped, message events over the cap.
     pub trace: crate::telemetry::TraceMetrics,
     /// `sigmesh_turn_*`: TURN relay allocations, relayed bytes, messages.
@@ -177,6 +190,18 @@ impl Metrics {
             "Live sessions a drain (shutdown or upstream) will close and has not closed yet",
             drain_pending.clone(),
         );
+        let session_reconnects = Family::default();
+        registry.register(
+            "sigmesh_session_reconnects",
+            "Sessions moved to another endpoint when theirs failed (on_upstream_failure: reconnect), by result",
+            session_reconnects.clone(),
+        );
+        let reconnect_lost = Family::default();
+        registry.register(
+            "sigmesh_reconnect_lost_messages",
+            "Client messages waiting for a failed endpoint, dropped when the session moved",
+            reconnect_lost.clone(),
+        );
         let trace = crate::telemetry::TraceMetrics::register(&mut registry);
         let turn = TurnMetrics::register(&mut registry);
         let signal = SignalMetrics::register(&mut registry);
@@ -193,6 +218,8 @@ impl Metrics {
             credentials_auth,
             endpoint_healthy,
             drain_pending,
+            session_reconnects,
+            reconnect_lost,
             trace,
             turn,
             signal,

@@ -204,6 +204,12 @@ pub struct WebSocket {
     /// What happens to a client's `permessage-deflate` offer. Default `passthrough`.
     #[serde(skip_serializing_if = "is_default")]
     pub compression: Compression,
+    /// When the upstream fails mid-session: `close` (1011, the default) or `reconnect`.
+    #[serde(skip_serializing_if = "is_default")]
+    pub on_upstream_failure: OnUpstreamFailure,
+    /// How `reconnect` goes.
+    #[serde(skip_serializing_if = "is_default")]
+    pub reconnect: Reconnect,
 }
 
 impl Default for WebSocket {
@@ -214,8 +220,51 @@ impl Default for WebSocket {
             allowed_origins: Vec::new(),
             signaling: Signaling::default(),
             compression: Compression::default(),
+            on_upstream_failure: OnUpstreamFailure::default(),
+            reconnect: Reconnect::default(),
         }
     }
+}
+
+/// `routes[].websocket.on_upstream_failure`
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnUpstreamFailure {
+    /// The client gets 1011.
+    #[default]
+    Close,
+    /// The client's WebSocket stays; sigmesh opens the same handshake to another healthy
+    /// endpoint of the upstream and goes on at a message boundary.
+    Reconnect,
+}
+
+/// `routes[].websocket.reconnect`
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Reconnect {
+    /// What is sent to the new endpoint first.
+    pub replay: Replay,
+    /// Reconnections one session may make; default 1.
+    pub attempts: u32,
+}
+
+impl Default for Reconnect {
+    fn default() -> Self {
+        Reconnect {
+            replay: Replay::First,
+            attempts: 1,
+        }
+    }
+}
+
+/// `routes[].websocket.reconnect.replay`
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Replay {
+    /// The session's first client text message (the join), again.
+    #[default]
+    First,
+    /// Nothing.
+    None,
 }
 
 /// `routes[].websocket.compression`

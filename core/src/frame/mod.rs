@@ -253,3 +253,11 @@ pub struct Stats {
 
 #[cfg(test)]
 mod tests;
+
+/// How many whole client data messages `bytes` holds, when they are whole frames from a message
+/// boundary (else `None`): what was waiting for an upstream that died, counted as lost.
+pub fn count_messages(bytes: &[u8]) -> Option<u64> {
+    let mut r = FrameReader::new(ReaderConfig::new(Direction::ClientToServer));
+    let _ = r.push(bytes, &mut ForwardAll);
+    (r.at_boundary()).then(|| r.stats().forwarded)
+}

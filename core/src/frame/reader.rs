@@ -142,6 +142,17 @@ impl FrameReader {
         &self.cfg
     }
 
+    /// Whether the stream read so far ends at a message boundary: no frame or message half
+    /// through, nothing held back, not closed. Only there may another stream take over.
+    pub fn at_boundary(&self) -> bool {
+        self.hdr_len == 0
+            && self.frame.is_none()
+            && self.msg.is_none()
+            && self.held.is_empty()
+            && !self.closed
+            && self.closing.is_none()
+    }
+
     /// What the handshake agreed, learnt after the reader was made (a filter sees the answer
     /// after the request): `deflate` lets RSV1 through, `inflate` reads compressed text. Only
     /// before the first byte; later it changes nothing, so a stream is read by one rule.

@@ -307,6 +307,21 @@ impl Session {
 
     // === input ===
 
+    /// Whether the upstream leg may be replaced now (`on_upstream_failure: reconnect`): no
+    /// side has closed or failed yet, and both ways are at a message boundary, so nothing of a
+    /// message would be spliced onto another connection.
+    pub fn can_fail_over(&self) -> bool {
+        let s = &self.state;
+        !(s.client_closed || s.upstream_closed || s.upstream_failed || s.proxy_closed)
+            && self.client.at_boundary()
+            && self.upstream.at_boundary()
+    }
+
+    /// The upstream leg was replaced: its bytes are read from a fresh start.
+    pub fn upstream_replaced(&mut self) {
+        self.upstream = FrameReader::new(self.upstream.config().clone());
+    }
+
     /// What the upstream's answer agreed on compression, when it is learnt after the session
     /// was made (the filter): see [`FrameReader::negotiated`].
     pub fn negotiated(&mut self, deflate: bool, inflate: bool) {

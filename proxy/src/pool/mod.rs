@@ -229,6 +229,11 @@ impl Lease {
         self.tls.as_ref()
     }
 
+    /// The pool it is in.
+    pub fn pool(&self) -> &Arc<Pool> {
+        &self.pool
+    }
+
     /// What the session watches for a drain of its upstream.
     pub fn drain_signal(&self) -> Arc<crate::drain::DrainSignal> {
         self.pool.drains.signal()
@@ -322,6 +327,33 @@ impl Pool {
         let i = self.pick_index(&set, Some(key), random)?;
         rooms.insert(pos, (set.endpoints[i].clone(), 1));
         Some(lease(i, Some(pos)))
+    }
+
+    /// Another endpoint than `failed`'s for a session moving off it (a reconnect): picked as
+    /// a session without a key would be, `failed`'s endpoint left out.
+    pub fn pick_other(self: &Arc<Self>, failed: &Lease, random: u32) -> Option<Lease> {
+        let set = self.set.load();
+        let loads: Vec<Load> = set
+            .endpoints
+            .iter()
+            .map(|e| Load {
+                healthy: !Arc::ptr_eq(e, &failed.endpoint) && e.is_healthy(),
+                sessions: e.sessions(),
+            })
+            .collect();
+        let balance = match self.balance {
+            Balance::Room => Balance::LeastSessions,
+            b => b,
+        };
+        let i = balance::pick(balance, &set.ring, None, &loads, random)?;
+        let endpoint: Arc<Endpoint> = set.endpoints[i].clone();
+        endpoint.sessions.fetch_add(1, Ordering::Relaxed);
+        Some(Lease {
+            endpoint,
+            tls: set.tls.get(i).cloned().flatten(),
+            pool: self.clone(),
+            room: None,
+        })
     }
 
     /// A lease on `ep` itself, while it is one of this pool's endpoints and healthy.

@@ -37,6 +37,7 @@ use crate::state::{Places, Runtime, Shared};
 use crate::telemetry::SessionTrace;
 
 mod connect;
+mod failover;
 mod record;
 pub mod relay;
 mod session;
@@ -106,6 +107,8 @@ struct Start {
     /// The session's places in the live-session counts: given back when the session ends, or
     /// when it never starts (this is dropped).
     places: Places,
+    /// What it needs to move to another endpoint (`on_upstream_failure: reconnect`).
+    failover: Option<failover::Failover>,
 }
 
 /// An upgrade to the upstream core picked: its handshake first, then 101 and the session.
@@ -128,6 +131,11 @@ pub async fn upgrade(
         return missing_key();
     };
     let places = Places::new(shared.counts().clone(), std::mem::take(&mut up.leases));
+    let failover = failover::Failover::new(
+        &runtime.route(up.route).route,
+        (&hs.headers, &hs.path_and_query),
+        shared.tuning().upstream_handshake_timeout,
+    );
     let start = Start {
         shared,
         runtime,
@@ -135,6 +143,7 @@ pub async fn upgrade(
         client,
         trace,
         places,
+        failover,
     };
     let conn = start
         .connect(
@@ -225,6 +234,7 @@ pub fn await_first(
         client,
         trace,
         places,
+        failover: None,
     };
     let (on_upgrade, headers, pq) = (hs.on_upgrade, hs.headers, hs.path_and_query);
     tokio::spawn(async move {
@@ -345,13 +355,13 @@ impl Start {
             info,
             legs,
             self.trace,
-            (opts, self.places),
+            (opts, self.places, self.failover),
         )
     }
 
     /// Waits for the client's first message (bounded in time and size), picks, connects, runs.
     async fn first_message(
-        self,
+        mut self,
         mut wait: AwaitFirst,
         mut client_leg: Leg,
         headers: HeaderMap,
@@ -387,6 +397,11 @@ impl Start {
         let mut headers = headers;
         http_util::apply_edits(&mut headers, &up.edits);
         let sticky = up.reason == Reason::Sticky;
+        self.failover = failover::Failover::new(
+            route,
+            (&headers, &pq),
+            self.shared.tuning().upstream_handshake_timeout,
+        );
         match self
             .connect(up.upstream, headers, pq, (sticky, up.room.as_deref()), None)
             .await

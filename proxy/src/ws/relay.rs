@@ -117,6 +117,26 @@ impl Way {
         self.shut_after_flush = true;
     }
 
+    /// The destination was replaced (a reconnect): what waited for the old one is dropped and
+    /// returned, and the new one is written from a fresh start.
+    pub fn redirect(&mut self) -> Vec<u8> {
+        let lost = self
+            .pending
+            .split_off(self.pending_at.min(self.pending.len()));
+        self.pending = Vec::new();
+        self.pending_at = 0;
+        self.dst_failed = false;
+        self.shut = false;
+        self.shut_after_flush = false;
+        self.stalled_since = None;
+        lost
+    }
+
+    /// Bytes of the proxy's own for the destination, before what comes next (a replay).
+    pub fn send_first(&mut self, bytes: &[u8]) {
+        self.queue(bytes);
+    }
+
     fn queue(&mut self, bytes: &[u8]) {
         if !self.dst_failed {
             self.pending.extend_from_slice(bytes);

@@ -28,6 +28,7 @@ use sigmesh_core::frame::Pushed;
 use sigmesh_core::label::Outcome;
 use sigmesh_core::session::{Ending, Happened, LegEnd, Session, SessionEnv, SessionOptions};
 
+use super::failover::Failover;
 use super::record::{Handles, Recorder};
 use super::relay::{Push, Way, WayEvent};
 use crate::clock;
@@ -48,11 +49,16 @@ struct SessionWay<'a, 'e> {
     env: &'a SessionEnv<'e>,
     recorder: &'a mut Recorder<'e>,
     from_client: bool,
+    /// Reads the client's first message for a replay (`on_upstream_failure: reconnect`).
+    failover: Option<&'a mut Failover>,
 }
 
 impl Push for SessionWay<'_, '_> {
     fn push(&mut self, chunk: &[u8]) -> Pushed<'_> {
         if self.from_client {
+            if let Some(f) = self.failover.as_deref_mut() {
+                f.client_bytes(chunk);
+            }
             self.session.client_bytes(chunk, self.env, self.recorder)
         } else {
             self.session.upstream_bytes(chunk, self.env, self.recorder)
@@ -94,11 +100,12 @@ pub(super) async fn run(
     info: Arc<SessionInfo>,
     (client, upstream): (Leg, Leg),
     trace: Option<Arc<SessionTrace>>,
-    (opts, places): (SessionOptions, Places),
+    (opts, places, failover): (SessionOptions, Places, Option<Failover>),
 ) {
+    let mut failover = failover;
     // Held for the session's life: its places in the live-session counts and on its endpoint.
-    let places = places;
-    let endpoint = places.endpoint.as_ref();
+    let mut places = places;
+    let mut lease = places.endpoint.take();
     let metrics = shared.metrics();
     let active = metrics
         .connections_active
@@ -121,7 +128,7 @@ pub(super) async fn run(
     let mut outbound = Way::new(upstream.pre);
 
     // The shutdown, or a drain of this session's upstream; then its paced close.
-    let upstream_drain = endpoint.map(crate::pool::Lease::drain_signal);
+    let upstream_drain = lease.as_ref().map(crate::pool::Lease::drain_signal);
     let mut drain = std::pin::pin!(async {
         match &upstream_drain {
             Some(signal) => tokio::select! {
@@ -155,13 +162,14 @@ pub(super) async fn run(
                 info: &info,
                 trace: recording,
                 handles: &mut handles,
-                endpoint,
+                endpoint: lease.as_ref(),
             };
             let mut way = SessionWay {
                 session: &mut session,
                 env: &env,
                 recorder: &mut recorder,
                 from_client: true,
+                failover: failover.as_mut(),
             };
             if let Poll::Ready(ev) = inbound.poll(task, &mut c_io, &mut u_io, &mut way) {
                 return Poll::Ready(Wake::In(ev));
@@ -204,12 +212,69 @@ pub(super) async fn run(
             Poll::Pending
         })
         .await;
+        // The upstream died mid-session: move to another endpoint when the route says so and
+        // both ways are at a message boundary.
+        let upstream_down = matches!(
+            wake,
+            Wake::Out(WayEvent::SrcEnded(_)) | Wake::In(WayEvent::DstFailed(_))
+        );
+        if upstream_down
+            && !ending
+            && session.can_fail_over()
+            && let (Some(f), Some(old)) = (failover.as_mut(), lease.as_ref())
+            && f.can_try()
+        {
+            old.failed("mid-session: the connection ended");
+            let pool = old.pool().clone();
+            let result = f.reconnect(&pool, old).await;
+            let labels = |result| crate::metrics::ReconnectLabels {
+                route: info.route.clone(),
+                upstream: info.upstream.clone(),
+                result,
+            };
+            if let Some((conn, new_lease, replay)) = result {
+                metrics
+                    .session_reconnects
+                    .get_or_create(&labels("ok"))
+                    .inc();
+                let dropped = inbound.redirect();
+                let lost = if dropped.is_empty() {
+                    0
+                } else {
+                    sigmesh_core::frame::count_messages(&dropped)
+                        .unwrap_or(1)
+                        .max(1)
+                };
+                if lost > 0 {
+                    metrics
+                        .reconnect_lost
+                        .get_or_create(&RouteUpstream {
+                            route: info.route.clone(),
+                            upstream: info.upstream.clone(),
+                        })
+                        .inc_by(lost);
+                }
+                if let Some(r) = replay {
+                    inbound.send_first(&r);
+                }
+                u_io = conn.io;
+                outbound = Way::new(conn.read_ahead);
+                session.upstream_replaced();
+                tracing::info!(session = info.id, route = %info.route, upstream = %info.upstream, endpoint = %new_lease.endpoint().id, lost, "session moved to another endpoint");
+                lease = Some(new_lease);
+                continue;
+            }
+            metrics
+                .session_reconnects
+                .get_or_create(&labels("failed"))
+                .inc();
+        }
         let mut recorder = Recorder {
             metrics,
             info: &info,
             trace: recording,
             handles: &mut handles,
-            endpoint,
+            endpoint: lease.as_ref(),
         };
         let was_ending = ending;
         let happened = match wake {

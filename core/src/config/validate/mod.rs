@@ -105,7 +105,10 @@ const WEBSOCKET: &[&str] = &[
     "allowed_origins",
     "signaling",
     "compression",
+    "on_upstream_failure",
+    "reconnect",
 ];
+const RECONNECT: &[&str] = &["replay", "attempts"];
 const SIGNALING: &[&str] = &["type", "room", "peer"];
 const LIMITS: &[&str] = &["connections", "messages", "rooms", "sessions"];
 const SESSIONS: &[&str] = &["max", "key", "scope"];

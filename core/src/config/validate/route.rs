@@ -5,7 +5,9 @@
 use std::collections::BTreeMap;
 
 use super::super::tree::{Node, NodeKind};
-use super::super::{Affinity, Limits, Match, Route, Signaling, Split, Sticky, WebSocket};
+use super::super::{
+    Affinity, Limits, Match, OnUpstreamFailure, Replay, Route, Signaling, Split, Sticky, WebSocket,
+};
 use super::fields::{fields, name_line};
 use super::limits::limits;
 use super::scalars::{
@@ -13,7 +15,7 @@ use super::scalars::{
     string, string_list,
 };
 use super::upstreams::{split, upstreams};
-use super::{MATCH, Mode, ROUTE, SIGNALING, Validator, WEBSOCKET, index, join};
+use super::{MATCH, Mode, RECONNECT, ROUTE, SIGNALING, Validator, WEBSOCKET, index, join};
 
 // === routes ===
 
@@ -284,6 +286,49 @@ fn websocket(cx: &mut Validator, node: &Node, path: &str) -> WebSocket {
                 format!("`{other}`: use `passthrough` or `strip`"),
             ),
             None => {}
+        }
+    }
+    if let Some(n) = f.value("on_upstream_failure") {
+        let p = f.path("on_upstream_failure");
+        match string(cx, n, &p).as_deref() {
+            Some("close") => w.on_upstream_failure = OnUpstreamFailure::Close,
+            Some("reconnect") if cx.mode == Mode::Filter => cx.err(
+                &p,
+                n.line,
+                "`reconnect` is done by the standalone proxy; in Envoy an upgraded stream that loses its upstream ends (use `close`)",
+            ),
+            Some("reconnect") => w.on_upstream_failure = OnUpstreamFailure::Reconnect,
+            Some(other) => cx.err(
+                &p,
+                n.line,
+                format!("`{other}`: use `close` or `reconnect`"),
+            ),
+            None => {}
+        }
+    }
+    if let Some(n) = f.get("reconnect")
+        && let Some(r) = fields(cx, n, &f.path("reconnect"), RECONNECT, &[])
+    {
+        if let Some(n) = r.value("replay") {
+            let p = r.path("replay");
+            match string(cx, n, &p).as_deref() {
+                Some("first") => w.reconnect.replay = Replay::First,
+                Some("none") => w.reconnect.replay = Replay::None,
+                Some(other) => cx.err(&p, n.line, format!("`{other}`: use `first` or `none`")),
+                None => {}
+            }
+        }
+        if let Some(n) = r.value("attempts")
+            && let Some(v) = int_in(cx, n, &r.path("attempts"), 1, 5, "`attempts`")
+        {
+            w.reconnect.attempts = v as u32;
+        }
+        if w.on_upstream_failure != OnUpstreamFailure::Reconnect {
+            cx.err(
+                &f.path("reconnect"),
+                f.key_line("reconnect"),
+                "`reconnect` is used with `on_upstream_failure: reconnect`",
+            );
         }
     }
     if let Some(n) = f.get("allowed_origins") {
