@@ -376,6 +376,16 @@ impl Compiled {
                     route.override_header()
                 ));
             }
+            for (j, up) in route.upstreams.iter().enumerate() {
+                let pooled = up.pool.endpoints.len() > 1 || up.pool.dns.is_some();
+                if pooled && up.pool.health_check.is_none() {
+                    w.push(format!(
+                        "routes[{i}].upstreams[{j}].health_check: absent, so a dead endpoint is \
+                         found only by failed handshakes (3 in a row eject it); add \
+                         `health_check: {{}}` to check every endpoint every 5 s"
+                    ));
+                }
+            }
         }
         if let Some(turn) = &self.config.turn
             && turn.credentials_auth.is_none()
