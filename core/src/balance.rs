@@ -38,39 +38,7 @@ pub const LOAD_BOUND_PERCENT: u64 = 125;
 /// Sessions an endpoint may hold above the bound: below it, the ring alone decides.
 pub const LOAD_SLACK: u64 = 8;
 
-/// How an upstream picks among its endpoints.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Balance {
-    /// Consistent hashing of the room (or sticky key) with bounded loads.
-    #[default]
-    Room,
-    /// The fewest live sessions.
-    LeastSessions,
-    /// Uniformly at random.
-    Random,
-}
-
-impl Balance {
-    /// The config name's value.
-    pub fn parse(s: &str) -> Option<Balance> {
-        match s {
-            "room" => Some(Balance::Room),
-            "least_sessions" => Some(Balance::LeastSessions),
-            "random" => Some(Balance::Random),
-            _ => None,
-        }
-    }
-
-    /// The config name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Balance::Room => "room",
-            Balance::LeastSessions => "least_sessions",
-            Balance::Random => "random",
-        }
-    }
-}
+pub use crate::config::Balance;
 
 /// What the front end knows of one endpoint when it picks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

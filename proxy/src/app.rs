@@ -143,7 +143,7 @@ impl Proxy {
         }
         tasks.spawn(crate::reload::watch(shared.clone()));
         tasks.spawn(crate::reload::watch_certificates(shared.clone()));
-        tasks.spawn(crate::pool::supervise(shared.clone()));
+        tasks.spawn(crate::reload::supervise_pools(shared.clone()));
         if let Some((bound, relay, secret)) = turn_relay {
             tasks.spawn(crate::turn_relay::serve(
                 shared.turn().clone(),

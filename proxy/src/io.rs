@@ -108,3 +108,9 @@ impl AsyncWrite for Stream {
         each!(self, s => s.poll_shutdown(cx))
     }
 }
+
+/// An upgraded connection: its socket, and what was read past the handshake.
+pub struct Leg {
+    pub io: Stream,
+    pub pre: bytes::Bytes,
+}

@@ -123,3 +123,20 @@ pub async fn watch_certificates(shared: Arc<Shared>) {
         }
     }
 }
+
+/// The task of the pools' active health checks and DNS refreshes ([`crate::pool::tick`]),
+/// for the generation in force, until the drain starts; it owns every check it starts.
+pub async fn supervise_pools(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(crate::pool::TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut work = tokio::task::JoinSet::new();
+    let mut ticks = 0u32;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shared.drained() => return,
+        }
+        crate::pool::tick(shared.runtime().pools(), shared.metrics(), &mut work, ticks);
+        ticks = ticks.wrapping_add(1);
+    }
+}

@@ -6,40 +6,12 @@
 
 mod common;
 
-use std::process::Stdio;
-
 use common::*;
-use tokio::io::{AsyncBufReadExt, BufReader};
 
 const PEERS: &str = include_str!("common/engine_io_peers.js");
 
-fn node_path() -> String {
-    let dir = std::env::var("SIGMESH_NODE_PEERS").unwrap_or_else(|_| {
-        format!(
-            "{}/.local/share/sigmesh/node",
-            std::env::var("HOME").unwrap_or_default()
-        )
-    });
-    let modules = format!("{dir}/node_modules");
-    assert!(
-        std::path::Path::new(&format!("{modules}/socket.io")).exists(),
-        "{modules}/socket.io is missing: run scripts/install/node-peers.sh"
-    );
-    modules
-}
-
 async fn server(name: &str) -> (tokio::process::Child, u16) {
-    let mut child = tokio::process::Command::new("node")
-        .args(["-e", PEERS, "--", "server", name])
-        .env("NODE_PATH", node_path())
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let first = within(lines.next_line()).await.unwrap().unwrap();
-    let port = first.strip_prefix("port ").unwrap().parse().unwrap();
-    (child, port)
+    node_server(PEERS, &["server", name], "socket.io").await
 }
 
 /// Runs one client through sigmesh: its JSON line.
@@ -47,7 +19,7 @@ async fn client(url: &str) -> serde_json::Value {
     let out = within(
         tokio::process::Command::new("node")
             .args(["-e", PEERS, "--", "client", url])
-            .env("NODE_PATH", node_path())
+            .env("NODE_PATH", node_modules("socket.io"))
             .kill_on_drop(true)
             .output(),
     )

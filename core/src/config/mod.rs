@@ -476,10 +476,44 @@ pub struct UpstreamPool {
     /// How an endpoint is picked; `None`: `room` when the route's `split.sticky` names a room
     /// source, else `least_sessions`.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub balance: Option<crate::balance::Balance>,
+    pub balance: Option<Balance>,
     /// Active HTTP checks of every endpoint.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub health_check: Option<HealthCheck>,
+}
+
+/// How an upstream picks among its endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Balance {
+    /// Consistent hashing of the room (or sticky key) with bounded loads.
+    #[default]
+    Room,
+    /// The fewest live sessions.
+    LeastSessions,
+    /// Uniformly at random.
+    Random,
+}
+
+impl Balance {
+    /// The config name's value.
+    pub fn parse(s: &str) -> Option<Balance> {
+        match s {
+            "room" => Some(Balance::Room),
+            "least_sessions" => Some(Balance::LeastSessions),
+            "random" => Some(Balance::Random),
+            _ => None,
+        }
+    }
+
+    /// The config name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Balance::Room => "room",
+            Balance::LeastSessions => "least_sessions",
+            Balance::Random => "random",
+        }
+    }
 }
 
 /// `health_check:` of an upstream.

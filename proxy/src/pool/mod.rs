@@ -5,7 +5,7 @@
 //! Runtime (one config generation) ─► Pools [route][upstream] ─► Pool ─► EndpointSet (ArcSwap)
 //!                                                                        endpoints + ring + TLS
 //! pick ─► Lease (sessions +1 until dropped) ─► the handshake ─► passed / failed (passive health)
-//! supervise (one task) ─► active checks ([`health`]) and DNS refreshes ([`dns`]) when due
+//! supervise_pools (one task, reload.rs) ─► active checks ([`health`]) and DNS refreshes ([`dns`]) when due
 //! ```
 //!
 //! An endpoint is one `Arc<Endpoint>`: a reload that keeps an upstream's endpoint (same route,
@@ -191,7 +191,7 @@ pub struct Pool {
     /// it is: the name is the DNS name's).
     tls: Option<UpstreamTls>,
     set: ArcSwap<EndpointSet>,
-    /// When the next active check round and DNS refresh are due ([`supervise`]).
+    /// When the next active check round and DNS refresh are due ([`tick`]).
     due: Mutex<(Instant, Instant)>,
     /// `balance: room`: each room with live sessions here (by its ring position) → its
     /// endpoint and how many: a room stays with its sessions whatever the load. One entry per
@@ -540,48 +540,43 @@ impl Pools {
     }
 }
 
-/// How often [`supervise`] looks for due work.
-const TICK: Duration = Duration::from_millis(100);
+/// How often [`tick`] runs.
+pub const TICK: Duration = Duration::from_millis(100);
 /// How often a DNS upstream is resolved again.
 pub const DNS_REFRESH: Duration = Duration::from_secs(5);
 
-/// The one task that runs the active health checks and DNS refreshes of the generation in
-/// force, until the drain starts. Each round's checks run concurrently, each bounded by its
-/// `timeout`; a round is not started again before the last one ended.
-pub async fn supervise(shared: Arc<crate::state::Shared>) {
-    let mut tick = tokio::time::interval(TICK);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut work = tokio::task::JoinSet::new();
-    let mut ticks = 0u32;
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = shared.drained() => return,
+/// One tick of the task that runs the active health checks and DNS refreshes of the
+/// generation in force ([`crate::reload::supervise_pools`], every [`TICK`]): starts the work
+/// that is due in `work` (each check bounded by its `timeout`; a pool's next round is due an
+/// `interval` after this one started), and every tenth tick brings the endpoint gauges up to
+/// date.
+pub fn tick(
+    pools: &Pools,
+    metrics: &Arc<crate::metrics::Metrics>,
+    work: &mut tokio::task::JoinSet<()>,
+    ticks: u32,
+) {
+    while work.try_join_next().is_some() {}
+    if ticks.is_multiple_of(10) {
+        sync_gauges(pools, metrics);
+    }
+    let now = Instant::now();
+    for pool in pools.all() {
+        let (check_due, dns_due) = {
+            let mut due = pool.due.lock().unwrap_or_else(|p| p.into_inner());
+            let c = pool.check.as_ref().filter(|_| now >= due.0).map(|c| {
+                due.0 = now + c.interval;
+            });
+            let d = pool.dns.as_ref().filter(|_| now >= due.1).map(|_| {
+                due.1 = now + DNS_REFRESH;
+            });
+            (c.is_some(), d.is_some())
+        };
+        if check_due {
+            work.spawn(health::round(pool.clone(), metrics.clone()));
         }
-        while work.try_join_next().is_some() {}
-        let runtime = shared.runtime();
-        if ticks.is_multiple_of(10) {
-            sync_gauges(runtime.pools(), shared.metrics());
-        }
-        ticks = ticks.wrapping_add(1);
-        let now = Instant::now();
-        for pool in runtime.pools().all() {
-            let (check_due, dns_due) = {
-                let mut due = pool.due.lock().unwrap_or_else(|p| p.into_inner());
-                let c = pool.check.as_ref().filter(|_| now >= due.0).map(|c| {
-                    due.0 = now + c.interval;
-                });
-                let d = pool.dns.as_ref().filter(|_| now >= due.1).map(|_| {
-                    due.1 = now + DNS_REFRESH;
-                });
-                (c.is_some(), d.is_some())
-            };
-            if check_due {
-                work.spawn(health::round(pool.clone(), shared.metrics().clone()));
-            }
-            if dns_due {
-                work.spawn(dns::refresh(pool.clone(), shared.metrics().clone()));
-            }
+        if dns_due {
+            work.spawn(dns::refresh(pool.clone(), metrics.clone()));
         }
     }
 }

@@ -89,8 +89,8 @@ pub(super) struct UpstreamConn {
 impl UpstreamConn {
     /// The socket and what was read past the 101, for the session; the 101's headers (which
     /// share hyper's read buffer) are dropped here.
-    pub(super) fn into_leg(self) -> super::session::Leg {
-        super::session::Leg {
+    pub(super) fn into_leg(self) -> crate::io::Leg {
+        crate::io::Leg {
             io: self.io,
             pre: self.read_ahead,
         }

@@ -42,9 +42,9 @@ mod record;
 pub mod relay;
 mod session;
 
+use crate::io::Leg;
 pub use connect::UpstreamError;
 use connect::{UpstreamConn, connect_upstream};
-use session::Leg;
 
 /// `Upgrade: websocket` with `Connection: upgrade` (the upstream's 101).
 fn upgrades_to_websocket(h: &HeaderMap) -> bool {

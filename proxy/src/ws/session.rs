@@ -23,7 +23,6 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
-use bytes::Bytes;
 use sigmesh_core::frame::Pushed;
 use sigmesh_core::label::Outcome;
 use sigmesh_core::session::{Ending, Happened, LegEnd, Session, SessionEnv, SessionOptions};
@@ -32,16 +31,11 @@ use super::failover::Failover;
 use super::record::{Handles, Recorder};
 use super::relay::{Push, Way, WayEvent};
 use crate::clock;
+use crate::io::Leg;
 use crate::metrics::RouteUpstream;
 use crate::sessions::SessionInfo;
 use crate::state::{Places, Runtime, Shared};
 use crate::telemetry::SessionTrace;
-
-/// An upgraded connection: its socket, and what was read past the handshake.
-pub(super) struct Leg {
-    pub io: crate::io::Stream,
-    pub pre: Bytes,
-}
 
 /// One direction of core's session, for one push.
 struct SessionWay<'a, 'e> {

@@ -19,6 +19,45 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 pub mod pki;
 pub mod turn;
 
+/// The npm peers' `node_modules` (scripts/install/node-peers.sh), checked to hold `package`;
+/// the test fails without it.
+pub fn node_modules(package: &str) -> String {
+    let dir = std::env::var("SIGMESH_NODE_PEERS").unwrap_or_else(|_| {
+        format!(
+            "{}/.local/share/sigmesh/node",
+            std::env::var("HOME").unwrap_or_default()
+        )
+    });
+    let modules = format!("{dir}/node_modules");
+    assert!(
+        std::path::Path::new(&format!("{modules}/{package}")).exists(),
+        "{modules}/{package} is missing: run scripts/install/node-peers.sh"
+    );
+    modules
+}
+
+/// A Node server from `source` (run as `node -e SOURCE -- ARGS`, with the npm peers of
+/// `package`) that prints `port N` first; killed on drop.
+pub async fn node_server(
+    source: &str,
+    args: &[&str],
+    package: &str,
+) -> (tokio::process::Child, u16) {
+    let mut child = tokio::process::Command::new("node")
+        .args(["-e", source, "--"])
+        .args(args)
+        .env("NODE_PATH", node_modules(package))
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let out = child.stdout.take().unwrap();
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(out));
+    let first = within(lines.next_line()).await.unwrap().unwrap();
+    let port = first.strip_prefix("port ").unwrap().parse().unwrap();
+    (child, port)
+}
+
 /// The Python with `websockets` (scripts/install/python-peers.sh); the test fails without it.
 pub fn python() -> String {
     let default = format!(

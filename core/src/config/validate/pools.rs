@@ -1,8 +1,7 @@
 //! An upstream's pool: `endpoints` (static URLs), `balance` and `health_check`.
 
-use super::super::HealthCheck;
 use super::super::tree::{Node, NodeKind};
-use crate::balance::Balance;
+use super::super::{Balance, HealthCheck};
 
 use super::fields::fields;
 use super::scalars::{int_in, positive_duration, string, url};
