@@ -41,6 +41,8 @@ pub struct SessionInfo {
     pub setup_ms: AtomicU64,
     /// How the client came: `http/1.1`, `http/1.1+tls` or `h2` (RFC 8441, over TLS).
     pub transport: OnceLock<&'static str>,
+    /// The upstream endpoint it is on (it changes when the session moves).
+    pub endpoint: arc_swap::ArcSwapOption<crate::pool::Endpoint>,
 }
 
 impl SessionInfo {
@@ -61,6 +63,7 @@ impl SessionInfo {
             ice: IceCounts::default(),
             setup_ms: AtomicU64::new(u64::MAX),
             transport: OnceLock::new(),
+            endpoint: arc_swap::ArcSwapOption::empty(),
         }
     }
 
@@ -91,6 +94,7 @@ impl SessionInfo {
             },
             setup_ms: (setup != u64::MAX).then_some(setup),
             transport: self.transport.get().copied().unwrap_or("http/1.1"),
+            endpoint: self.endpoint.load().as_ref().map(|e| e.id.clone()),
         }
     }
 }
@@ -112,6 +116,7 @@ pub struct SessionView<'a> {
     pub ice: IceView,
     pub setup_ms: Option<u64>,
     pub transport: &'static str,
+    pub endpoint: Option<String>,
 }
 
 #[derive(Serialize)]

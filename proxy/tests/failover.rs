@@ -115,6 +115,16 @@ async fn a_dead_endpoint_moves_the_session_and_the_join_is_replayed() {
     assert_eq!(w["room"], "r", "{w}");
     // The session goes on there; the other client never noticed.
     assert_eq!(whoami(&mut alice).await["server"], "s1");
+    let on: Vec<String> = sessions(&p)
+        .await
+        .iter()
+        .map(|s| s["endpoint"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        on,
+        vec![format!("ws://{}/ws", s1.local_addr); 2],
+        "/sessions"
+    );
     assert_eq!(whoami(&mut other).await["server"], "s1");
     let m = metrics(&p).await;
     assert_eq!(

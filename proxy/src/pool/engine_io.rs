@@ -9,8 +9,10 @@
 //! it to that upstream and endpoint.
 //!
 //! The table is bounded ([`MAX_SIDS`] per route) and forgets a sid [`EXPIRY`] after its last
-//! request (Engine.IO's own ping timeout is 20 s); when it is full, expired entries go first,
-//! then the oldest.
+//! request (Engine.IO's own ping timeout is 20 s). When it is full, one sweep drops the
+//! expired entries and, if the table is still over 15/16 full, arbitrary ones down to that:
+//! one sweep per [`MAX_SIDS`] / 16 inserts at worst, so a client opening sessions as fast as
+//! it can costs amortized constant work per sid, not a scan each.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -63,13 +65,13 @@ impl Sids {
         let now = Instant::now();
         if map.len() >= MAX_SIDS && !map.contains_key(sid) {
             map.retain(|_, p| now.duration_since(p.seen) <= EXPIRY);
-            if map.len() >= MAX_SIDS
-                && let Some(oldest) = map
-                    .iter()
-                    .min_by_key(|(_, p)| p.seen)
-                    .map(|(k, _)| k.clone())
-            {
-                map.remove(&oldest);
+            // Down to 15/16 full, so the next sweep is MAX_SIDS / 16 inserts away.
+            let target = MAX_SIDS - MAX_SIDS / 16;
+            if map.len() > target {
+                let drop: Vec<String> = map.keys().take(map.len() - target).cloned().collect();
+                for k in drop {
+                    map.remove(&k);
+                }
             }
         }
         map.insert(
@@ -147,6 +149,23 @@ pub fn sid_in_open_packet(body: &[u8]) -> Option<String> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_table_stays_bounded_and_keeps_the_newest() {
+        let sids = Sids::default();
+        let ep = Arc::new(Endpoint::new(
+            "ws://h:1/ws".into(),
+            sigmesh_core::compiled::Target::parse("ws://h:1/ws").unwrap(),
+            None,
+        ));
+        for i in 0..MAX_SIDS + 10 {
+            sids.insert(&format!("s{i}"), 0, ep.clone());
+            assert!(sids.len() <= MAX_SIDS);
+        }
+        // The newest is there; one sweep made room for a sixteenth, not one entry per insert.
+        assert!(sids.get(&format!("s{}", MAX_SIDS + 9)).is_some());
+        assert_eq!(sids.len(), MAX_SIDS - MAX_SIDS / 16 + 10);
+    }
 
     #[test]
     fn sids_are_read_from_queries_and_open_packets() {

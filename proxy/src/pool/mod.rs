@@ -65,7 +65,7 @@ struct HealthState {
 }
 
 impl Endpoint {
-    fn new(id: String, target: Target, dial: Option<std::net::SocketAddr>) -> Endpoint {
+    pub(crate) fn new(id: String, target: Target, dial: Option<std::net::SocketAddr>) -> Endpoint {
         Endpoint {
             id,
             target,

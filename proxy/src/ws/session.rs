@@ -100,6 +100,8 @@ pub(super) async fn run(
     // Held for the session's life: its places in the live-session counts and on its endpoint.
     let mut places = places;
     let mut lease = places.endpoint.take();
+    info.endpoint
+        .store(lease.as_ref().map(|l| l.endpoint_arc().clone()));
     let metrics = shared.metrics();
     let active = metrics
         .connections_active
@@ -255,6 +257,7 @@ pub(super) async fn run(
                 outbound = Way::new(conn.read_ahead);
                 session.upstream_replaced();
                 tracing::info!(session = info.id, route = %info.route, upstream = %info.upstream, endpoint = %new_lease.endpoint().id, lost, "session moved to another endpoint");
+                info.endpoint.store(Some(new_lease.endpoint_arc().clone()));
                 lease = Some(new_lease);
                 continue;
             }
