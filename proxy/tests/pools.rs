@@ -270,3 +270,34 @@ async fn a_dns_upstream_resolves_its_endpoints() {
     );
     p.drain().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_room_stays_together_across_a_reload() {
+    let (s0, s1) = (signaling("s0").await, signaling("s1").await);
+    let addrs = [s0.local_addr, s1.local_addr];
+    let p = proxy(&pool_route(&addrs, ""), &[]).await;
+    // 30 sessions of one room: all on its endpoint, which is now "full" for new rooms
+    // (ceil(1.25 × 31 / 2) + 8 = 28).
+    let mut clients = Vec::new();
+    let mut home = None;
+    for _ in 0..30 {
+        let mut c = ws(p.listen, "/ws?room=busy").await;
+        let s = server_of(&mut c).await;
+        assert_eq!(*home.get_or_insert_with(|| s.clone()), s);
+        clients.push(c);
+    }
+    // A reload of the same config: the room table comes along, so the 31st session still
+    // meets the others instead of being placed anew by load.
+    let old = p.shared.runtime();
+    let text = format!(
+        "listen: 127.0.0.1:0\nadmin: 127.0.0.1:0\n{}",
+        pool_route(&addrs, "")
+    );
+    p.shared.replace_runtime(
+        Runtime::new(sigmesh_core::config::load(&text).unwrap(), Some(&old)).unwrap(),
+    );
+    let mut c = ws(p.listen, "/ws?room=busy").await;
+    assert_eq!(Some(server_of(&mut c).await), home);
+    drop((clients, c));
+    p.drain().await;
+}

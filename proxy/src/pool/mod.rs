@@ -195,8 +195,9 @@ pub struct Pool {
     due: Mutex<(Instant, Instant)>,
     /// `balance: room`: each room with live sessions here (by its ring position) → its
     /// endpoint and how many: a room stays with its sessions whatever the load. One entry per
-    /// live room, so it is bounded by the live sessions.
-    rooms: Mutex<HashMap<u64, (Arc<Endpoint>, u32)>>,
+    /// live room, so it is bounded by the live sessions. Shared with the next generation's
+    /// pool of the same upstream, so a reload keeps rooms where their sessions are.
+    rooms: Arc<Mutex<HashMap<u64, (Arc<Endpoint>, u32)>>>,
     /// `POST /routes/NAME/upstreams/UP/drain`.
     pub drains: crate::drain::Drains,
     /// Whether this upstream ejects endpoints on failed handshakes: with a health check, or
@@ -482,7 +483,7 @@ impl Pools {
                         tls: up_tls,
                         set: ArcSwap::from_pointee(EndpointSet::new(endpoints, tlss)),
                         due: Mutex::new((now, now)),
-                        rooms: Mutex::new(HashMap::new()),
+                        rooms: old.map_or_else(Default::default, |o| o.rooms.clone()),
                         drains: old.map_or_else(Default::default, |o| o.drains.carry()),
                         passive,
                     })
