@@ -197,13 +197,16 @@ pub struct Pool {
     /// endpoint and how many: a room stays with its sessions whatever the load. One entry per
     /// live room, so it is bounded by the live sessions. Shared with the next generation's
     /// pool of the same upstream, so a reload keeps rooms where their sessions are.
-    rooms: Arc<Mutex<HashMap<u64, (Arc<Endpoint>, u32)>>>,
+    rooms: Arc<Mutex<Rooms>>,
     /// `POST /routes/NAME/upstreams/UP/drain`.
     pub drains: crate::drain::Drains,
     /// Whether this upstream ejects endpoints on failed handshakes: with a health check, or
     /// with more than one endpoint (one `url:` alone keeps answering 502 per attempt).
     passive: bool,
 }
+
+/// The room table: a room's ring position → its endpoint and its live sessions there.
+type Rooms = HashMap<u64, (Arc<Endpoint>, u32)>;
 
 /// A session's place on an endpoint: counted there until dropped.
 pub struct Lease {
@@ -271,7 +274,7 @@ impl Drop for Lease {
 }
 
 impl Pool {
-    fn rooms(&self) -> std::sync::MutexGuard<'_, HashMap<u64, (Arc<Endpoint>, u32)>> {
+    fn rooms(&self) -> std::sync::MutexGuard<'_, Rooms> {
         self.rooms.lock().unwrap_or_else(|p| p.into_inner())
     }
 
