@@ -95,13 +95,18 @@ impl Forwarder {
         let compiled = runtime.route(fwd.route);
         let route = &compiled.route;
         let rname = route.name.as_str();
-        // `affinity: engine_io`: a request carrying a known sid goes where it was issued.
-        let query = req.uri().query().map(str::to_owned);
-        let pinned = crate::pool::engine_io::sid_of(query.as_deref())
-            .and_then(|sid| runtime.pools().pinned(fwd.route, sid));
+        // `affinity: engine_io`: a request carrying a known sid goes where it was issued; one
+        // that opens a session has its answer read for the sid. Routes without it skip both.
+        let (pinned, opens_engine_io) = match runtime.pools().sids(fwd.route) {
+            None => (None, false),
+            Some(_) => {
+                let query = req.uri().query();
+                let pinned = crate::pool::engine_io::sid_of(query)
+                    .and_then(|sid| runtime.pools().pinned(fwd.route, sid));
+                (pinned, crate::pool::engine_io::is_open(query))
+            }
+        };
         let upstream = pinned.as_ref().map_or(fwd.upstream, |(u, _)| *u);
-        let opens_engine_io = runtime.pools().sids(fwd.route).is_some()
-            && crate::pool::engine_io::is_open(query.as_deref());
         let uname = route.upstreams[upstream].name.as_str();
         let metrics = shared.metrics();
         if let Some(t) = trace {

@@ -122,7 +122,10 @@ pub async fn upgrade(
 ) -> Response<Body> {
     let trusted = runtime.trusts(client.ip());
     // `affinity: engine_io`: the upgrade of a known sid goes where the sid was issued.
-    let pinned = crate::pool::engine_io::sid_of(req.uri().query())
+    let pinned = runtime
+        .pools()
+        .sids(up.route)
+        .and_then(|_| crate::pool::engine_io::sid_of(req.uri().query()))
         .and_then(|sid| runtime.pools().pinned(up.route, sid));
     if let Some((upstream, _)) = &pinned {
         up.upstream = *upstream;
