@@ -219,27 +219,12 @@ async fn upgrade(s: &mut TcpStream, path: &str) -> Option<()> {
     got.starts_with(b"HTTP/1.1 101").then_some(())
 }
 
-/// One frame, FIN set, masked with a fixed key when `masked`.
+/// One frame, FIN set, masked with a fixed key when `masked` (core's encoder).
 fn frame(opcode: u8, payload: &[u8], masked: bool) -> Vec<u8> {
-    let mut f = vec![0x80 | opcode];
-    let m = if masked { 0x80 } else { 0 };
-    match payload.len() {
-        n if n < 126 => f.push(m | n as u8),
-        n if n <= 0xffff => {
-            f.push(m | 126);
-            f.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            f.push(m | 127);
-            f.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    if masked {
-        let key = [0x37, 0xfa, 0x21, 0x3d];
-        f.extend_from_slice(&key);
-        f.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
-    } else {
-        f.extend_from_slice(payload);
-    }
-    f
+    sigmesh_core::frame::frame(
+        opcode,
+        true,
+        payload,
+        masked.then_some([0x37, 0xfa, 0x21, 0x3d]),
+    )
 }

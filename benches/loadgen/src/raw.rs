@@ -80,29 +80,11 @@ async fn read_frame<R: tokio::io::AsyncBufRead + Unpin>(
     Ok(Some(h[0]))
 }
 
-/// A frame with first byte `b0`, masked with `mask` when given.
+/// A frame with first byte `b0` (FIN, RSV bits, opcode as given), masked with `mask` when
+/// given: core's encoder, with the RSV bits (RSV1: compressed) set on top.
 fn frame(b0: u8, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
-    let mut f = Vec::with_capacity(payload.len() + 14);
-    f.push(b0);
-    let m = if mask.is_some() { 0x80 } else { 0 };
-    match payload.len() {
-        n if n < 126 => f.push(m | n as u8),
-        n if n <= 0xffff => {
-            f.push(m | 126);
-            f.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            f.push(m | 127);
-            f.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    match mask {
-        Some(k) => {
-            f.extend_from_slice(&k);
-            f.extend(payload.iter().enumerate().map(|(i, b)| b ^ k[i % 4]));
-        }
-        None => f.extend_from_slice(payload),
-    }
+    let mut f = sigmesh_core::frame::frame(b0 & 0x0f, b0 & 0x80 != 0, payload, mask);
+    f[0] |= b0 & 0x70;
     f
 }
 
