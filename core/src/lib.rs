@@ -36,6 +36,7 @@ pub mod bucket;
 pub mod compiled;
 pub mod config;
 pub mod credentials;
+pub mod engine_io;
 pub mod frame;
 pub mod ice;
 pub mod label;

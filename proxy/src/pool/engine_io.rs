@@ -24,10 +24,7 @@ use super::Endpoint;
 pub const MAX_SIDS: usize = 65_536;
 /// A sid not seen for this long is forgotten.
 pub const EXPIRY: Duration = Duration::from_secs(120);
-/// Longest sid accepted (Engine.IO's are 20 characters).
-pub const MAX_SID: usize = 64;
-/// Longest open-packet answer read to find the sid.
-pub const MAX_OPEN_PACKET: usize = 16 * 1024;
+pub use sigmesh_core::engine_io::{MAX_OPEN_PACKET, MAX_SID, is_open, sid_in_open_packet, sid_of};
 
 struct Pin {
     upstream: usize,
@@ -95,56 +92,6 @@ impl Sids {
     }
 }
 
-fn valid_sid(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= MAX_SID
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-}
-
-fn param<'q>(query: &'q str, name: &str) -> Option<&'q str> {
-    query
-        .split('&')
-        .filter_map(|kv| kv.split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v)
-}
-
-/// The `sid` of an Engine.IO request's query, when it is one.
-pub fn sid_of(query: Option<&str>) -> Option<&str> {
-    let q = query?;
-    param(q, "EIO")?;
-    param(q, "sid").filter(|s| valid_sid(s))
-}
-
-/// Whether a request opens an Engine.IO session (polling, no `sid`): its answer carries one.
-pub fn is_open(query: Option<&str>) -> bool {
-    query.is_some_and(|q| {
-        param(q, "EIO").is_some()
-            && param(q, "transport") == Some("polling")
-            && param(q, "sid").is_none()
-    })
-}
-
-/// The sid in an open packet (`0{"sid":"…"}`, optionally `LEN:` first, Engine.IO 3).
-pub fn sid_in_open_packet(body: &[u8]) -> Option<String> {
-    let text = std::str::from_utf8(body.get(..body.len().min(MAX_OPEN_PACKET))?).ok()?;
-    // Engine.IO 3: `LEN:packet` (then maybe more packets); the open packet is ASCII, so its
-    // length in characters is its length in bytes.
-    let text = match text.split_once(':') {
-        Some((len, rest)) if !len.is_empty() && len.bytes().all(|b| b.is_ascii_digit()) => {
-            rest.get(..len.parse::<usize>().ok()?)?
-        }
-        _ => text,
-    };
-    let json = text.strip_prefix('0')?;
-    // The packet may be followed by others (`\x1e`-separated in Engine.IO 4).
-    let json = json.split('\u{1e}').next()?;
-    let v: serde_json::Value = serde_json::from_str(json).ok()?;
-    let sid = v.get("sid")?.as_str()?;
-    valid_sid(sid).then(|| sid.to_owned())
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -165,48 +112,5 @@ mod tests {
         // The newest is there; one sweep made room for a sixteenth, not one entry per insert.
         assert!(sids.get(&format!("s{}", MAX_SIDS + 9)).is_some());
         assert_eq!(sids.len(), MAX_SIDS - MAX_SIDS / 16 + 10);
-    }
-
-    #[test]
-    fn sids_are_read_from_queries_and_open_packets() {
-        assert_eq!(
-            sid_of(Some("EIO=4&transport=polling&sid=abc_-1")),
-            Some("abc_-1")
-        );
-        assert_eq!(
-            sid_of(Some("transport=polling&sid=abc")),
-            None,
-            "not Engine.IO"
-        );
-        assert_eq!(sid_of(Some("EIO=4&sid=a%20b")), None, "not a sid");
-        assert!(is_open(Some("EIO=4&transport=polling&t=x")));
-        assert!(!is_open(Some("EIO=4&transport=polling&sid=x")));
-        assert!(!is_open(Some("EIO=4&transport=websocket")));
-        let open =
-            br#"0{"sid":"lv_VI97HAXpY6yYWAAAC","upgrades":["websocket"],"pingInterval":25000}"#;
-        assert_eq!(
-            sid_in_open_packet(open).as_deref(),
-            Some("lv_VI97HAXpY6yYWAAAC")
-        );
-        // Engine.IO 3: a length first, maybe more packets after.
-        assert_eq!(
-            sid_in_open_packet(br#"28:0{"sid":"abc","upgrades":[]}2:40"#).as_deref(),
-            Some("abc")
-        );
-        assert_eq!(
-            sid_in_open_packet(br#"14:0{"sid":"abc"}"#).as_deref(),
-            Some("abc")
-        );
-        assert_eq!(
-            sid_in_open_packet(br#"99:0{"sid":"abc"}"#),
-            None,
-            "a length past the end"
-        );
-        assert_eq!(
-            sid_in_open_packet(b"0{\"sid\":\"abc\"}\x1e40").as_deref(),
-            Some("abc")
-        );
-        assert_eq!(sid_in_open_packet(b"hello"), None);
-        assert_eq!(sid_in_open_packet(br#"0{"sid":"<script>"}"#), None);
     }
 }
