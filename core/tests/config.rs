@@ -115,7 +115,7 @@ fn contract_example_loads() {
         (50, 100, OnExceed::Drop)
     );
     let rooms = r.limits.rooms.unwrap();
-    assert_eq!((rooms.rate, rooms.burst), (200, 400));
+    assert_eq!((rooms.rate.rate, rooms.rate.burst), (200, 400));
     assert_eq!(r.split.sticky, Sticky::Query("room".into()));
     assert_eq!(r.override_header(), "x-sigmesh-upstream");
     assert_eq!(r.upstreams.len(), 2);

@@ -25,6 +25,7 @@
 pub mod admin;
 pub mod app;
 pub mod clock;
+pub mod cluster;
 pub mod credentials_auth;
 pub mod demo;
 pub mod drain;

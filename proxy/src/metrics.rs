@@ -84,6 +84,12 @@ pub struct ReconnectLabels {
     pub result: &'static str,
 }
 
+/// `op`
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OpLabel {
+    pub op: &'static str,
+}
+
 /// `result`
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabel {
@@ -113,6 +119,12 @@ pub struct Metrics {
     /// `sigmesh_reconnect_lost_messages_total{route,upstream}`: client messages that were
     /// waiting for an endpoint that died, dropped by a reconnect.
     pub reconnect_lost: Family<RouteUpstream, Counter>,
+    /// `sigmesh_cluster_errors_total{op}`: decisions `cluster.on_error` made because Redis
+    /// failed, timed out or was behind an open breaker (connections, sessions, rooms), and
+    /// lease upkeep that failed (refresh, release).
+    pub cluster_errors: Family<OpLabel, Counter>,
+    /// `sigmesh_cluster_breaker_open`: 1 while the breaker in front of Redis is open.
+    pub cluster_breaker_open: Gauge,
     /// `sigmesh_trace_*`: spans exported and dropped, message events over the cap.
     pub trace: crate::telemetry::TraceMetrics,
     /// `sigmesh_turn_*`: TURN relay allocations, relayed bytes, messages.
@@ -202,6 +214,18 @@ impl Metrics {
             "Client messages waiting for a failed endpoint, dropped when the session moved",
             reconnect_lost.clone(),
         );
+        let cluster_errors = Family::default();
+        registry.register(
+            "sigmesh_cluster_errors",
+            "Decisions made by cluster.on_error because Redis failed, timed out or its breaker was open, by op",
+            cluster_errors.clone(),
+        );
+        let cluster_breaker_open = Gauge::default();
+        registry.register(
+            "sigmesh_cluster_breaker_open",
+            "1 while the circuit breaker in front of cluster.redis is open (no call is made)",
+            cluster_breaker_open.clone(),
+        );
         let trace = crate::telemetry::TraceMetrics::register(&mut registry);
         let turn = TurnMetrics::register(&mut registry);
         let signal = SignalMetrics::register(&mut registry);
@@ -220,6 +244,8 @@ impl Metrics {
             drain_pending,
             session_reconnects,
             reconnect_lost,
+            cluster_errors,
+            cluster_breaker_open,
             trace,
             turn,
             signal,

@@ -19,10 +19,12 @@ use std::sync::Arc;
 use http::header::{HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
+use sigmesh_core::config::OnClusterError;
 use sigmesh_core::label::Outcome;
-use sigmesh_core::request::{self, Reply, RequestFacts, Verdict};
+use sigmesh_core::request::{self, Admission, Global, Reply, RequestFacts, SessionCounts, Verdict};
 
 use crate::clock;
+use crate::cluster::GlobalLease;
 use crate::forward::Forwarder;
 use crate::http_util::{self, Body, HeaderView};
 use crate::state::{Runtime, Shared};
@@ -51,14 +53,76 @@ pub async fn handle(
             refuse(&shared, &runtime, &req, client, reply)
         }
         Verdict::Upgrade(upgrade) => {
+            let global = match admit(&shared, &runtime, upgrade.route, &upgrade.global).await {
+                Ok(global) => global,
+                Err(reply) => {
+                    release(&shared, &upgrade.leases);
+                    return refuse(&shared, &runtime, &req, client, reply);
+                }
+            };
             let trace = ws_trace(&shared, &runtime, upgrade.route, &req, client);
-            crate::ws::upgrade(shared, runtime, upgrade, req, client, trace).await
+            crate::ws::upgrade(shared, runtime, upgrade, global, req, client, trace).await
         }
         Verdict::AwaitFirstMessage(wait) => {
+            let global = match admit(&shared, &runtime, wait.route, &wait.global).await {
+                Ok(global) => global,
+                Err(reply) => {
+                    release(&shared, &wait.leases);
+                    return refuse(&shared, &runtime, &req, client, reply);
+                }
+            };
             let trace = ws_trace(&shared, &runtime, wait.route, &req, client);
-            crate::ws::await_first(shared, runtime, wait, req, client, trace)
+            crate::ws::await_first(shared, runtime, wait, global, req, client, trace)
         }
-        Verdict::Forward(fwd) => forwarder.forward(&shared, &runtime, fwd, req, client).await,
+        Verdict::Forward(fwd) => {
+            if let Err(reply) = admit(&shared, &runtime, fwd.route, &fwd.global).await {
+                return refuse(&shared, &runtime, &req, client, reply);
+            }
+            forwarder.forward(&shared, &runtime, fwd, req, client).await
+        }
+    }
+}
+
+/// The `scope: global` part of a verdict, asked of `cluster.redis` (one script call) and
+/// judged by core: the session's global place, or core's refusal (429, or 503 with
+/// `on_error: deny`).
+async fn admit(
+    shared: &Shared,
+    runtime: &Runtime,
+    route: usize,
+    global: &Global,
+) -> Result<Option<GlobalLease>, Reply> {
+    if global.is_empty() {
+        return Ok(None);
+    }
+    let (answer, lease, on_error) = match shared.cluster() {
+        Some(cluster) => {
+            let (answer, lease) = cluster
+                .admit(&runtime.route(route).route.name, global)
+                .await;
+            (answer, lease, cluster.on_error())
+        }
+        // Only while a reload drops `cluster:` under a request of the old generation.
+        None => (
+            Admission::Failed,
+            None,
+            runtime
+                .config()
+                .cluster
+                .as_ref()
+                .map_or(OnClusterError::Deny, |c| c.on_error),
+        ),
+    };
+    match global.judge(route, answer, on_error) {
+        None => Ok(lease),
+        Some(reply) => Err(reply),
+    }
+}
+
+/// Gives back the local places of a request refused before its session started.
+fn release(shared: &Shared, leases: &[request::Lease]) {
+    for l in leases {
+        shared.counts().release(&l.cap, &l.key);
     }
 }
 

@@ -174,6 +174,8 @@ impl LiveRoute {
             Some((&p.live[i], &old.route))
         });
         let limits = &r.route.limits;
+        // A global connection bucket still has a local twin: the TURN credentials path lends
+        // the route's bucket per replica (core's `credentials`).
         let connections = limits.connections.as_ref().map(|c| {
             old.and_then(
                 |(live, route)| match (&live.connections, &route.limits.connections) {
@@ -183,12 +185,12 @@ impl LiveRoute {
             )
             .unwrap_or_else(|| new_buckets(c.rate))
         });
-        let rooms = limits.rooms.map(|rate| {
+        let rooms = limits.rooms.filter(|r| !r.scope.is_global()).map(|rooms| {
             old.and_then(|(live, route)| match (&live.rooms, route.limits.rooms) {
-                (Some(b), Some(or)) if or == rate => Some(b.clone()),
+                (Some(b), Some(or)) if or == rooms => Some(b.clone()),
                 _ => None,
             })
-            .unwrap_or_else(|| new_buckets(rate))
+            .unwrap_or_else(|| new_buckets(rooms.rate))
         });
         LiveRoute {
             splitter: ArcSwap::from_pointee(r.splitter.clone()),
@@ -241,6 +243,35 @@ impl BucketStore for Runtime {
     }
 }
 
+/// The buckets a session takes from: its generation's, and `cluster.redis` for a route whose
+/// room bucket is `scope: global`.
+pub struct SessionBuckets<'a> {
+    pub runtime: &'a Runtime,
+    pub cluster: Option<&'a Arc<crate::cluster::Cluster>>,
+}
+
+impl BucketStore for SessionBuckets<'_> {
+    fn take(&self, bucket: Bucket, key: &str, rate: &Rate, now: Duration) -> BucketVerdict {
+        if let Bucket::Rooms { route } = bucket
+            && let Some(r) = self.runtime.compiled.routes.get(route)
+            && r.route.limits.rooms.is_some_and(|l| l.scope.is_global())
+        {
+            return match self.cluster {
+                Some(c) => c.take_room(&r.route.name, key, rate, now),
+                // The config in force lost its `cluster:` while this session lives: the
+                // session's generation still says global, and there is no store to ask.
+                None => match self.runtime.config().cluster.as_ref().map(|c| c.on_error) {
+                    Some(sigmesh_core::config::OnClusterError::Deny) => BucketVerdict::Limited {
+                        retry_after: Duration::from_secs(1),
+                    },
+                    _ => BucketVerdict::Allow { remaining: 0 },
+                },
+            };
+        }
+        self.runtime.take(bucket, key, rate, now)
+    }
+}
+
 impl Weights for Runtime {
     fn with_splitter(&self, route: usize, f: &mut dyn FnMut(&Splitter)) {
         if let Some(live) = self.live.get(route) {
@@ -288,6 +319,8 @@ impl SessionCounts for SessionCounter {
 pub struct Places {
     counter: Arc<SessionCounter>,
     leases: Vec<Lease>,
+    /// Its place in a `scope: global` session count (given back when dropped).
+    pub global: Option<crate::cluster::GlobalLease>,
     /// Its place on the upstream endpoint, once connected.
     pub endpoint: Option<crate::pool::Lease>,
 }
@@ -297,6 +330,7 @@ impl Places {
         Places {
             counter,
             leases,
+            global: None,
             endpoint: None,
         }
     }
@@ -362,6 +396,8 @@ pub struct Shared {
     counts: Arc<SessionCounter>,
     /// TLS on `listen`, when `tls:` is set (installed once at start).
     tls: std::sync::OnceLock<Arc<crate::tls::TlsState>>,
+    /// `cluster.redis`, while the config in force has one (rebuilt when it changes).
+    cluster: arc_swap::ArcSwapOption<crate::cluster::Cluster>,
 }
 
 impl Shared {
@@ -369,6 +405,11 @@ impl Shared {
         let metrics = Metrics::new();
         let telemetry = Telemetry::start(runtime.config().tracing.as_ref(), &metrics.trace);
         let turn = Arc::new(TurnState::new(metrics.turn.clone()));
+        let cluster = runtime
+            .config()
+            .cluster
+            .as_ref()
+            .map(|c| crate::cluster::Cluster::start(c, metrics.clone()));
         Arc::new(Shared {
             tuning,
             runtime: ArcSwap::from_pointee(runtime),
@@ -382,6 +423,7 @@ impl Shared {
             turn,
             counts: Arc::default(),
             tls: std::sync::OnceLock::new(),
+            cluster: arc_swap::ArcSwapOption::new(cluster),
         })
     }
 
@@ -405,9 +447,21 @@ impl Shared {
         self.runtime.load_full()
     }
 
-    /// Puts a new config generation in force (new connections use it).
+    /// Puts a new config generation in force (new connections use it). A changed `cluster:`
+    /// gets a new client; sessions keep the one their places were taken in.
     pub fn replace_runtime(&self, runtime: Runtime) {
+        let wanted = runtime.config().cluster.as_ref();
+        let current = self.cluster.load_full();
+        if current.as_ref().map(|c| c.config()) != wanted {
+            self.cluster
+                .store(wanted.map(|c| crate::cluster::Cluster::start(c, self.metrics.clone())));
+        }
         self.runtime.store(Arc::new(runtime));
+    }
+
+    /// `cluster.redis`, if the config in force has one.
+    pub fn cluster(&self) -> Option<Arc<crate::cluster::Cluster>> {
+        self.cluster.load_full()
     }
 
     pub fn tuning(&self) -> &Tuning {

@@ -39,6 +39,8 @@ use std::time::Duration;
 
 use crate::config::Rate;
 
+pub mod global;
+
 /// A bucket's verdict.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BucketVerdict {

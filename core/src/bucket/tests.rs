@@ -224,3 +224,79 @@ fn a_stored_fraction_over_a_shorter_period_never_underflows() {
         }
     }
 }
+
+/// The global bucket (µs, the Redis script's twin) gives the local bucket's answers for times
+/// and periods in whole microseconds: same grants, same retry-after, over random sequences of
+/// shapes, gaps and takes.
+#[test]
+fn global_bucket_is_the_local_bucket_in_microseconds() {
+    use super::global::{GlobalBucket, fits};
+    let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut next = move |m: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % m
+    };
+    for _ in 0..300 {
+        let r = rate(
+            1 + next(50) as u32,
+            Duration::from_micros(1 + next(3_000_000)),
+            1 + next(40) as u32,
+        );
+        assert!(fits(&r));
+        let mut local = TokenBucket::new(&r, Duration::ZERO);
+        let mut global = GlobalBucket::new(&r, 0);
+        let mut now = 0u64;
+        for _ in 0..200 {
+            now += match next(4) {
+                0 => 0,
+                1 => next(1_000),
+                2 => next(200_000),
+                _ => next(10_000_000),
+            };
+            let l = local.try_take(&r, Duration::from_micros(now));
+            let g = global.take(&r, 1, now);
+            match l {
+                BucketVerdict::Allow { remaining } => {
+                    assert_eq!((g.granted, g.remaining), (1, u64::from(remaining)), "{r:?}");
+                }
+                BucketVerdict::Limited { retry_after } => {
+                    assert_eq!(g.granted, 0, "{r:?}");
+                    // Local rounds up to the ns, global to the µs.
+                    assert!(
+                        g.retry_after >= retry_after
+                            && g.retry_after - retry_after < Duration::from_micros(1),
+                        "{r:?}: {:?} vs {retry_after:?}",
+                        g.retry_after
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn global_bucket_grants_a_batch_up_to_what_it_holds() {
+    use super::global::GlobalBucket;
+    let r = rate(10, S, 20);
+    let mut b = GlobalBucket::new(&r, 0);
+    assert_eq!(b.take(&r, 8, 0).granted, 8);
+    assert_eq!(b.take(&r, 8, 0).granted, 8);
+    let t = b.take(&r, 8, 0);
+    assert_eq!((t.granted, t.remaining), (4, 0));
+    let t = b.take(&r, 8, 0);
+    assert_eq!(t.granted, 0);
+    assert_eq!(t.retry_after, Duration::from_millis(100));
+    assert_eq!(t.reset, Duration::from_secs(2));
+    // 250 ms later: 2 whole tokens and half of one.
+    let t = b.take(&r, 8, 250_000);
+    assert_eq!((t.granted, t.remaining), (2, 0));
+}
+
+#[test]
+fn global_buckets_that_do_not_fit_doubles_are_refused() {
+    use super::global::fits;
+    assert!(fits(&rate(u32::MAX, S, u32::MAX)));
+    assert!(!fits(&rate(1, Duration::from_secs(3600), u32::MAX)));
+}

@@ -40,6 +40,7 @@ fn load_mode(text: &str, mode: Mode) -> Result<Config, ConfigErrors> {
     let mut cx = Validator {
         mode,
         errors: parsed.errors,
+        cluster: false,
     };
     let config = parsed
         .root

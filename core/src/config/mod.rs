@@ -56,6 +56,57 @@ pub struct Config {
     /// `tls:`: present, `listen` speaks TLS only.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<Tls>,
+    /// `cluster:`: state shared by every replica (`scope: global` limits).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<Cluster>,
+}
+
+/// `cluster:`: where replicas share `scope: global` buckets and session counts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Cluster {
+    /// `redis://[user:pass@]host:port/db`, `rediss://…` (TLS) or `redis+unix:///path`.
+    pub redis: String,
+    /// The most any decision waits for Redis. Default `50ms`.
+    #[serde(with = "duration_str")]
+    pub timeout: Duration,
+    /// What a decision is when Redis fails or is slower than `timeout`. Default `allow`.
+    pub on_error: OnClusterError,
+    /// How long a replica's place in a global session count lives without a refresh (a dead
+    /// replica's places are gone after this). Default `15s`; refreshed every third of it.
+    #[serde(with = "duration_str")]
+    pub lease: Duration,
+    /// Prefix of every key sigmesh writes (replicas of one fleet share it). Default `sigmesh:`.
+    pub key_prefix: String,
+}
+
+/// `cluster.on_error`
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnClusterError {
+    /// Fail open: the request or message goes through (counted).
+    #[default]
+    Allow,
+    /// Fail closed: refused (503 for a request; a message is dropped or closes the session
+    /// as `on_exceed` says).
+    Deny,
+}
+
+/// Where a limit's state lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    /// In this process (or this Envoy).
+    #[default]
+    Local,
+    /// In `cluster.redis`, shared by every replica.
+    Global,
+}
+
+impl Scope {
+    /// `true` for [`Scope::Global`].
+    pub fn is_global(self) -> bool {
+        self == Scope::Global
+    }
 }
 
 /// `tls:` on `listen`. Files are read by the front end (core does no I/O).
@@ -304,7 +355,7 @@ pub struct Limits {
     pub messages: Option<MessageLimit>,
     /// Messages per room (needs `websocket.signaling.room` or a sticky room key).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub rooms: Option<Rate>,
+    pub rooms: Option<RoomLimit>,
     /// Live sessions per key (`limits.sessions`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sessions: Option<SessionCap>,
@@ -317,6 +368,20 @@ pub struct SessionCap {
     pub max: u32,
     /// What is counted.
     pub key: SessionKey,
+    /// Counted in this process, or across the fleet.
+    #[serde(skip_serializing_if = "is_default")]
+    pub scope: Scope,
+}
+
+/// `limits.rooms`
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct RoomLimit {
+    /// The bucket of each room.
+    #[serde(flatten)]
+    pub rate: Rate,
+    /// Kept in this process, or across the fleet.
+    #[serde(skip_serializing_if = "is_default")]
+    pub scope: Scope,
 }
 
 /// `limits.sessions.key`
@@ -342,7 +407,7 @@ pub struct ProcessLimits {
 }
 
 /// A token bucket's shape: `rate` tokens every `per`, holding at most `burst`.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Rate {
     /// Tokens added every `per`. At least 1.
     pub rate: u32,
@@ -361,6 +426,9 @@ pub struct ConnectionLimit {
     pub rate: Rate,
     /// What one bucket is kept for. Default `client_ip`.
     pub key: LimitKey,
+    /// Kept in this process, or across the fleet.
+    #[serde(skip_serializing_if = "is_default")]
+    pub scope: Scope,
 }
 
 /// `limits.connections.key`
@@ -692,6 +760,9 @@ impl Config {
         }
         if let Some(t) = c.tracing.as_mut() {
             t.otlp_endpoint = redact_userinfo(&t.otlp_endpoint);
+        }
+        if let Some(cl) = c.cluster.as_mut() {
+            cl.redis = redact_userinfo(&cl.redis);
         }
         c
     }

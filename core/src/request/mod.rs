@@ -41,8 +41,11 @@ use crate::route::{Headers, RequestHead, normalize_path};
 use crate::signal::{pointer_value, sticky_key};
 use crate::split::{Pick, Reason, Splitter};
 
+mod global;
 mod reply;
 mod turn_credentials;
+
+pub use global::{Admission, Global, GlobalPlace, GlobalTake};
 
 pub use reply::{
     HeaderEdits, MAX_KEY_BYTES, MAX_SHOWN_BYTES, RateLimited, Refusal, Reply, bucket_key,
@@ -180,6 +183,8 @@ pub struct Upgrade {
     pub deflate: bool,
     /// The places the session holds in the live-session counts, to give back when it ends.
     pub leases: Vec<Lease>,
+    /// What the fleet's store must allow first (`scope: global`).
+    pub global: Global,
 }
 
 /// A WebSocket upgrade whose upstream is picked from the client's first message.
@@ -195,6 +200,8 @@ pub struct AwaitFirst {
     pub deflate: bool,
     /// As [`Upgrade::leases`] (moved to the upgrade by [`AwaitFirst::pick`]).
     pub leases: Vec<Lease>,
+    /// As [`Upgrade::global`]: asked before the client's 101.
+    pub global: Global,
 }
 
 /// A plain HTTP request to forward.
@@ -210,6 +217,8 @@ pub struct Forward {
     pub edits: HeaderEdits,
     /// The sticky key, if the request has one: what an endpoint is picked by.
     pub room: Option<String>,
+    /// As [`Upgrade::global`] (a connection bucket only).
+    pub global: Global,
 }
 
 /// The verdict on a request.
@@ -274,11 +283,22 @@ pub fn decide<H: Headers + ?Sized>(
     {
         return Verdict::Respond(reply.route_of(index).of_upgrade(true));
     }
-    if let Some(reply) = connection_limit(c, index, req, buckets) {
-        return Verdict::Respond(reply.of_upgrade(upgrade.is_some()));
+    let mut global = Global::default();
+    match route.limits.connections.as_ref() {
+        Some(l) if l.scope.is_global() => {
+            global.bucket = Some(GlobalTake {
+                key: connection_key(&l.key, req.client_ip, req.headers),
+                rate: l.rate,
+            });
+        }
+        _ => {
+            if let Some(reply) = connection_limit(c, index, req, buckets) {
+                return Verdict::Respond(reply.of_upgrade(upgrade.is_some()));
+            }
+        }
     }
     let leases = match upgrade {
-        Some(_) => match take_places(c, index, req, sessions) {
+        Some(_) => match take_places(c, index, req, sessions, &mut global) {
             Ok(leases) => leases,
             Err(reply) => return Verdict::Respond(reply.of_upgrade(true)),
         },
@@ -302,6 +322,7 @@ pub fn decide<H: Headers + ?Sized>(
             edits,
             deflate,
             leases,
+            global,
         });
     }
     let room = sticky_key(&route.split.sticky, req.query, req.headers);
@@ -322,6 +343,7 @@ pub fn decide<H: Headers + ?Sized>(
             edits,
             deflate,
             leases,
+            global,
         }),
         None => Verdict::Forward(Forward {
             route: index,
@@ -329,6 +351,7 @@ pub fn decide<H: Headers + ?Sized>(
             reason: pick.reason,
             edits,
             room,
+            global,
         }),
     }
 }
@@ -369,6 +392,7 @@ impl AwaitFirst {
             edits,
             deflate: self.deflate,
             leases: std::mem::take(&mut self.leases),
+            global: std::mem::take(&mut self.global),
         }
     }
 }
@@ -419,12 +443,13 @@ fn pick(
 
 /// The live-session caps of an upgrade, in order: the process (503), the client IP (429), the
 /// route's `limits.sessions` (429). A place is taken in each; when one is full, those taken
-/// are given back.
+/// are given back. A `scope: global` route cap is left in `global` for the fleet's store.
 fn take_places<H: Headers + ?Sized>(
     c: &Compiled,
     route: usize,
     req: &RequestFacts<'_, H>,
     sessions: &dyn SessionCounts,
+    global: &mut Global,
 ) -> Result<Vec<Lease>, Reply> {
     let l = &c.config.limits;
     let r = &c.routes[route].route;
@@ -442,7 +467,14 @@ fn take_places<H: Headers + ?Sized>(
             SessionKey::Header(name) => req.headers.get(name).map(str::to_owned),
         };
         // Without the key (no room in the request) the cap has nothing to count.
-        if let Some(key) = key {
+        if let Some(key) = key.as_deref()
+            && cap.scope.is_global()
+        {
+            global.place = Some(GlobalPlace {
+                key: bucket_key(key).into_owned(),
+                max: cap.max,
+            });
+        } else if let Some(key) = key {
             wanted.push((
                 Cap::Route(r.name.clone()),
                 bucket_key(&key).into_owned(),

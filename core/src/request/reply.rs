@@ -22,6 +22,8 @@ pub enum Refusal {
     BadCredentialsRequest,
     /// `turn.credentials_auth` did not allow it (401, 403), or could not answer (502, 504).
     CredentialsAuth,
+    /// `cluster.on_error: deny` and the shared store did not answer (503).
+    ClusterDown,
 }
 
 /// A local answer.

@@ -81,7 +81,7 @@ impl Limiter {
                 .as_ref()
                 .map_or(OnExceed::Drop, |(l, _)| l.on_exceed),
             messages,
-            rooms: route.limits.rooms,
+            rooms: route.limits.rooms.map(|r| r.rate),
         }
     }
 

@@ -116,6 +116,7 @@ pub async fn upgrade(
     shared: Arc<Shared>,
     runtime: Arc<Runtime>,
     mut up: Upgrade,
+    global: Option<crate::cluster::GlobalLease>,
     mut req: Request<Incoming>,
     client: SocketAddr,
     trace: Option<Arc<SessionTrace>>,
@@ -133,7 +134,8 @@ pub async fn upgrade(
     let Some(hs) = ClientHandshake::take(&mut req, client, &up.edits, trusted, up.deflate) else {
         return missing_key();
     };
-    let places = Places::new(shared.counts().clone(), std::mem::take(&mut up.leases));
+    let mut places = Places::new(shared.counts().clone(), std::mem::take(&mut up.leases));
+    places.global = global;
     let failover = failover::Failover::new(
         &runtime.route(up.route).route,
         (&hs.headers, &hs.path_and_query),
@@ -213,6 +215,7 @@ pub fn await_first(
     shared: Arc<Shared>,
     runtime: Arc<Runtime>,
     mut wait: AwaitFirst,
+    global: Option<crate::cluster::GlobalLease>,
     mut req: Request<Incoming>,
     client: SocketAddr,
     trace: Option<Arc<SessionTrace>>,
@@ -229,7 +232,8 @@ pub fn await_first(
     if let Some(t) = &trace {
         t.accepted();
     }
-    let places = Places::new(shared.counts().clone(), std::mem::take(&mut wait.leases));
+    let mut places = Places::new(shared.counts().clone(), std::mem::take(&mut wait.leases));
+    places.global = global;
     let start = Start {
         shared,
         runtime,

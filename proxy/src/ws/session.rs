@@ -144,13 +144,18 @@ pub(super) async fn run(
     let write_timeout = shared.tuning().write_timeout;
     // Set once the session is ending: the timer is then the close grace.
     let mut ending = false;
+    let cluster = shared.cluster();
+    let buckets = crate::state::SessionBuckets {
+        runtime: &runtime,
+        cluster: cluster.as_ref(),
+    };
     loop {
         let wake = poll_fn(|task| {
             // One clock read per wake, not per message.
             let env = SessionEnv {
                 route: compiled,
                 route_index: route,
-                buckets: &*runtime,
+                buckets: &buckets,
                 now: clock::now(),
             };
             let mut recorder = Recorder {

@@ -4,8 +4,10 @@ use std::time::Duration;
 
 use super::super::tree::Node;
 use super::super::{
-    ConnectionLimit, LimitKey, Limits, MessageLimit, OnExceed, Rate, SessionCap, SessionKey,
+    ConnectionLimit, LimitKey, Limits, MessageLimit, OnExceed, Rate, RoomLimit, SessionCap,
+    SessionKey,
 };
+use super::cluster::scope;
 use super::fields::{Fields, fields};
 use super::scalars::{header_name, int_in, positive_duration, string};
 use super::{CONNECTIONS, LIMITS, MESSAGES, ROOMS, SESSIONS, Validator};
@@ -52,8 +54,14 @@ pub(super) fn limits(
                     }
                 }
             }
+            let scope = scope(cx, &c, "connection buckets");
+            if let Some(rate) = &rate
+                && scope.is_global()
+            {
+                global_rate(cx, &c, rate);
+            }
             if let Some(rate) = rate {
-                l.connections = Some(ConnectionLimit { rate, key });
+                l.connections = Some(ConnectionLimit { rate, key, scope });
             }
         }
     }
@@ -95,7 +103,14 @@ pub(super) fn limits(
                     "room limits need to know the room: set `websocket.signaling.room` (a JSON pointer such as `/room`), or `split.sticky` to `query:`, `header:` or `cookie:`",
                 );
             }
-            l.rooms = rate(cx, &r);
+            let scope = scope(cx, &r, "room buckets");
+            let rate = rate(cx, &r);
+            if let Some(rate) = &rate
+                && scope.is_global()
+            {
+                global_rate(cx, &r, rate);
+            }
+            l.rooms = rate.map(|rate| RoomLimit { rate, scope });
         }
     }
     if let Some(n) = f.get("sessions") {
@@ -158,22 +173,11 @@ fn session_cap(cx: &mut Validator, f: &Fields<'_>, sticky_room: bool) -> Option<
              `split.sticky` to `query:`, `header:` or `cookie:`",
         );
     }
-    if let Some(n) = f.value("scope")
-        && let Some(v) = string(cx, n, &f.path("scope"))
-        && v.trim() != "local"
-    {
-        cx.err(
-            &f.path("scope"),
-            n.line,
-            format!(
-                "`{}`: only `local` is available in this build (`global` needs `cluster.redis`)",
-                v.trim()
-            ),
-        );
-    }
+    let scope = scope(cx, f, "session counts");
     Some(SessionCap {
         max: u32::try_from(max?).ok()?,
         key,
+        scope,
     })
 }
 
@@ -199,4 +203,17 @@ fn rate(cx: &mut Validator, f: &Fields<'_>) -> Option<Rate> {
     let rate = u32::try_from(rate?).ok()?;
     let burst = u32::try_from(burst?).ok()?;
     Some(Rate { rate, per, burst })
+}
+
+/// A global bucket is computed by a Redis script in microseconds with Lua's numbers (exact
+/// integers below 2^53): `burst × per` must stay below that (`crate::bucket::global`).
+fn global_rate(cx: &mut Validator, f: &Fields<'_>, rate: &Rate) {
+    if !crate::bucket::global::fits(rate) {
+        cx.err(
+            &f.path("burst"),
+            f.key_line("burst"),
+            "a `scope: global` bucket needs `burst × per` below 2^53 µs (about 285 years of \
+             tokens): use a smaller `burst` or a shorter `per`",
+        );
+    }
 }

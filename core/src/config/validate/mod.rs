@@ -16,6 +16,7 @@
 //! - `upstreams`: a route's `split` (stickiness, override header) and `upstreams`;
 //! - `turn`: the `turn` (with its relay) and `tracing` sections.
 
+mod cluster;
 mod fields;
 mod limits;
 mod pools;
@@ -47,6 +48,8 @@ pub(crate) enum Mode {
 pub(crate) struct Validator {
     pub mode: Mode,
     pub errors: Vec<ConfigError>,
+    /// The document has a `cluster:` (read before the routes, whose `scope: global` needs it).
+    pub cluster: bool,
 }
 
 impl Validator {
@@ -85,6 +88,7 @@ const TOP_PROXY: &[&str] = &[
     "turn",
     "tracing",
     "tls",
+    "cluster",
 ];
 const ADMIN_AUTH: &[&str] = &["token_file"];
 const TOP_FILTER: &[&str] = &["routes", "turn"];
@@ -113,9 +117,9 @@ const SIGNALING: &[&str] = &["type", "room", "peer"];
 const LIMITS: &[&str] = &["connections", "messages", "rooms", "sessions"];
 const SESSIONS: &[&str] = &["max", "key", "scope"];
 const PROCESS_LIMITS: &[&str] = &["max_sessions", "max_sessions_per_ip"];
-const CONNECTIONS: &[&str] = &["rate", "per", "burst", "key"];
+const CONNECTIONS: &[&str] = &["rate", "per", "burst", "key", "scope"];
 const MESSAGES: &[&str] = &["rate", "per", "burst", "on_exceed"];
-const ROOMS: &[&str] = &["rate", "per", "burst"];
+const ROOMS: &[&str] = &["rate", "per", "burst", "scope"];
 const SPLIT: &[&str] = &["sticky", "override_header", "override_from"];
 const UPSTREAM_PROXY: &[&str] = &[
     "name",
@@ -198,6 +202,10 @@ pub(crate) fn config(cx: &mut Validator, root: &Node) -> Config {
                     "tls",
                     "not used by the Wasm filter: Envoy terminates TLS (a DownstreamTlsContext on its listener); remove it",
                 ),
+                (
+                    "cluster",
+                    "not used by the Wasm filter: limits across the mesh are Envoy's global rate limit service (see istio/ratelimit.yaml); remove it",
+                ),
             ],
         ),
     };
@@ -213,11 +221,18 @@ pub(crate) fn config(cx: &mut Validator, root: &Node) -> Config {
         limits: super::ProcessLimits::default(),
         trust_forwarded_from: Vec::new(),
         tls: None,
+        cluster: None,
     };
     let Some(f) = fields(cx, root, "", allowed, extra) else {
         return c;
     };
     if mode == Mode::Proxy {
+        if let Some(n) = f.get("cluster") {
+            // Even an invalid `cluster:` counts as present: its own errors say what is wrong,
+            // and the routes' `scope: global` need not repeat it.
+            cx.cluster = true;
+            c.cluster = cluster::cluster(cx, n, "cluster");
+        }
         if let Some(n) = f.value("listen")
             && let Some(a) = socket_addr(cx, n, "listen")
         {
