@@ -1,23 +1,24 @@
 //! Global room buckets without a Redis round trip per message: each replica leases tokens from
 //! the room's bucket in Redis in batches and spends them locally.
 //!
-//! Per room, a replica holds `tokens` (leased, unspent; -1 while it owes one):
+//! Per room, a replica holds `tokens`: leased and unspent, or negative while it owes some:
 //! - a message takes a leased token when there is one; when the lease runs down to half a
 //!   batch, a refill is asked in the background (never on the message's path);
-//! - with no leased token and none known to be missing in Redis, the message may **borrow**
-//!   one (`tokens` goes to -1) while the refill is out: the first message of a room never
-//!   waits for Redis. The debt is paid from the next grant, and nothing more is borrowed until
-//!   it is paid;
+//! - with no leased token, and none known to be missing in Redis, a message may **borrow** a
+//!   token, up to one batch owed: the first messages of a room never wait for Redis. The debt
+//!   is paid from the next grant (a refill asks for a batch plus the debt);
 //! - when Redis grants less than asked, the room's bucket is empty: messages are refused until
 //!   the retry-after Redis gave;
 //! - leased tokens are spent within [`LEASE`] or dropped (never given back).
 //!
-//! **The error bound.** Every message let through is paid by a token the shared bucket granted,
-//! except at most one borrowed message per room per replica at a time. So with `R` replicas,
-//! a room gets at most `burst + rate × (t + LEASE) + R` messages in any window `t` (against
-//! `burst + rate × t` for one bucket in one place), and a message may be refused while up to
-//! `R × batch` tokens sit leased in other replicas (for at most [`LEASE`]). `batch` is
-//! [`batch`]: an eighth of the burst, from 1 to 64.
+//! **The error bound.** Every message let through is paid by a token the shared bucket
+//! granted, except at most one batch borrowed per room per replica at a time. So with `R`
+//! replicas, a room gets at most `burst + rate × (t + LEASE) + R × batch` messages in any
+//! window `t` (against `burst + rate × t` for one bucket in one place). The other way, a
+//! message may be refused while up to `R × batch` tokens sit leased in other replicas (for at
+//! most [`LEASE`]), or when more than a batch of a room's messages reach one replica within
+//! one Redis round trip (its refill is still out). `batch` is [`batch`]: an eighth of the
+//! burst, from 1 to 64.
 //!
 //! The table holds at most [`MAX_ROOMS`] rooms; when it is full, rooms whose lease ran out are
 //! dropped first, then all (dropping unspent tokens only refuses more, never less; a dropped
@@ -45,7 +46,7 @@ pub fn batch(rate: &Rate) -> i64 {
 
 #[derive(Debug, Clone, Copy, Default)]
 struct Room {
-    /// Leased and unspent; -1 while one borrowed token is owed.
+    /// Leased and unspent; negative while borrowed tokens are owed (at most a batch).
     tokens: i64,
     /// Leased tokens are dropped at this `now`.
     expires: Duration,
@@ -133,8 +134,8 @@ impl Cluster {
             verdict = BucketVerdict::Limited {
                 retry_after: r.empty_until - now,
             };
-        } else if r.tokens == 0 {
-            r.tokens = -1;
+        } else if r.tokens > -batch {
+            r.tokens -= 1;
             refill = true;
             verdict = BucketVerdict::Allow { remaining: 0 };
         } else {
