@@ -387,6 +387,29 @@ impl Compiled {
                 }
             }
         }
+        if let Some(cluster) = &self.config.cluster {
+            let global = self.config.routes.iter().any(|r| {
+                let l = &r.limits;
+                l.connections.as_ref().is_some_and(|c| c.scope.is_global())
+                    || l.rooms.is_some_and(|c| c.scope.is_global())
+                    || l.sessions.as_ref().is_some_and(|c| c.scope.is_global())
+            });
+            if !global {
+                w.push(
+                    "cluster: no limit has `scope: global`, so nothing is shared through Redis"
+                        .to_owned(),
+                );
+            } else if cluster.on_error == crate::config::OnClusterError::Allow {
+                w.push(format!(
+                    "cluster.on_error: allow, so `scope: global` limits are not enforced while                      `{}` is down or slower than {:?} (counted in sigmesh_cluster_errors_total);                      `deny` refuses instead",
+                    crate::config::Config::redacted(&self.config)
+                        .cluster
+                        .map(|c| c.redis)
+                        .unwrap_or_default(),
+                    cluster.timeout
+                ));
+            }
+        }
         if let Some(turn) = &self.config.turn
             && turn.credentials_auth.is_none()
         {
