@@ -145,6 +145,7 @@ fn routes() -> Vec<Route> {
                 limits: Limits::default(),
                 split: Split::default(),
                 affinity: Default::default(),
+                rollout: None,
                 upstreams: vec![Upstream {
                     name: "u".into(),
                     url: None,

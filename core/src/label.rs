@@ -248,3 +248,72 @@ mod tests {
         }
     }
 }
+
+/// The `code_class` of `sigmesh_session_closes_total`: what a session's close code says, in a
+/// fixed set. A rollout judges `abnormal` closes: every class but `normal`, `going_away` and
+/// `restart`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CloseClass {
+    /// 1000, or a close without a code (a browser's `ws.close()`; 1005 on the other side).
+    Normal,
+    /// 1001.
+    GoingAway,
+    /// 1012 (a drain, a restart).
+    Restart,
+    /// 1008 (a limit, a policy).
+    Policy,
+    /// 1009.
+    TooBig,
+    /// 1011.
+    Error,
+    /// 1014 (the upstream failed, as a gateway says it).
+    UpstreamGone,
+    /// No close frame: the connection ended (1006).
+    NoClose,
+    /// Any other code below 3000 (1002, 1003, 1007, …).
+    Other,
+    /// 3000 to 4999: the application's own.
+    App,
+}
+
+impl CloseClass {
+    /// The class of a session's first close code (`None`: the connection ended without one).
+    pub fn of(code: Option<u16>) -> CloseClass {
+        match code {
+            None | Some(1006) => CloseClass::NoClose,
+            Some(1000 | 1005) => CloseClass::Normal,
+            Some(1001) => CloseClass::GoingAway,
+            Some(1012) => CloseClass::Restart,
+            Some(1008) => CloseClass::Policy,
+            Some(1009) => CloseClass::TooBig,
+            Some(1011) => CloseClass::Error,
+            Some(1014) => CloseClass::UpstreamGone,
+            Some(3000..=4999) => CloseClass::App,
+            Some(_) => CloseClass::Other,
+        }
+    }
+
+    /// Not 1000, 1001 or 1012.
+    pub fn is_abnormal(self) -> bool {
+        !matches!(
+            self,
+            CloseClass::Normal | CloseClass::GoingAway | CloseClass::Restart
+        )
+    }
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseClass::Normal => "normal",
+            CloseClass::GoingAway => "going_away",
+            CloseClass::Restart => "restart",
+            CloseClass::Policy => "policy",
+            CloseClass::TooBig => "too_big",
+            CloseClass::Error => "error",
+            CloseClass::UpstreamGone => "upstream_gone",
+            CloseClass::NoClose => "no_close",
+            CloseClass::Other => "other",
+            CloseClass::App => "app",
+        }
+    }
+}

@@ -41,6 +41,7 @@ pub mod frame;
 pub mod ice;
 pub mod label;
 pub mod request;
+pub mod rollout;
 pub mod route;
 pub mod session;
 pub mod signal;

@@ -342,6 +342,7 @@ mod tests {
             limits: Limits::default(),
             split: Split::default(),
             affinity: Default::default(),
+            rollout: None,
             upstreams: vec![Upstream {
                 name: "u".into(),
                 url: None,

@@ -14,6 +14,7 @@ fn route(i: usize, m: Match) -> Route {
         limits: Limits::default(),
         split: Split::default(),
         affinity: Default::default(),
+        rollout: None,
         upstreams: vec![Upstream {
             name: "u".into(),
             url: None,

@@ -8,6 +8,8 @@
 //!    `authorization: Bearer <token>` — else 401 with `www-authenticate: Bearer`. The token is
 //!    compared in constant time.
 
+mod rollout;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -72,7 +74,8 @@ async fn guarded(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
             "host not allowed: the admin API answers IP addresses, localhost and `admin_hosts`",
         );
     }
-    let open = matches!(req.uri().path(), "/healthz" | "/readyz");
+    // `/ui` is a static page with no data: it asks for the token itself (`/ui#token=…`).
+    let open = matches!(req.uri().path(), "/healthz" | "/readyz" | "/ui");
     if let Some(token) = runtime.admin_token()
         && !open
         && !bearer_matches(req.headers(), token)
@@ -114,6 +117,9 @@ fn bearer_matches(headers: &http::HeaderMap, token: &str) -> bool {
 
 pub async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path().to_owned();
+    if let Some(r) = rollout::handle(shared, req.method(), &path) {
+        return r;
+    }
     match (req.method(), path.as_str()) {
         (&Method::GET, "/healthz") => http_util::text(StatusCode::OK, "ok"),
         (&Method::GET, "/readyz") => {
@@ -228,22 +234,12 @@ fn drain_upstream(shared: &Shared, route: &str, upstream: &str, body: &[u8]) -> 
             }
         }
     };
-    let runtime = shared.runtime();
-    let Some((ri, r)) = runtime.compiled().route(route) else {
-        return not_found(&format!("no route named `{route}`"));
-    };
-    let Some(ui) = r.route.upstreams.iter().position(|u| u.name == upstream) else {
-        return not_found(&format!("route `{route}` has no upstream `{upstream}`"));
-    };
-    let Some(pool) = runtime.pools().get(ri, ui) else {
-        return not_found(&format!("route `{route}` has no upstream `{upstream}`"));
-    };
     let spread = match req
         .spread
         .as_deref()
         .map(sigmesh_core::config::duration_str::parse)
     {
-        None => runtime.config().shutdown.spread,
+        None => shared.runtime().config().shutdown.spread,
         Some(Ok(d)) if d <= Duration::from_secs(3600) => d,
         Some(Ok(_)) => return bad("`spread` is at most 1h"),
         Some(Err(e)) => return bad(&format!("`spread`: {e}")),
@@ -254,7 +250,43 @@ fn drain_upstream(shared: &Shared, route: &str, upstream: &str, body: &[u8]) -> 
     if !matches!(code, 1001 | 1012) {
         return bad("`close_code` is 1001 (going away) or 1012 (service restart)");
     }
-    let reason = if code == 1012 {
+    let sessions = match start_upstream_drain(shared, route, upstream, spread, code) {
+        Ok(n) => n,
+        Err(e) => return not_found(&e),
+    };
+    http_util::json(
+        StatusCode::OK,
+        serde_json::json!({
+            "route": route,
+            "upstream": upstream,
+            "sessions": sessions,
+            "spread": sigmesh_core::config::duration_str::format(spread),
+            "close_code": code,
+        })
+        .to_string(),
+    )
+}
+
+/// Starts a paced drain of `upstream` of `route` (its live sessions closed with `code`, spread
+/// over `spread`); how many sessions it will close.
+pub fn start_upstream_drain(
+    shared: &Shared,
+    route: &str,
+    upstream: &str,
+    spread: Duration,
+    code: u16,
+) -> Result<u64, String> {
+    let runtime = shared.runtime();
+    let Some((ri, r)) = runtime.compiled().route(route) else {
+        return Err(format!("no route named `{route}`"));
+    };
+    let Some(ui) = r.route.upstreams.iter().position(|u| u.name == upstream) else {
+        return Err(format!("route `{route}` has no upstream `{upstream}`"));
+    };
+    let Some(pool) = runtime.pools().get(ri, ui) else {
+        return Err(format!("route `{route}` has no upstream `{upstream}`"));
+    };
+    let reason = if code == sigmesh_core::frame::close_code::RESTART {
         "upstream restarting"
     } else {
         "upstream going away"
@@ -270,17 +302,7 @@ fn drain_upstream(shared: &Shared, route: &str, upstream: &str, body: &[u8]) -> 
         code,
         "upstream drain started"
     );
-    http_util::json(
-        StatusCode::OK,
-        serde_json::json!({
-            "route": route,
-            "upstream": upstream,
-            "sessions": sessions,
-            "spread": sigmesh_core::config::duration_str::format(spread),
-            "close_code": code,
-        })
-        .to_string(),
-    )
+    Ok(sessions)
 }
 
 fn not_found(reason: &str) -> Response<Body> {
@@ -311,6 +333,14 @@ fn set_weights(shared: &Shared, route: &str, body: &[u8]) -> Response<Body> {
     };
     match shared.runtime().reweight(route, &requested) {
         Ok(weights) => {
+            // Weights set by hand hold the rollout where it is (`resume` goes on).
+            if shared
+                .rollouts()
+                .pause(route, "weights set by hand")
+                .is_ok()
+            {
+                tracing::info!(route, "rollout paused: weights set by hand");
+            }
             let weights: BTreeMap<String, u32> = weights.into_iter().collect();
             tracing::info!(route, ?weights, "weights changed");
             http_util::json(

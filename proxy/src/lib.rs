@@ -38,6 +38,7 @@ pub mod metrics;
 pub mod pool;
 pub mod reload;
 pub mod request;
+pub mod rollout;
 pub mod sessions;
 pub mod state;
 pub mod telemetry;

@@ -84,6 +84,27 @@ pub struct ReconnectLabels {
     pub result: &'static str,
 }
 
+/// `route`
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabel {
+    pub route: String,
+}
+
+/// `route, reason`
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AbortLabels {
+    pub route: String,
+    pub reason: &'static str,
+}
+
+/// `route, upstream, code_class`
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CloseLabels {
+    pub route: String,
+    pub upstream: String,
+    pub code_class: &'static str,
+}
+
 /// `op`
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OpLabel {
@@ -125,6 +146,14 @@ pub struct Metrics {
     pub cluster_errors: Family<OpLabel, Counter>,
     /// `sigmesh_cluster_breaker_open`: 1 while the breaker in front of Redis is open.
     pub cluster_breaker_open: Gauge,
+    /// `sigmesh_session_closes_total{route,upstream,code_class}`: ended sessions by the class
+    /// of their first close.
+    pub session_closes: Family<CloseLabels, Counter>,
+    /// `sigmesh_rollout_step{route}`: the rollout's step (1-based; 0 before it starts and
+    /// after an abort).
+    pub rollout_step: Family<RouteLabel, Gauge>,
+    /// `sigmesh_rollout_aborts_total{route,reason}`.
+    pub rollout_aborts: Family<AbortLabels, Counter>,
     /// `sigmesh_trace_*`: spans exported and dropped, message events over the cap.
     pub trace: crate::telemetry::TraceMetrics,
     /// `sigmesh_turn_*`: TURN relay allocations, relayed bytes, messages.
@@ -226,6 +255,24 @@ impl Metrics {
             "1 while the circuit breaker in front of cluster.redis is open (no call is made)",
             cluster_breaker_open.clone(),
         );
+        let session_closes = Family::default();
+        registry.register(
+            "sigmesh_session_closes",
+            "Ended sessions by route, upstream and the class of their first close (normal, going_away, restart, policy, too_big, error, upstream_gone, no_close, other, app)",
+            session_closes.clone(),
+        );
+        let rollout_step = Family::default();
+        registry.register(
+            "sigmesh_rollout_step",
+            "The step a route's rollout is at (1-based; 0 before it starts and after an abort)",
+            rollout_step.clone(),
+        );
+        let rollout_aborts = Family::default();
+        registry.register(
+            "sigmesh_rollout_aborts",
+            "Rollouts aborted, by route and reason (abnormal_close_ratio, upstream_error_ratio, setup_p90_ratio, manual)",
+            rollout_aborts.clone(),
+        );
         let trace = crate::telemetry::TraceMetrics::register(&mut registry);
         let turn = TurnMetrics::register(&mut registry);
         let signal = SignalMetrics::register(&mut registry);
@@ -246,6 +293,9 @@ impl Metrics {
             reconnect_lost,
             cluster_errors,
             cluster_breaker_open,
+            session_closes,
+            rollout_step,
+            rollout_aborts,
             trace,
             turn,
             signal,

@@ -398,6 +398,8 @@ pub struct Shared {
     tls: std::sync::OnceLock<Arc<crate::tls::TlsState>>,
     /// `cluster.redis`, while the config in force has one (rebuilt when it changes).
     cluster: arc_swap::ArcSwapOption<crate::cluster::Cluster>,
+    /// The routes' rollouts.
+    rollouts: crate::rollout::Rollouts,
 }
 
 impl Shared {
@@ -410,7 +412,7 @@ impl Shared {
             .cluster
             .as_ref()
             .map(|c| crate::cluster::Cluster::start(c, metrics.clone()));
-        Arc::new(Shared {
+        let shared = Arc::new(Shared {
             tuning,
             runtime: ArcSwap::from_pointee(runtime),
             metrics,
@@ -424,7 +426,10 @@ impl Shared {
             counts: Arc::default(),
             tls: std::sync::OnceLock::new(),
             cluster: arc_swap::ArcSwapOption::new(cluster),
-        })
+            rollouts: crate::rollout::Rollouts::default(),
+        });
+        shared.rollouts.sync(shared.runtime().config());
+        shared
     }
 
     /// TLS on `listen`, if configured.
@@ -456,7 +461,15 @@ impl Shared {
             self.cluster
                 .store(wanted.map(|c| crate::cluster::Cluster::start(c, self.metrics.clone())));
         }
-        self.runtime.store(Arc::new(runtime));
+        let runtime = Arc::new(runtime);
+        self.runtime.store(runtime.clone());
+        self.rollouts.sync(runtime.config());
+        self.rollouts.reapply(self);
+    }
+
+    /// The routes' rollouts.
+    pub fn rollouts(&self) -> &crate::rollout::Rollouts {
+        &self.rollouts
     }
 
     /// `cluster.redis`, if the config in force has one.

@@ -220,6 +220,52 @@ pub struct Route {
     pub affinity: Affinity,
     /// The upstreams; at least one, names unique within the route.
     pub upstreams: Vec<Upstream>,
+    /// `rollout:`: the canary's weight walked through steps, judged against the baseline.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<Rollout>,
+}
+
+/// `routes[].rollout`: a canary rollout that judges itself (`crate::rollout`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Rollout {
+    /// The upstream the canary is compared with (its weight is `100 - step`).
+    pub baseline: String,
+    /// The upstream rolled out.
+    pub canary: String,
+    /// The canary's weight at each step, percent, increasing, each 1 to 100.
+    pub steps: Vec<u32>,
+    /// Time at each step before it is judged.
+    #[serde(with = "duration_str")]
+    pub interval: Duration,
+    /// Canary sessions that must have ended in a step before it is judged (it waits longer
+    /// until they have). Default 20.
+    pub min_sessions: u32,
+    /// When the canary is worse than the baseline over the same step.
+    pub abort_if: AbortIf,
+    /// What an abort does besides setting the canary's weight to 0.
+    pub on_abort: OnAbort,
+}
+
+/// `rollout.abort_if`: canary / baseline ratios over one step; any one over its bound aborts.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct AbortIf {
+    /// Closes other than 1000, 1001, 1012 per ended session. Default 2.0.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub abnormal_close_ratio: Option<f64>,
+    /// Handshake failures and mid-session upstream failures per session. Default 2.0.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream_error_ratio: Option<f64>,
+    /// Offer-to-answer time, 90th percentile. Default 1.5.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub setup_p90_ratio: Option<f64>,
+}
+
+/// `rollout.on_abort`
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct OnAbort {
+    /// The canary's live sessions are closed with 1012, spread over this. Default `30s`.
+    #[serde(with = "duration_str")]
+    pub drain: Duration,
 }
 
 /// `routes[].match`

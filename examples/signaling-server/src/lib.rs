@@ -54,6 +54,9 @@ pub struct ServerOptions {
     /// Subprotocols this server speaks: of those a client offers, the first one in this list is
     /// chosen. Empty: the first offered one is accepted, whatever it is.
     pub subprotocols: Vec<String>,
+    /// Every relayed message (offer, answer, candidate, …) is held this long before it is
+    /// delivered: a slow version of a server, for canary tests. Default: none.
+    pub relay_delay: std::time::Duration,
 }
 
 impl Default for ServerOptions {
@@ -61,6 +64,7 @@ impl Default for ServerOptions {
         ServerOptions {
             name: "signaling".to_owned(),
             subprotocols: Vec::new(),
+            relay_delay: std::time::Duration::ZERO,
         }
     }
 }
@@ -244,6 +248,16 @@ impl Shared {
     }
 
     fn deliver(&self, member: &Member, msg: Message, room: &str, peer: &str) {
+        let delay = self.opts.relay_delay;
+        if !delay.is_zero() {
+            let tx = member.tx.clone();
+            // Bounded like the queue: a send that cannot be made after the delay is dropped.
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                let _ = tx.try_send(msg);
+            });
+            return;
+        }
         if let Err(err) = member.tx.try_send(msg)
             && matches!(err, mpsc::error::TrySendError::Full(_))
         {

@@ -8,11 +8,12 @@ use sigmesh_signaling_server::{ServerOptions, serve};
 use tracing_subscriber::EnvFilter;
 
 const USAGE: &str =
-    "usage: sigmesh-signaling-server [--listen ADDR] [--name NAME] [--subprotocol P]...
+    "usage: sigmesh-signaling-server [--listen ADDR] [--name NAME] [--subprotocol P]... [--relay-delay-ms N]
 
   --listen ADDR      address to listen on (default 127.0.0.1:9001)
   --name NAME        name reported to clients (default \"signaling\")
   --subprotocol P    a subprotocol to accept (repeatable; none: accept the first offered)
+  --relay-delay-ms N hold every relayed message N ms (a slow version, for canary trials)
 
 Serves WebSocket signaling on any path, the demo page on /, and /healthz.
 RUST_LOG sets the log filter (default info).";
@@ -44,6 +45,13 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Args>, St
             }
             "--name" | "-n" => opts.name = value()?,
             "--subprotocol" => opts.subprotocols.push(value()?),
+            "--relay-delay-ms" => {
+                let v = value()?;
+                let ms: u64 = v
+                    .parse()
+                    .map_err(|e| format!("--relay-delay-ms {v}: {e}"))?;
+                opts.relay_delay = std::time::Duration::from_millis(ms);
+            }
             other => return Err(format!("unknown argument {other}")),
         }
     }

@@ -270,6 +270,7 @@ async fn whoami_reports_headers_path_and_subprotocol() {
     let server = start(ServerOptions {
         name: "canary".into(),
         subprotocols: vec!["sigmesh.v2".into(), "sigmesh.v1".into()],
+        ..Default::default()
     })
     .await;
     let mut req = format!("ws://{}/ws?room=x&peer=y", server.local_addr)

@@ -319,6 +319,7 @@ impl Start {
             let m = self.shared.metrics();
             m.upstream_error(&route.name, uname, e.kind());
             m.connection(&route.name, uname, Outcome::UpstreamError);
+            self.shared.rollouts().handshake_failed(&route.name, uname);
         }
         result
     }

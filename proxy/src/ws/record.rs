@@ -114,6 +114,7 @@ impl Observer for Recorder<'_> {
             }
             Event::Limited(limit) => self.metrics.rate_limited(&info.route, limit),
             Event::UpstreamError(kind) => {
+                info.upstream_failed.store(true, Ordering::Relaxed);
                 if let Some(ep) = self.endpoint {
                     ep.failed(&format!("mid-session: {}", kind.as_str()));
                 }
@@ -121,6 +122,13 @@ impl Observer for Recorder<'_> {
                     .upstream_error(&info.route, &info.upstream, kind)
             }
             Event::Closed { by, code, reason } => {
+                let c = code.map_or(crate::sessions::EMPTY_CLOSE, u32::from);
+                let _ = info.close_code.compare_exchange(
+                    crate::sessions::NO_CLOSE,
+                    c,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                );
                 tracing::debug!(session = info.id, by = by.as_str(), ?code, reason, "close");
                 if let Some(t) = self.trace {
                     t.closed(by, code, reason);

@@ -111,6 +111,9 @@ pub(super) async fn run(
         });
     active.inc();
     metrics.connection(&info.route, &info.upstream, Outcome::Accepted);
+    shared
+        .rollouts()
+        .session_opened(&info.route, &info.upstream);
     let _guard = shared.sessions().register(info.clone());
     tracing::debug!(session = info.id, route = %info.route, upstream = %info.upstream, client = %info.client, "session open");
 
@@ -342,6 +345,27 @@ pub(super) async fn run(
     }
     drop(pending);
     active.dec();
+    let class = info.close_class();
+    metrics
+        .session_closes
+        .get_or_create(&crate::metrics::CloseLabels {
+            route: info.route.clone(),
+            upstream: info.upstream.clone(),
+            code_class: class.as_str(),
+        })
+        .inc();
+    let setup = match info.setup_ms.load(std::sync::atomic::Ordering::Relaxed) {
+        u64::MAX => None,
+        ms => Some(Duration::from_millis(ms)),
+    };
+    shared.rollouts().session_ended(
+        &info.route,
+        &info.upstream,
+        class,
+        info.upstream_failed
+            .load(std::sync::atomic::Ordering::Relaxed),
+        setup,
+    );
     tracing::debug!(session = info.id, "session closed");
 }
 

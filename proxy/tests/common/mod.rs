@@ -110,6 +110,7 @@ pub async fn signaling(name: &str) -> sigmesh_signaling_server::ServerHandle {
         sigmesh_signaling_server::ServerOptions {
             name: name.into(),
             subprotocols: vec!["sig.v2".into(), "sig.v1".into()],
+            ..Default::default()
         },
     )
     .await

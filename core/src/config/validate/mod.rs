@@ -20,6 +20,7 @@ mod cluster;
 mod fields;
 mod limits;
 mod pools;
+mod rollout;
 mod route;
 mod scalars;
 mod tls;
@@ -101,6 +102,7 @@ const ROUTE: &[&str] = &[
     "split",
     "affinity",
     "upstreams",
+    "rollout",
 ];
 const MATCH: &[&str] = &["path", "path_prefix", "host", "headers"];
 const WEBSOCKET: &[&str] = &[

@@ -125,6 +125,9 @@ fn route(cx: &mut Validator, node: &Node, path: &str) -> Option<Route> {
             None => Affinity::None,
         },
     };
+    let rollout = f
+        .get("rollout")
+        .and_then(|n| super::rollout::rollout(cx, n, &f.path("rollout"), &upstreams));
     Some(Route {
         name,
         matcher,
@@ -133,6 +136,7 @@ fn route(cx: &mut Validator, node: &Node, path: &str) -> Option<Route> {
         split,
         affinity,
         upstreams,
+        rollout,
     })
 }
 
