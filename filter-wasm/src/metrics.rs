@@ -13,7 +13,7 @@ pub const MAX_VALUE: usize = 64;
 /// `(tag name, regex)` for Envoy's `stats_config.stats_tags`: the first capture group is cut
 /// from the name, the second is the tag's value. Envoy puts Wasm stats under the `wasmcustom`
 /// namespace (`wasmcustom.sigmesh.…` in `/stats`, `sigmesh_…` in Prometheus output).
-pub const TAG_REGEXES: [(&str, &str); 9] = [
+pub const TAG_REGEXES: [(&str, &str); 10] = [
     (
         "route",
         r"^(?:wasmcustom\.)?sigmesh\.[a-z_]+(\.route\.([^.]*))",
@@ -50,11 +50,15 @@ pub const TAG_REGEXES: [(&str, &str); 9] = [
         "result",
         r"^(?:wasmcustom\.)?sigmesh\.[a-z_]+(?:\.[a-z]+\.[^.]*)*?(\.result\.([^.]*))",
     ),
+    (
+        "code_class",
+        r"^(?:wasmcustom\.)?sigmesh\.[a-z_]+(?:\.[a-z_]+\.[^.]*)*?(\.code_class\.([^.]*))",
+    ),
 ];
 
 use sigmesh_core::label::{
-    CandidateKind, CandidateProtocol, LimitKind, MessageDirection, MessageType, Outcome,
-    UpstreamErrorKind,
+    CandidateKind, CandidateProtocol, CloseClass, LimitKind, MessageDirection, MessageType,
+    Outcome, UpstreamErrorKind,
 };
 
 /// Where metrics go (the host's metrics ABI, or a test's map).
@@ -197,6 +201,21 @@ impl Metrics<'_> {
         self.sink.histogram(
             &stat_name("call_setup_ms", &[("route", route), ("upstream", upstream)]),
             ms,
+        );
+    }
+
+    /// `sigmesh_session_closes_total{route, upstream, code_class}`: an upgraded session ended.
+    pub fn session_closed(&mut self, route: &str, upstream: &str, class: CloseClass) {
+        self.sink.counter(
+            &stat_name(
+                "session_closes_total",
+                &[
+                    ("route", route),
+                    ("upstream", upstream),
+                    ("code_class", class.as_str()),
+                ],
+            ),
+            1,
         );
     }
 

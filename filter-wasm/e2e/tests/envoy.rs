@@ -862,6 +862,15 @@ async fn metrics_are_envoy_stats_with_prometheus_labels() -> Result<()> {
         prom.contains("sigmesh_call_setup_ms"),
         "call setup histogram"
     );
+    // Ended sessions by close class: what Flagger and Argo judge a canary by (istio/flagger.yaml).
+    let closes = prom
+        .lines()
+        .find(|l| {
+            l.starts_with("sigmesh_session_closes_total{") && l.contains(r#"upstream="canary""#)
+        })
+        .with_context(|| format!("no sigmesh_session_closes_total in:\n{prom}"))?;
+    assert!(closes.contains(r#"route="signaling""#), "{closes}");
+    assert!(closes.contains("code_class=\""), "{closes}");
     Ok(())
 }
 

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use sigmesh_core::frame::Pushed;
 use sigmesh_core::frame::deflate::{self, Accepted};
-use sigmesh_core::label::{MessageDirection, Outcome, UpstreamErrorKind};
+use sigmesh_core::label::{CloseClass, MessageDirection, Outcome, UpstreamErrorKind};
 use sigmesh_core::request::{self, Reply, RequestFacts, Verdict};
 use sigmesh_core::route::Headers;
 use sigmesh_core::session::{self, Event, Observer, SessionEnv, SessionOptions};
@@ -161,6 +161,7 @@ pub fn on_request_headers(
                 offered: u.deflate,
                 open: false,
                 counted: false,
+                first_close: None,
             };
             HeadersVerdict::Proceed {
                 set: u.edits.set,
@@ -215,6 +216,9 @@ pub struct FilterSession {
     open: bool,
     /// Counted in `connections_active`.
     counted: bool,
+    /// The session's first close (`Some(None)`: a close without a code), for
+    /// `sigmesh_session_closes_total`.
+    first_close: Option<Option<u16>>,
 }
 
 impl FilterSession {
@@ -322,6 +326,7 @@ impl FilterSession {
             names: &mut self.names,
             route: &self.route_name,
             upstream: &self.upstream,
+            first_close: &mut self.first_close,
         };
         match way {
             Way::FromClient => self.core.client_bytes(chunk, &env, &mut obs),
@@ -332,7 +337,14 @@ impl FilterSession {
     /// The stream is over.
     pub fn on_end(&mut self, sink: &mut dyn Sink) {
         if std::mem::take(&mut self.counted) {
-            Metrics { sink }.active(&self.route_name, &self.upstream, -1);
+            let mut m = Metrics { sink };
+            m.active(&self.route_name, &self.upstream, -1);
+            // A close without a code is what a browser's `ws.close()` sends: clean.
+            let class = match self.first_close {
+                None => CloseClass::NoClose,
+                Some(code) => CloseClass::of(Some(code.unwrap_or(1005))),
+            };
+            m.session_closed(&self.route_name, &self.upstream, class);
         }
     }
 
@@ -399,6 +411,7 @@ struct Record<'a> {
     names: &'a mut Names,
     route: &'a str,
     upstream: &'a str,
+    first_close: &'a mut Option<Option<u16>>,
 }
 
 impl Observer for Record<'_> {
@@ -429,6 +442,9 @@ impl Observer for Record<'_> {
             ),
             Event::Limited(limit) => self.m.rate_limited(route, limit),
             Event::UpstreamError(kind) => self.m.upstream_error(route, upstream, kind),
+            Event::Closed { code, .. } => {
+                self.first_close.get_or_insert(code);
+            }
             _ => {}
         }
     }
