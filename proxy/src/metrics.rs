@@ -12,6 +12,27 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+
+/// The registry, and the name of every metric registered in it (Prometheus text leaves out a
+/// family that has no series yet; [`Metrics::registered`] lists them all).
+#[derive(Default)]
+pub struct Registered {
+    registry: Registry,
+    names: Vec<&'static str>,
+}
+
+impl Registered {
+    /// `Registry::register`, remembering the name.
+    pub fn register(
+        &mut self,
+        name: &'static str,
+        help: &'static str,
+        metric: impl prometheus_client::registry::Metric,
+    ) {
+        self.names.push(name);
+        self.registry.register(name, help, metric);
+    }
+}
 use sigmesh_core::label::{LimitKind, Outcome, UpstreamErrorKind};
 
 /// `route, upstream, outcome`
@@ -120,6 +141,8 @@ pub struct ResultLabel {
 /// Every metric sigmesh exports, and the registry that encodes them.
 pub struct Metrics {
     registry: Registry,
+    /// Every metric's name as registered (counters without `_total`).
+    registered: Vec<&'static str>,
     pub connections: Family<ConnLabels, Counter>,
     pub connections_active: Family<RouteUpstream, Gauge>,
     pub messages: Family<MessageLabels, Counter>,
@@ -164,7 +187,7 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn new() -> Arc<Self> {
-        let mut registry = Registry::default();
+        let mut registry = Registered::default();
         let connections = Family::default();
         registry.register(
             "sigmesh_connections",
@@ -277,7 +300,8 @@ impl Metrics {
         let turn = TurnMetrics::register(&mut registry);
         let signal = SignalMetrics::register(&mut registry);
         Arc::new(Metrics {
-            registry,
+            registry: registry.registry,
+            registered: registry.names,
             connections,
             connections_active,
             messages,
@@ -303,6 +327,11 @@ impl Metrics {
     }
 
     /// Prometheus text exposition.
+    /// The name of every metric, as registered (counters without their `_total`).
+    pub fn registered(&self) -> &[&'static str] {
+        &self.registered
+    }
+
     pub fn encode(&self) -> String {
         let mut out = String::with_capacity(4096);
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
@@ -418,7 +447,7 @@ pub struct SignalMetrics {
 }
 
 impl SignalMetrics {
-    pub fn register(registry: &mut Registry) -> SignalMetrics {
+    pub fn register(registry: &mut Registered) -> SignalMetrics {
         let ice_candidates = Family::default();
         registry.register(
             "sigmesh_ice_candidates",
@@ -464,7 +493,7 @@ pub struct TurnMetrics {
 }
 
 impl TurnMetrics {
-    pub fn register(registry: &mut Registry) -> TurnMetrics {
+    pub fn register(registry: &mut Registered) -> TurnMetrics {
         let m = TurnMetrics::default();
         registry.register(
             "sigmesh_turn_allocations_active",

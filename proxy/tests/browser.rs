@@ -19,6 +19,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use serde_json::{Value, json};
 use sigmesh::demo::Demo;
 
+#[allow(dead_code, unused_imports)]
+mod common;
 #[path = "common/pki.rs"]
 #[allow(dead_code)]
 mod common_pki;
@@ -575,4 +577,130 @@ async fn call(tls: Option<sigmesh_core::config::Tls>) {
         Ok(Err(e)) => panic!("{e:#}"),
         Err(_) => panic!("browser test exceeded {TOTAL:?}"),
     }
+}
+
+/// `GET /ui` in a real headless Chromium during a call (two peers, an offer with candidates,
+/// an answer, sessions kept open): the room with both sessions, their upstream, peers,
+/// candidate types and setup time; the upstreams' endpoints; the rollout and its step. With
+/// `admin_auth`, the page sends the token from its fragment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_ui_shows_the_live_call_its_endpoints_and_the_rollout() {
+    use common::{recv_json, send, ws};
+    let chromedriver = binary("SIGMESH_CHROMEDRIVER", "/usr/bin/chromedriver");
+    binary("SIGMESH_CHROMIUM", "/usr/bin/chromium");
+    let stable = common::signaling("stable").await;
+    let canary = common::signaling("canary").await;
+    let dir = tempfile::tempdir().unwrap();
+    let token = "ui-test-token-0123456789";
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, token).unwrap();
+    let yaml = format!(
+        "listen: 127.0.0.1:0\nadmin: 127.0.0.1:0\nadmin_auth: {{ token_file: \"{}\" }}\nroutes:\n  - name: sig\n    match: {{ path_prefix: /ws }}\n    websocket: {{ signaling: {{ type: /type, room: /room, peer: /from }} }}\n    split: {{ sticky: query:room }}\n    upstreams:\n      - {{ name: stable, endpoints: [\"ws://{}/ws\"], weight: 100 }}\n      - {{ name: canary, url: \"ws://{}/ws\", weight: 0 }}\n    rollout: {{ baseline: stable, canary: canary, steps: [50, 100], interval: 1h }}\n",
+        token_file.display(),
+        stable.local_addr,
+        canary.local_addr
+    );
+    let config = sigmesh_core::config::load(&yaml).unwrap();
+    let p = sigmesh::app::Proxy::start_with(config, None, common::fast_tuning())
+        .await
+        .unwrap();
+    // The call: a offers with a host candidate, b answers with a srflx one.
+    let room = "ui-room";
+    let path = format!("/ws?room={room}");
+    let mut a = ws(p.listen, &path).await;
+    let mut b = ws(p.listen, &path).await;
+    send(
+        &mut a,
+        &format!(r#"{{"type":"join","room":"{room}","from":"alice"}}"#),
+    )
+    .await;
+    let _ = recv_json(&mut a).await;
+    send(
+        &mut b,
+        &format!(r#"{{"type":"join","room":"{room}","from":"bob"}}"#),
+    )
+    .await;
+    let _ = recv_json(&mut b).await;
+    let _ = recv_json(&mut a).await;
+    let offer = r#"v=0\r\na=candidate:1 1 udp 2122260223 192.168.1.2 54321 typ host\r\n"#;
+    send(
+        &mut a,
+        &format!(r#"{{"type":"offer","room":"{room}","from":"alice","sdp":"{offer}"}}"#),
+    )
+    .await;
+    assert_eq!(recv_json(&mut b).await["type"], "offer");
+    let answer = r#"v=0\r\na=candidate:2 1 udp 1686052607 203.0.113.7 40000 typ srflx raddr 10.0.0.2 rport 40000\r\n"#;
+    send(
+        &mut b,
+        &format!(r#"{{"type":"answer","room":"{room}","from":"bob","sdp":"{answer}"}}"#),
+    )
+    .await;
+    assert_eq!(recv_json(&mut a).await["type"], "answer");
+
+    let driver = Driver::start(&chromedriver)
+        .await
+        .expect("start chromedriver");
+    let profile = tempfile::tempdir().unwrap();
+    let c = tokio::time::timeout(STEP, driver.browser(&profile))
+        .await
+        .expect("browser timeout")
+        .expect("a Chromium session");
+    let admin = p.admin.unwrap();
+    c.goto(&format!("http://{admin}/ui#token={token}"))
+        .await
+        .unwrap();
+    let js = |script: &'static str| {
+        let c = c.clone();
+        async move { c.execute(script, vec![]).await.ok() }
+    };
+    // The page polls every second: wait for an update that shows the call.
+    let shown = poll(STEP, Duration::from_millis(200), || async {
+        let v = js(r#"const r = document.querySelector('[data-room="ui-room"]');
+            return r && r.querySelectorAll('[data-session]').length === 2 && r.innerText.includes('ms') ? r.innerText : null"#)
+        .await?;
+        v.as_str().map(str::to_owned)
+    })
+    .await;
+    let Some(room_text) = shown else {
+        let body = js("return document.body.innerText").await;
+        panic!("the room never showed: {body:?}");
+    };
+    eprintln!("/ui room:\n{room_text}");
+    for needle in ["alice", "bob", "stable", "host 1", "srflx 1"] {
+        assert!(
+            room_text.contains(needle),
+            "`{needle}` not in:\n{room_text}"
+        );
+    }
+    let endpoints = js(r#"return [...document.querySelectorAll('[data-endpoint]')].map(e => e.dataset.endpoint + '=' + e.dataset.healthy)"#)
+        .await
+        .unwrap();
+    let endpoints: Vec<&str> = endpoints
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(endpoints.len(), 2, "{endpoints:?}");
+    assert!(
+        endpoints.iter().all(|e| e.ends_with("=true")),
+        "{endpoints:?}"
+    );
+    let rollout = js(r#"const r = document.querySelector('[data-rollout="sig"]');
+        return r ? [r.dataset.state, r.innerText, r.querySelector('[data-side="canary"]')?.innerText ?? ''] : null"#)
+    .await
+    .unwrap();
+    assert_eq!(rollout[0], "running", "{rollout}");
+    assert!(
+        rollout[1].as_str().unwrap().contains("step 1 of 2"),
+        "{rollout}"
+    );
+    assert!(rollout[2].as_str().unwrap().contains("canary"), "{rollout}");
+    let updated = js("return Number(document.body.dataset.updated)")
+        .await
+        .unwrap();
+    assert!(updated.as_f64().unwrap() >= 1.0);
+    let _ = c.close().await;
+    drop(a);
+    drop(b);
 }

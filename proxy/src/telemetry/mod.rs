@@ -29,7 +29,6 @@ use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::registry::Registry;
 use sigmesh_core::config::Tracing;
 
 pub mod export;
@@ -77,7 +76,7 @@ pub struct TraceMetrics {
 
 impl TraceMetrics {
     /// Creates the counters and registers them in `registry`.
-    pub fn register(registry: &mut Registry) -> TraceMetrics {
+    pub fn register(registry: &mut crate::metrics::Registered) -> TraceMetrics {
         let m = TraceMetrics::default();
         registry.register(
             "sigmesh_trace_spans_exported",
