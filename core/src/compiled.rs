@@ -376,6 +376,13 @@ impl Compiled {
                     route.override_header()
                 ));
             }
+            if route.rollout.is_some() && route.split.sticky == crate::config::Sticky::None {
+                w.push(format!(
+                    "routes[{i}].rollout: `split.sticky` is `none`, so a step moves sessions, not \
+                     rooms, and the peers of one call can meet on both versions; make the split \
+                     sticky by room (`query:room`, say)"
+                ));
+            }
             for (j, up) in route.upstreams.iter().enumerate() {
                 let pooled = up.pool.endpoints.len() > 1 || up.pool.dns.is_some();
                 if pooled && up.pool.health_check.is_none() {

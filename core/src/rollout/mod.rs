@@ -245,6 +245,10 @@ impl Rollout {
     ) {
         let i = side as usize;
         self.live[i] = self.live[i].saturating_sub(1);
+        if self.is_over() {
+            // The figures stay those the rollout ended on.
+            return;
+        }
         let w = &mut self.windows[i];
         w.ended += 1;
         w.abnormal += u64::from(abnormal);
@@ -256,9 +260,16 @@ impl Rollout {
 
     /// A handshake to `side`'s upstream failed (the client got 502).
     pub fn handshake_failed(&mut self, side: Side) {
+        if self.is_over() {
+            return;
+        }
         let w = &mut self.windows[side as usize];
         w.failed_handshakes += 1;
         w.upstream_errors += 1;
+    }
+
+    fn is_over(&self) -> bool {
+        matches!(self.phase, Phase::Aborted | Phase::Done)
     }
 
     /// Walks the rollout at `now`: what the front end must do.
