@@ -266,13 +266,98 @@ fn apply(shared: &Shared, route: &str, actions: &[Action]) {
     }
 }
 
+/// How often replicas look at each other's aborts in `cluster.redis` (every this many ticks).
+const SHARE_EVERY: u32 = 5;
+
+/// A rollout's identity across replicas: its route's name and its `rollout:` keys, hashed
+/// (FNV-1a 64 of their JSON), so a new rollout of the same route is not the old one.
+pub fn fingerprint(config: &sigmesh_core::config::Rollout) -> String {
+    let text = serde_json::to_string(config).unwrap_or_default();
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in text.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+impl Rollouts {
+    /// `(route, fingerprint, Some(reason) when aborted here)` of every rollout not done.
+    fn shareable(&self) -> Vec<(String, String, Option<String>)> {
+        let now = clock::now();
+        self.lock()
+            .iter()
+            .filter(|(_, r)| r.phase() != Phase::Done)
+            .map(|(k, r)| {
+                let reason = (r.phase() == Phase::Aborted)
+                    .then(|| r.view(k, now).reason.unwrap_or_default());
+                (k.clone(), fingerprint(r.config()), reason)
+            })
+            .collect()
+    }
+
+    /// Another replica aborted `route`'s rollout `fingerprint`: abort here too.
+    fn aborted_elsewhere(&self, shared: &Shared, route: &str, fingerprint_: &str, reason: &str) {
+        let actions = {
+            let mut map = self.lock();
+            let Some(r) = map.get_mut(route) else { return };
+            if fingerprint(r.config()) != fingerprint_
+                || !matches!(r.phase(), Phase::Running | Phase::Paused)
+            {
+                return;
+            }
+            let actions = r.abort(
+                clock::now(),
+                &format!("{reason} (judged by another replica)"),
+            );
+            count_abort(shared, route, r);
+            actions
+        };
+        apply(shared, route, &actions);
+    }
+}
+
+/// With `cluster.redis`, replicas share aborts: one that aborts a rollout publishes it, and
+/// the others abort the same rollout (same route, same `rollout:`) within [`SHARE_EVERY`]
+/// ticks. A replica that starts later sees it too, and does not roll the canary out again.
+async fn share(shared: &Shared, published: &mut std::collections::HashSet<String>) {
+    let Some(cluster) = shared.cluster() else {
+        return;
+    };
+    for (route, fp, aborted) in shared.rollouts().shareable() {
+        match aborted {
+            Some(reason) => {
+                if !published.contains(&fp) && cluster.publish_abort(&route, &fp, &reason).await {
+                    published.insert(fp);
+                }
+            }
+            None => {
+                if let Some(reason) = cluster.abort_of(&route, &fp).await {
+                    published.insert(fp.clone());
+                    shared
+                        .rollouts()
+                        .aborted_elsewhere(shared, &route, &fp, &reason);
+                }
+            }
+        }
+    }
+}
+
 /// Walks the rollouts every [`TICK`] until the drain starts.
 pub async fn drive(shared: std::sync::Arc<Shared>) {
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut n: u32 = 0;
+    let mut published = std::collections::HashSet::new();
     loop {
         tokio::select! {
-            _ = tick.tick() => shared.rollouts().tick(&shared),
+            _ = tick.tick() => {
+                shared.rollouts().tick(&shared);
+                n = n.wrapping_add(1);
+                if n % SHARE_EVERY == 0 {
+                    share(&shared, &mut published).await;
+                }
+            }
             _ = shared.drained() => return,
         }
     }

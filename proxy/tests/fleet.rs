@@ -411,3 +411,61 @@ async fn the_redis_script_computes_cores_bucket() {
         }
     }
 }
+
+/// With `cluster.redis`, an abort judged on one replica is shared: the other replica, which saw
+/// no bad session, aborts the same rollout too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_share_a_rollouts_abort() {
+    let redis = Redis::start().await;
+    let stable = signaling("stable").await;
+    let canary = signaling("canary").await;
+    let yaml = format!(
+        "{}routes:\n  - name: sig\n    match: {{ path_prefix: /ws }}\n    websocket: {{}}\n    split: {{ sticky: query:room }}\n    upstreams:\n      - {{ name: stable, url: \"ws://{{A}}/ws\", weight: 100 }}\n      - {{ name: canary, url: \"ws://{{B}}/ws\", weight: 0 }}\n    rollout: {{ baseline: stable, canary: canary, steps: [50, 100], interval: 1s, min_sessions: 3 }}\n",
+        cluster(&redis, "")
+    );
+    let addrs = [stable.local_addr, canary.local_addr];
+    let a = proxy(&yaml, &addrs).await;
+    let b = proxy(&yaml, &addrs).await;
+    let state = |p: &sigmesh::app::Proxy| {
+        let admin = p.admin.unwrap();
+        async move {
+            let (_, _, body) = http(admin, "GET", "/routes/sig/rollout", &[], "").await;
+            serde_json::from_str::<serde_json::Value>(&body).unwrap()
+        }
+    };
+    let mut i = 0;
+    within(async {
+        while state(&a).await["state"] == "running" {
+            let mut c = ws(a.listen, &format!("/ws?room=x{i}")).await;
+            i += 1;
+            if whoami(&mut c).await["server"] == "canary" {
+                send(&mut c, r#"{"type":"close","code":1011}"#).await;
+                let _ = recv_close(&mut c).await;
+            } else {
+                futures_util::SinkExt::close(&mut c).await.unwrap();
+                let _ = recv_close(&mut c).await;
+            }
+        }
+    })
+    .await;
+    assert_eq!(state(&a).await["state"], "aborted");
+    eventually(|| async { state(&b).await["state"] == "aborted" }).await;
+    let r = state(&b).await;
+    assert!(
+        r["reason"]
+            .as_str()
+            .unwrap()
+            .contains("judged by another replica"),
+        "{r}"
+    );
+    assert_eq!(r["weights"]["canary"], 0);
+    let m = metrics(&b).await;
+    assert_eq!(
+        metric(
+            &m,
+            "sigmesh_rollout_aborts_total{route=\"sig\",reason=\"abnormal_close_ratio\"}"
+        ),
+        Some(1.0),
+        "{m}"
+    );
+}

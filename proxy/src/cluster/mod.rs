@@ -63,6 +63,8 @@ pub enum Op {
     Refresh,
     /// Giving a place back.
     Release,
+    /// Sharing a rollout's abort.
+    Rollout,
 }
 
 impl Op {
@@ -73,6 +75,7 @@ impl Op {
             Op::Rooms => "rooms",
             Op::Refresh => "refresh",
             Op::Release => "release",
+            Op::Rollout => "rollout",
         }
     }
 }
@@ -299,6 +302,38 @@ impl Cluster {
         let granted = v.first().copied().unwrap_or(0).max(0) as u64;
         let retry = v.get(2).copied().unwrap_or(0).max(0) as u64;
         Some((granted, Duration::from_micros(retry)))
+    }
+
+    /// Publishes that the rollout `fingerprint` of `route` was aborted, for `reason`, so the
+    /// other replicas abort too (kept a day).
+    pub async fn publish_abort(&self, route: &str, fingerprint: &str, reason: &str) -> bool {
+        let key = self.key("rollout", route, fingerprint);
+        let r: Option<()> = self
+            .call(Op::Rollout, async |c| {
+                redis::cmd("SET")
+                    .arg(&key)
+                    .arg(reason)
+                    .arg("NX")
+                    .arg("EX")
+                    .arg(86_400)
+                    .query_async(c)
+                    .await
+            })
+            .await;
+        r.is_some()
+    }
+
+    /// The reason another replica aborted the rollout `fingerprint` of `route`, if one did.
+    pub async fn abort_of(&self, route: &str, fingerprint: &str) -> Option<String> {
+        let key = self.key("rollout", route, fingerprint);
+        self.call(Op::Rollout, async |c| {
+            redis::cmd("GET")
+                .arg(&key)
+                .query_async::<Option<String>>(c)
+                .await
+        })
+        .await
+        .flatten()
     }
 
     /// Live global places of this replica.
