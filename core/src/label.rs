@@ -277,6 +277,20 @@ pub enum CloseClass {
 }
 
 impl CloseClass {
+    /// Every class.
+    pub const ALL: [CloseClass; 10] = [
+        CloseClass::Normal,
+        CloseClass::GoingAway,
+        CloseClass::Restart,
+        CloseClass::Policy,
+        CloseClass::TooBig,
+        CloseClass::Error,
+        CloseClass::UpstreamGone,
+        CloseClass::NoClose,
+        CloseClass::Other,
+        CloseClass::App,
+    ];
+
     /// The class of a session's first close code (`None`: the connection ended without one).
     pub fn of(code: Option<u16>) -> CloseClass {
         match code {

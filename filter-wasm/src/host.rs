@@ -179,11 +179,18 @@ impl RootContext for Root {
                         s.filter.permessage_deflate
                     ),
                 );
-                self.settings = Some(Rc::new(s));
-                Metrics {
+                let mut m = Metrics {
                     sink: &mut self.sink,
+                };
+                for r in s.compiled.routes.iter().map(|r| &r.route) {
+                    if r.websocket.is_some() {
+                        for u in &r.upstreams {
+                            m.closes_at_zero(&r.name, &u.name);
+                        }
+                    }
                 }
-                .config(true);
+                m.config(true);
+                self.settings = Some(Rc::new(s));
                 true
             }
             Err(errors) => {

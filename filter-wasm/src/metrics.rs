@@ -206,6 +206,19 @@ impl Metrics<'_> {
 
     /// `sigmesh_session_closes_total{route, upstream, code_class}`: an upgraded session ended.
     pub fn session_closed(&mut self, route: &str, upstream: &str, class: CloseClass) {
+        self.closes(route, upstream, class, 1);
+    }
+
+    /// Every close class of a WebSocket route's upstream at 0, at configuration: Prometheus'
+    /// `increase()` does not count a series that first appears at 1, so a canary's first
+    /// abnormal close would go unseen by Flagger or Argo without it.
+    pub fn closes_at_zero(&mut self, route: &str, upstream: &str) {
+        for class in CloseClass::ALL {
+            self.closes(route, upstream, class, 0);
+        }
+    }
+
+    fn closes(&mut self, route: &str, upstream: &str, class: CloseClass, n: u64) {
         self.sink.counter(
             &stat_name(
                 "session_closes_total",
@@ -215,7 +228,7 @@ impl Metrics<'_> {
                     ("code_class", class.as_str()),
                 ],
             ),
-            1,
+            n,
         );
     }
 

@@ -250,7 +250,10 @@ fn drain_upstream(shared: &Shared, route: &str, upstream: &str, body: &[u8]) -> 
     if !matches!(code, 1001 | 1012) {
         return bad("`close_code` is 1001 (going away) or 1012 (service restart)");
     }
-    let sessions = match start_upstream_drain(shared, route, upstream, spread, code) {
+    let sessions = match shared
+        .runtime()
+        .drain_upstream(route, upstream, spread, code)
+    {
         Ok(n) => n,
         Err(e) => return not_found(&e),
     };
@@ -265,44 +268,6 @@ fn drain_upstream(shared: &Shared, route: &str, upstream: &str, body: &[u8]) -> 
         })
         .to_string(),
     )
-}
-
-/// Starts a paced drain of `upstream` of `route` (its live sessions closed with `code`, spread
-/// over `spread`); how many sessions it will close.
-pub fn start_upstream_drain(
-    shared: &Shared,
-    route: &str,
-    upstream: &str,
-    spread: Duration,
-    code: u16,
-) -> Result<u64, String> {
-    let runtime = shared.runtime();
-    let Some((ri, r)) = runtime.compiled().route(route) else {
-        return Err(format!("no route named `{route}`"));
-    };
-    let Some(ui) = r.route.upstreams.iter().position(|u| u.name == upstream) else {
-        return Err(format!("route `{route}` has no upstream `{upstream}`"));
-    };
-    let Some(pool) = runtime.pools().get(ri, ui) else {
-        return Err(format!("route `{route}` has no upstream `{upstream}`"));
-    };
-    let reason = if code == sigmesh_core::frame::close_code::RESTART {
-        "upstream restarting"
-    } else {
-        "upstream going away"
-    };
-    let sessions = pool.sessions();
-    pool.drains
-        .start(crate::drain::DrainPlan::new(spread, code, reason, sessions));
-    tracing::info!(
-        route,
-        upstream,
-        sessions,
-        ?spread,
-        code,
-        "upstream drain started"
-    );
-    Ok(sessions)
 }
 
 fn not_found(reason: &str) -> Response<Body> {

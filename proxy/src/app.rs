@@ -144,7 +144,7 @@ impl Proxy {
         tasks.spawn(crate::reload::watch(shared.clone()));
         tasks.spawn(crate::reload::watch_certificates(shared.clone()));
         tasks.spawn(crate::reload::supervise_pools(shared.clone()));
-        tasks.spawn(crate::rollout::drive(shared.clone()));
+        tasks.spawn(crate::rollout_run::drive(shared.clone()));
         if let Some((bound, relay, secret)) = turn_relay {
             tasks.spawn(crate::turn_relay::serve(
                 shared.turn().clone(),

@@ -13,26 +13,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-/// The registry, and the name of every metric registered in it (Prometheus text leaves out a
-/// family that has no series yet; [`Metrics::registered`] lists them all).
-#[derive(Default)]
-pub struct Registered {
-    registry: Registry,
-    names: Vec<&'static str>,
-}
-
-impl Registered {
-    /// `Registry::register`, remembering the name.
-    pub fn register(
-        &mut self,
-        name: &'static str,
-        help: &'static str,
-        metric: impl prometheus_client::registry::Metric,
-    ) {
-        self.names.push(name);
-        self.registry.register(name, help, metric);
-    }
-}
+pub use crate::registry::Registered;
 use sigmesh_core::label::{LimitKind, Outcome, UpstreamErrorKind};
 
 /// `route, upstream, outcome`

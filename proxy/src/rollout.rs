@@ -1,10 +1,10 @@
-//! The rollouts of the config in force (`routes[].rollout`), walked by one task.
+//! The rollouts of the config in force (`routes[].rollout`), by route name.
 //!
 //! Core's [`sigmesh_core::rollout::Rollout`] decides; this module feeds it (sessions that
-//! opened and ended, failed handshakes, from the session and handshake paths), ticks it every
-//! [`TICK`], and applies what it says: new weights on the route in force (as
-//! `PUT /routes/NAME/weights` would), and on an abort a paced drain of the canary's live
-//! sessions with 1012 (as `POST /routes/NAME/upstreams/UP/drain` would).
+//! opened and ended, failed handshakes, from the session and handshake paths) and returns what
+//! it says as [`Change`]s, which `crate::rollout_run` applies: new weights on the route in
+//! force (as `PUT /routes/NAME/weights` would), and on an abort a paced drain of the canary's
+//! live sessions with 1012 (as `POST /routes/NAME/upstreams/UP/drain` would).
 //!
 //! A rollout lives across reloads that keep it (same route name, same `rollout:` and the same
 //! two upstreams); a reload that changes it starts it over. Its weights are put on every new
@@ -19,10 +19,6 @@ use sigmesh_core::label::CloseClass;
 use sigmesh_core::rollout::{Action, Phase, Rollout, View};
 
 use crate::clock;
-use crate::state::Shared;
-
-/// How often rollouts are walked.
-pub const TICK: Duration = Duration::from_millis(200);
 
 /// Every route's rollout, by route name.
 #[derive(Default)]
@@ -135,155 +131,57 @@ impl Rollouts {
         }
     }
 
-    /// `resume`, `abort`, `promote` on `route`'s rollout; the actions are applied.
-    pub fn act(&self, shared: &Shared, route: &str, verb: &str) -> Result<(), RolloutError> {
-        let actions = {
-            let mut map = self.lock();
-            let r = map
-                .get_mut(route)
-                .ok_or_else(|| RolloutError::None(route.to_owned()))?;
-            let now = clock::now();
-            let before = r.phase();
-            let actions = match verb {
-                "resume" => r.resume(now),
-                "abort" => r.abort(now, "aborted by hand"),
-                _ => r.promote(now),
-            };
-            if r.phase() == before {
-                return Err(RolloutError::State(route.to_owned(), phase_str(before)));
-            }
-            if r.phase() == Phase::Aborted {
-                count_abort(shared, route, r);
-            }
-            actions
+    /// `resume`, `abort`, `promote` on `route`'s rollout: what to apply.
+    pub fn act(&self, route: &str, verb: &str) -> Result<Change, RolloutError> {
+        let mut map = self.lock();
+        let r = map
+            .get_mut(route)
+            .ok_or_else(|| RolloutError::None(route.to_owned()))?;
+        let now = clock::now();
+        let before = r.phase();
+        let actions = match verb {
+            "resume" => r.resume(now),
+            "abort" => r.abort(now, "aborted by hand"),
+            _ => r.promote(now),
         };
-        apply(shared, route, &actions);
-        Ok(())
+        if r.phase() == before {
+            return Err(RolloutError::State(route.to_owned(), phase_str(before)));
+        }
+        Ok(Change::of(route, r, before, actions))
     }
 
-    /// Walks every rollout once and applies what they say.
-    pub fn tick(&self, shared: &Shared) {
+    /// Walks every rollout once: what to apply (every rollout, for its step gauge).
+    pub fn tick(&self) -> Vec<Change> {
         let now = clock::now();
-        let mut todo: Vec<(String, Vec<Action>)> = Vec::new();
-        {
-            let mut map = self.lock();
-            for (route, r) in map.iter_mut() {
+        let mut map = self.lock();
+        map.iter_mut()
+            .map(|(route, r)| {
                 let before = r.phase();
                 let actions = r.tick(now);
-                if before != Phase::Aborted && r.phase() == Phase::Aborted {
-                    count_abort(shared, route, r);
-                }
-                shared
-                    .metrics()
-                    .rollout_step
-                    .get_or_create(&crate::metrics::RouteLabel {
-                        route: route.clone(),
-                    })
-                    .set(if r.phase() == Phase::Aborted {
-                        0
-                    } else {
-                        r.step() as i64
-                    });
-                if !actions.is_empty() {
-                    todo.push((route.clone(), actions));
-                }
-            }
-        }
-        for (route, actions) in todo {
-            apply(shared, &route, &actions);
-        }
+                Change::of(route, r, before, actions)
+            })
+            .collect()
     }
 
-    /// Puts every rollout's weights on the config generation in force (after a reload).
-    pub fn reapply(&self, shared: &Shared) {
-        let weights: Vec<(String, Action)> = self
-            .lock()
+    /// `(route, weights by upstream name)` of every started rollout, to put on a new config
+    /// generation.
+    pub fn weights(&self) -> Vec<(String, std::collections::BTreeMap<String, u32>)> {
+        self.lock()
             .iter()
             .filter(|(_, r)| r.step() > 0)
             .map(|(k, r)| {
-                let (baseline, canary) = r.weights();
-                (k.clone(), Action::Weights { baseline, canary })
+                let (b, c) = r.weights();
+                let cfg = r.config();
+                (
+                    k.clone(),
+                    [(cfg.baseline.clone(), b), (cfg.canary.clone(), c)].into(),
+                )
             })
-            .collect();
-        for (route, a) in weights {
-            apply(shared, &route, std::slice::from_ref(&a));
-        }
+            .collect()
     }
-}
 
-fn count_abort(shared: &Shared, route: &str, r: &Rollout) {
-    tracing::warn!(route, reason = ?r.view(route, clock::now()).reason, "rollout aborted");
-    shared
-        .metrics()
-        .rollout_aborts
-        .get_or_create(&crate::metrics::AbortLabels {
-            route: route.to_owned(),
-            reason: r.abort_kind().unwrap_or("manual"),
-        })
-        .inc();
-}
-
-fn apply(shared: &Shared, route: &str, actions: &[Action]) {
-    let runtime = shared.runtime();
-    let Some((_, compiled)) = runtime.compiled().route(route) else {
-        return;
-    };
-    let Some(cfg) = compiled.route.rollout.as_ref() else {
-        return;
-    };
-    for a in actions {
-        match a {
-            Action::Weights { baseline, canary } => {
-                let w = [
-                    (cfg.baseline.clone(), *baseline),
-                    (cfg.canary.clone(), *canary),
-                ]
-                .into_iter()
-                .collect();
-                match runtime.reweight(route, &w) {
-                    Ok(w) => tracing::info!(route, weights = ?w, "rollout weights"),
-                    Err(e) => tracing::warn!(route, error = %e, "rollout weights refused"),
-                }
-            }
-            Action::DrainCanary(spread) => {
-                match crate::admin::start_upstream_drain(
-                    shared,
-                    route,
-                    &cfg.canary,
-                    *spread,
-                    sigmesh_core::frame::close_code::RESTART,
-                ) {
-                    Ok(n) => tracing::info!(
-                        route,
-                        sessions = n,
-                        ?spread,
-                        "rollout abort: canary drained"
-                    ),
-                    Err(e) => tracing::warn!(route, error = %e, "rollout abort: no drain"),
-                }
-            }
-        }
-    }
-}
-
-/// How often replicas look at each other's aborts in `cluster.redis` (every this many ticks).
-const SHARE_EVERY: u32 = 5;
-
-/// A rollout's identity across replicas: its route's name and its `rollout:` keys, hashed
-/// (FNV-1a 64 of their JSON), so a new rollout of the same route is not the old one.
-pub fn fingerprint(config: &sigmesh_core::config::Rollout) -> String {
-    let text = serde_json::to_string(config).unwrap_or_default();
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in text.bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    format!("{h:016x}")
-}
-
-impl Rollouts {
     /// `(route, fingerprint, Some(reason) when aborted here)` of every rollout not done.
-    fn shareable(&self) -> Vec<(String, String, Option<String>)> {
+    pub fn shareable(&self) -> Vec<(String, String, Option<String>)> {
         let now = clock::now();
         self.lock()
             .iter()
@@ -296,69 +194,65 @@ impl Rollouts {
             .collect()
     }
 
-    /// Another replica aborted `route`'s rollout `fingerprint`: abort here too.
-    fn aborted_elsewhere(&self, shared: &Shared, route: &str, fingerprint_: &str, reason: &str) {
-        let actions = {
-            let mut map = self.lock();
-            let Some(r) = map.get_mut(route) else { return };
-            if fingerprint(r.config()) != fingerprint_
-                || !matches!(r.phase(), Phase::Running | Phase::Paused)
-            {
-                return;
-            }
-            let actions = r.abort(
-                clock::now(),
-                &format!("{reason} (judged by another replica)"),
-            );
-            count_abort(shared, route, r);
-            actions
-        };
-        apply(shared, route, &actions);
+    /// Another replica aborted `route`'s rollout `fp`: abort here too (unless it is another
+    /// rollout now, or over).
+    pub fn abort_elsewhere(&self, route: &str, fp: &str, reason: &str) -> Option<Change> {
+        let mut map = self.lock();
+        let r = map.get_mut(route)?;
+        if fingerprint(r.config()) != fp || !matches!(r.phase(), Phase::Running | Phase::Paused) {
+            return None;
+        }
+        let before = r.phase();
+        let actions = r.abort(
+            clock::now(),
+            &format!("{reason} (judged by another replica)"),
+        );
+        Some(Change::of(route, r, before, actions))
     }
 }
 
-/// With `cluster.redis`, replicas share aborts: one that aborts a rollout publishes it, and
-/// the others abort the same rollout (same route, same `rollout:`) within [`SHARE_EVERY`]
-/// ticks. A replica that starts later sees it too, and does not roll the canary out again.
-async fn share(shared: &Shared, published: &mut std::collections::HashSet<String>) {
-    let Some(cluster) = shared.cluster() else {
-        return;
-    };
-    for (route, fp, aborted) in shared.rollouts().shareable() {
-        match aborted {
-            Some(reason) => {
-                if !published.contains(&fp) && cluster.publish_abort(&route, &fp, &reason).await {
-                    published.insert(fp);
-                }
-            }
-            None => {
-                if let Some(reason) = cluster.abort_of(&route, &fp).await {
-                    published.insert(fp.clone());
-                    shared
-                        .rollouts()
-                        .aborted_elsewhere(shared, &route, &fp, &reason);
-                }
-            }
+/// What a rollout's step asks of the proxy.
+#[derive(Debug)]
+pub struct Change {
+    /// The route.
+    pub route: String,
+    /// Weights to set, a drain to start.
+    pub actions: Vec<Action>,
+    /// It was aborted now: the reason kind (`sigmesh_rollout_aborts_total`) and the reason.
+    pub aborted: Option<(&'static str, String)>,
+    /// `sigmesh_rollout_step` (0 after an abort).
+    pub step: i64,
+}
+
+impl Change {
+    fn of(route: &str, r: &Rollout, before: Phase, actions: Vec<Action>) -> Change {
+        let aborted = (before != Phase::Aborted && r.phase() == Phase::Aborted).then(|| {
+            (
+                r.abort_kind().unwrap_or("manual"),
+                r.view(route, clock::now()).reason.unwrap_or_default(),
+            )
+        });
+        Change {
+            route: route.to_owned(),
+            actions,
+            aborted,
+            step: if r.phase() == Phase::Aborted {
+                0
+            } else {
+                r.step() as i64
+            },
         }
     }
 }
 
-/// Walks the rollouts every [`TICK`] until the drain starts.
-pub async fn drive(shared: std::sync::Arc<Shared>) {
-    let mut tick = tokio::time::interval(TICK);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut n: u32 = 0;
-    let mut published = std::collections::HashSet::new();
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {
-                shared.rollouts().tick(&shared);
-                n = n.wrapping_add(1);
-                if n % SHARE_EVERY == 0 {
-                    share(&shared, &mut published).await;
-                }
-            }
-            _ = shared.drained() => return,
-        }
+/// A rollout's identity across replicas: its `rollout:` keys, hashed (FNV-1a 64 of their
+/// JSON), so a new rollout of the same route is not the old one.
+pub fn fingerprint(config: &sigmesh_core::config::Rollout) -> String {
+    let text = serde_json::to_string(config).unwrap_or_default();
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in text.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
     }
+    format!("{h:016x}")
 }

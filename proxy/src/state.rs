@@ -140,6 +140,43 @@ impl Runtime {
         Ok(weights)
     }
 
+    /// Starts a paced drain of `upstream` of `route` (its live sessions closed with `code`,
+    /// spread over `spread`); how many sessions it will close.
+    pub fn drain_upstream(
+        &self,
+        route: &str,
+        upstream: &str,
+        spread: Duration,
+        code: u16,
+    ) -> Result<u64, String> {
+        let Some((ri, r)) = self.compiled.route(route) else {
+            return Err(format!("no route named `{route}`"));
+        };
+        let Some(ui) = r.route.upstreams.iter().position(|u| u.name == upstream) else {
+            return Err(format!("route `{route}` has no upstream `{upstream}`"));
+        };
+        let Some(pool) = self.pools.get(ri, ui) else {
+            return Err(format!("route `{route}` has no upstream `{upstream}`"));
+        };
+        let reason = if code == sigmesh_core::frame::close_code::RESTART {
+            "upstream restarting"
+        } else {
+            "upstream going away"
+        };
+        let sessions = pool.sessions();
+        pool.drains
+            .start(crate::drain::DrainPlan::new(spread, code, reason, sessions));
+        tracing::info!(
+            route,
+            upstream,
+            sessions,
+            ?spread,
+            code,
+            "upstream drain started"
+        );
+        Ok(sessions)
+    }
+
     /// The config in force, with live weights and secrets redacted (for `/config`).
     pub fn effective_config(&self) -> Config {
         let mut c = self.compiled.config.redacted();
@@ -464,7 +501,12 @@ impl Shared {
         let runtime = Arc::new(runtime);
         self.runtime.store(runtime.clone());
         self.rollouts.sync(runtime.config());
-        self.rollouts.reapply(self);
+        // The rollouts' weights, not the file's, on the new generation.
+        for (route, weights) in self.rollouts.weights() {
+            if let Err(e) = runtime.reweight(&route, &weights) {
+                tracing::warn!(route, error = %e, "rollout weights refused");
+            }
+        }
     }
 
     /// The routes' rollouts.

@@ -7,6 +7,7 @@
 //! missing. Install them with `scripts/install/chromium.sh`, i.e.
 //! `apt-get update && apt-get install -y chromium chromium-driver`.
 //! `SIGMESH_CHROMIUM` / `SIGMESH_CHROMEDRIVER` override the binaries' paths.
+#![allow(clippy::unwrap_used)]
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -19,11 +20,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use serde_json::{Value, json};
 use sigmesh::demo::Demo;
 
-#[allow(dead_code, unused_imports)]
 mod common;
-#[path = "common/pki.rs"]
-#[allow(dead_code)]
-mod common_pki;
+use common::pki as common_pki;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const INSTALL: &str = "apt-get update && apt-get install -y chromium chromium-driver   (or scripts/install/chromium.sh)";

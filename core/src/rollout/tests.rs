@@ -1,4 +1,5 @@
 //! Unit tests of `rollout`.
+#![allow(clippy::unwrap_used)]
 use super::*;
 use crate::config::{AbortIf, OnAbort};
 

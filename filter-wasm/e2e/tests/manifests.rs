@@ -87,6 +87,10 @@ fn manifests_validate_against_kubernetes_and_istio_schemas() {
         "Deployment",
         "ConfigMap",
         "Service",
+        "Canary",
+        "MetricTemplate",
+        "AnalysisTemplate",
+        "Rollout",
     ] {
         assert!(kinds.contains(&want), "no {want} among {kinds:?}");
     }

@@ -44,9 +44,11 @@ pub(super) fn handle(shared: &Shared, method: &Method, path: &str) -> Option<htt
             None => error(StatusCode::NOT_FOUND, &RolloutError::None(route.to_owned())),
         },
         (&Method::POST, "/pause") => done(shared, route, rollouts.pause(route, "paused by hand")),
-        (&Method::POST, verb @ ("/resume" | "/abort" | "/promote")) => {
-            done(shared, route, rollouts.act(shared, route, &verb[1..]))
-        }
+        (&Method::POST, verb @ ("/resume" | "/abort" | "/promote")) => done(
+            shared,
+            route,
+            crate::rollout_run::act(shared, route, &verb[1..]),
+        ),
         (_, "" | "/pause" | "/resume" | "/abort" | "/promote") => {
             http_util::text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
         }

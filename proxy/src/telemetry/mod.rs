@@ -76,7 +76,7 @@ pub struct TraceMetrics {
 
 impl TraceMetrics {
     /// Creates the counters and registers them in `registry`.
-    pub fn register(registry: &mut crate::metrics::Registered) -> TraceMetrics {
+    pub fn register(registry: &mut crate::registry::Registered) -> TraceMetrics {
         let m = TraceMetrics::default();
         registry.register(
             "sigmesh_trace_spans_exported",

@@ -135,7 +135,7 @@ pub(super) fn rollout(
                 continue;
             }
             match float(cx, n, &a.path(key)) {
-                Some(v) if v.is_finite() && v >= 1.0 && v <= 1000.0 => *slot = Some(v),
+                Some(v) if v.is_finite() && (1.0..=1000.0).contains(&v) => *slot = Some(v),
                 Some(v) => cx.err(
                     &a.path(key),
                     n.line,
