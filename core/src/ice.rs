@@ -151,7 +151,7 @@ impl<'a> Candidate<'a> {
         let line = line.trim_matches([' ', '\t', '\r', '\n']);
         let line = line.strip_prefix("a=").unwrap_or(line);
         let line = line.strip_prefix("candidate:").unwrap_or(line);
-        let mut f = line.split([' ', '\t']).filter(|s| !s.is_empty());
+        let mut f = Fields(line);
         let mut next = |what| f.next().ok_or(ParseError::Missing(what));
 
         let foundation = next("foundation")?;
@@ -191,7 +191,7 @@ impl<'a> Candidate<'a> {
             tcptype: None,
             tail,
         };
-        let mut rest = tail.split([' ', '\t']).filter(|s| !s.is_empty());
+        let mut rest = Fields(tail);
         while let Some(name) = rest.next() {
             let value = rest.next().ok_or(ParseError::MissingValue)?;
             match name {
@@ -209,7 +209,7 @@ impl<'a> Candidate<'a> {
 
     /// The extension attributes (name, value), in order, without `raddr`, `rport` and `tcptype`.
     pub fn extensions(&self) -> impl Iterator<Item = (&'a str, &'a str)> + 'a {
-        let mut f = self.tail.split([' ', '\t']).filter(|s| !s.is_empty());
+        let mut f = Fields(self.tail);
         std::iter::from_fn(move || Some((f.next()?, f.next()?)))
             .filter(|(n, _)| !matches!(*n, "raddr" | "rport" | "tcptype"))
     }
@@ -414,19 +414,23 @@ impl<'t> Iterator for Scan<'t> {
 
     fn next(&mut self) -> Option<Self::Item> {
         const NEEDLE: &str = "candidate:";
+        static FINDER: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+            std::sync::LazyLock::new(|| memchr::memmem::Finder::new(NEEDLE));
         if self.left == 0 {
             return None;
         }
         let text = self.text;
-        let start = self.at + text.get(self.at..)?.find(NEEDLE)? + NEEDLE.len();
+        let start = self.at + FINDER.find(text.as_bytes().get(self.at..)?)? + NEEDLE.len();
         let mut window_end = (start + MAX_CANDIDATE_LEN).min(text.len());
         while !text.is_char_boundary(window_end) {
             window_end -= 1;
         }
-        let window = &text[start..window_end];
-        let end = window
-            .bytes()
-            .position(|b| matches!(b, b'"' | b'\\' | b'\r' | b'\n'))
+        // The candidate ends at a quote (a JSON string), a backslash (an escaped `\r\n`) or
+        // a line end, whichever comes first.
+        let w = &text.as_bytes()[start..window_end];
+        let first = memchr::memchr3(b'"', b'\\', b'\r', w);
+        let end = memchr::memchr(b'\n', &w[..first.unwrap_or(w.len())])
+            .or(first)
             .map_or(window_end, |e| start + e);
         self.at = end;
         self.left -= 1;
@@ -435,6 +439,28 @@ impl<'t> Iterator for Scan<'t> {
 }
 
 // === helpers ===
+
+/// The fields of a candidate line: runs of bytes other than space and tab (what
+/// `split([' ', '\t']).filter(non-empty)` gives, in one byte loop).
+struct Fields<'a>(&'a str);
+
+impl<'a> Iterator for Fields<'a> {
+    type Item = &'a str;
+
+    #[inline]
+    fn next(&mut self) -> Option<&'a str> {
+        let b = self.0.as_bytes();
+        let start = b.iter().position(|&c| c != b' ' && c != b'\t')?;
+        let len = b[start..]
+            .iter()
+            .position(|&c| c == b' ' || c == b'\t')
+            .unwrap_or(b.len() - start);
+        // Space and tab are ASCII: both ends are char boundaries.
+        let field = &self.0[start..start + len];
+        self.0 = &self.0[start + len..];
+        Some(field)
+    }
+}
 
 fn is_ice_char(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b == b'+' || b == b'/'
