@@ -40,12 +40,13 @@ impl Failover {
         route: &Route,
         (headers, path_and_query): (&HeaderMap, &str),
         timeout: Duration,
-    ) -> Option<Failover> {
+    ) -> Option<Box<Failover>> {
         let ws = route.websocket.as_ref()?;
         if ws.on_upstream_failure != sigmesh_core::config::OnUpstreamFailure::Reconnect {
             return None;
         }
-        Some(Failover {
+        // Boxed: sessions that do not reconnect (the default) carry a pointer, not this.
+        Some(Box::new(Failover {
             headers: headers.clone(),
             path_and_query: path_and_query.to_owned(),
             route_prefix: route.matcher.path_prefix.clone(),
@@ -53,7 +54,7 @@ impl Failover {
             first: (ws.reconnect.replay == Replay::First).then(|| FirstMessage::new(route)),
             replay: None,
             timeout,
-        })
+        }))
     }
 
     /// Client bytes as they pass, until the first message is whole.

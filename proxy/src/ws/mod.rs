@@ -108,7 +108,7 @@ struct Start {
     /// when it never starts (this is dropped).
     places: Places,
     /// What it needs to move to another endpoint (`on_upstream_failure: reconnect`).
-    failover: Option<failover::Failover>,
+    failover: Option<Box<failover::Failover>>,
 }
 
 /// An upgrade to the upstream core picked: its handshake first, then 101 and the session.

@@ -94,7 +94,7 @@ pub(super) async fn run(
     info: Arc<SessionInfo>,
     (client, upstream): (Leg, Leg),
     trace: Option<Arc<SessionTrace>>,
-    (opts, places, failover): (SessionOptions, Places, Option<Failover>),
+    (opts, places, failover): (SessionOptions, Places, Option<Box<Failover>>),
 ) {
     let mut failover = failover;
     // Held for the session's life: its places in the live-session counts and on its endpoint.
@@ -173,7 +173,7 @@ pub(super) async fn run(
                 env: &env,
                 recorder: &mut recorder,
                 from_client: true,
-                failover: failover.as_mut(),
+                failover: failover.as_deref_mut(),
             };
             if let Poll::Ready(ev) = inbound.poll(task, &mut c_io, &mut u_io, &mut way) {
                 return Poll::Ready(Wake::In(ev));
@@ -230,7 +230,9 @@ pub(super) async fn run(
         {
             old.failed("mid-session: the connection ended");
             let pool = old.pool().clone();
-            let result = f.reconnect(&pool, old).await;
+            // Boxed: the reconnect (a whole upstream handshake) is a large future, and inline it
+            // would grow every session's task by its size, reconnecting or not.
+            let result = Box::pin(f.reconnect(&pool, old)).await;
             let labels = |result| crate::metrics::ReconnectLabels {
                 route: info.route.clone(),
                 upstream: info.upstream.clone(),
