@@ -182,13 +182,12 @@ impl Rollouts {
 
     /// `(route, fingerprint, Some(reason) when aborted here)` of every rollout not done.
     pub fn shareable(&self) -> Vec<(String, String, Option<String>)> {
-        let now = clock::now();
         self.lock()
             .iter()
             .filter(|(_, r)| r.phase() != Phase::Done)
             .map(|(k, r)| {
                 let reason = (r.phase() == Phase::Aborted)
-                    .then(|| r.view(k, now).reason.unwrap_or_default());
+                    .then(|| r.reason().unwrap_or_default().to_owned());
                 (k.clone(), fingerprint(r.config()), reason)
             })
             .collect()
@@ -229,7 +228,7 @@ impl Change {
         let aborted = (before != Phase::Aborted && r.phase() == Phase::Aborted).then(|| {
             (
                 r.abort_kind().unwrap_or("manual"),
-                r.view(route, clock::now()).reason.unwrap_or_default(),
+                r.reason().unwrap_or_default().to_owned(),
             )
         });
         Change {
@@ -249,10 +248,5 @@ impl Change {
 /// JSON), so a new rollout of the same route is not the old one.
 pub fn fingerprint(config: &sigmesh_core::config::Rollout) -> String {
     let text = serde_json::to_string(config).unwrap_or_default();
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in text.bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    format!("{h:016x}")
+    format!("{:016x}", sigmesh_core::split::stable_hash(text.as_bytes()))
 }

@@ -44,7 +44,7 @@ pub struct SessionInfo {
     /// The upstream endpoint it is on (it changes when the session moves).
     pub endpoint: arc_swap::ArcSwapOption<crate::pool::Endpoint>,
     /// The code of the session's first close (either side's, or sigmesh's own);
-    /// [`NO_CLOSE`] while none, [`EMPTY_CLOSE`] for a close without a code.
+    /// [`NO_CLOSE`] while none, 1005 ("no status") for a close without a code.
     pub close_code: std::sync::atomic::AtomicU32,
     /// The upstream failed mid-session.
     pub upstream_failed: std::sync::atomic::AtomicBool,
@@ -52,8 +52,6 @@ pub struct SessionInfo {
 
 /// [`SessionInfo::close_code`] before any close.
 pub const NO_CLOSE: u32 = u32::MAX;
-/// [`SessionInfo::close_code`] of a close frame without a code.
-pub const EMPTY_CLOSE: u32 = u32::MAX - 1;
 
 impl SessionInfo {
     pub fn new(id: u64, route: &str, upstream: &str, client: SocketAddr) -> SessionInfo {
@@ -84,9 +82,6 @@ impl SessionInfo {
         use sigmesh_core::label::CloseClass;
         match self.close_code.load(Ordering::Relaxed) {
             NO_CLOSE => CloseClass::NoClose,
-            // What a browser's `ws.close()` sends (1005 "no status" on the other side): a
-            // clean close.
-            EMPTY_CLOSE => CloseClass::Normal,
             c => CloseClass::of(u16::try_from(c).ok()),
         }
     }

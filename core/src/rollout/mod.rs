@@ -213,6 +213,11 @@ impl Rollout {
         self.step
     }
 
+    /// Why it is paused, aborted or waiting.
+    pub fn reason(&self) -> Option<&str> {
+        self.reason.as_deref()
+    }
+
     /// `(baseline, canary)` weights in force.
     pub fn weights(&self) -> (u32, u32) {
         (100 - self.weight, self.weight)

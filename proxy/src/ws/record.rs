@@ -122,7 +122,8 @@ impl Observer for Recorder<'_> {
                     .upstream_error(&info.route, &info.upstream, kind)
             }
             Event::Closed { by, code, reason } => {
-                let c = code.map_or(crate::sessions::EMPTY_CLOSE, u32::from);
+                // A close without a code reads as 1005, as its receiver reports it.
+                let c = code.map_or(1005, u32::from);
                 let _ = info.close_code.compare_exchange(
                     crate::sessions::NO_CLOSE,
                     c,
