@@ -7,6 +7,7 @@
 //! cargo build --release -p sigmesh-benches --example read_ir
 //! valgrind --tool=callgrind --callgrind-out-file=/tmp/cg.out target/release/examples/read_ir
 //! callgrind_annotate /tmp/cg.out | head
+//! target/release/examples/read_ir load   # one of the three messages alone
 //! ```
 
 use sigmesh_core::config::Signaling;
@@ -30,8 +31,13 @@ fn main() {
     }
     let offer =
         serde_json::json!({"type": "offer", "room": "r1", "from": "alice", "sdp": sdp}).to_string();
+    // `read_ir load` (or `trickle`, `offer`) reads that message alone.
+    let only = std::env::args().nth(1);
     let mut n = 0u64;
-    for text in [load, trickle, offer.as_str()] {
+    for (name, text) in [("load", load), ("trickle", trickle), ("offer", offer.as_str())] {
+        if only.as_deref().is_some_and(|o| o != name) {
+            continue;
+        }
         for _ in 0..20_000 {
             let r = read_message(std::hint::black_box(text), &cfg);
             n += u64::from(r.ice.host + r.ice.srflx) + u64::from(r.room.is_some());

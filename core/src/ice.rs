@@ -450,14 +450,20 @@ impl<'a> Iterator for Fields<'a> {
     #[inline]
     fn next(&mut self) -> Option<&'a str> {
         let b = self.0.as_bytes();
-        let start = b.iter().position(|&c| c != b' ' && c != b'\t')?;
-        let len = b[start..]
-            .iter()
-            .position(|&c| c == b' ' || c == b'\t')
-            .unwrap_or(b.len() - start);
+        let mut start = 0;
+        while start < b.len() && matches!(b[start], b' ' | b'\t') {
+            start += 1;
+        }
+        if start == b.len() {
+            return None;
+        }
+        let mut end = start + 1;
+        while end < b.len() && !matches!(b[end], b' ' | b'\t') {
+            end += 1;
+        }
         // Space and tab are ASCII: both ends are char boundaries.
-        let field = &self.0[start..start + len];
-        self.0 = &self.0[start + len..];
+        let field = &self.0[start..end];
+        self.0 = &self.0[end..];
         Some(field)
     }
 }
@@ -466,12 +472,14 @@ fn is_ice_char(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b == b'+' || b == b'/'
 }
 
-/// A decimal number of at most `max` digits (no sign).
+/// A decimal number of at most `max` digits (no sign; `max` at most 19, so it cannot overflow).
 fn digits(s: &str, max: usize) -> Option<u64> {
-    if s.is_empty() || s.len() > max || !s.bytes().all(|b| b.is_ascii_digit()) {
+    if s.is_empty() || s.len() > max.min(19) {
         return None;
     }
-    s.parse().ok()
+    s.bytes().try_fold(0u64, |n, b| {
+        b.is_ascii_digit().then(|| n * 10 + u64::from(b - b'0'))
+    })
 }
 
 fn port(s: &str) -> Result<u16, ParseError> {
@@ -494,12 +502,15 @@ fn offset_after(line: &str, part: &str) -> usize {
 }
 
 fn parse_ip(s: &str) -> Option<IpAddr> {
+    if !s.as_bytes().contains(&b':') {
+        return s.parse::<std::net::Ipv4Addr>().ok().map(IpAddr::V4);
+    }
     // An IPv6 zone (`fe80::1%eth0`) is allowed and ignored.
     let s = match s.split_once('%') {
-        Some((ip, zone)) if s.contains(':') && !zone.is_empty() => ip,
+        Some((ip, zone)) if !zone.is_empty() => ip,
         _ => s,
     };
-    s.parse().ok()
+    s.parse::<std::net::Ipv6Addr>().ok().map(IpAddr::V6)
 }
 
 /// The kind of a connection address, or `None` if it is not one.

@@ -9,7 +9,7 @@ use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqA
 
 use super::KNOWN_TYPES;
 use super::kind::{Dialect, SignalKind};
-use super::pointer::{Key, index, token};
+use super::pointer::{Key, index};
 use super::socketio;
 
 /// Walks `body`; `None` if it is not well-formed JSON.
@@ -19,10 +19,12 @@ pub(super) fn walk<'t>(
     frame: Option<socketio::Frame<'t>>,
     mask: u8,
 ) -> Option<Class> {
+    let tokens = &cx.pointers.map(Tokens::of);
     let mut de = serde_json::Deserializer::from_str(body);
     let seen = match frame {
         Some(f) if f.is_event() || f.is_ack() => SioArgs {
             cx: &mut *cx,
+            tokens,
             mask,
             event: f.is_event(),
         }
@@ -31,6 +33,7 @@ pub(super) fn walk<'t>(
         _ => {
             let s = Node {
                 cx: &mut *cx,
+                tokens,
                 depth: 0,
                 mask,
                 role: Role::Plain,
@@ -102,16 +105,23 @@ impl Word {
         if s.len() > 32 {
             return Word::default();
         }
+        // ASCII case folded once (non-ASCII bytes compare as they are, as with
+        // `eq_ignore_ascii_case`); then each list is compared by length first.
+        let mut buf = [0u8; 32];
+        let lower = &mut buf[..s.len()];
+        lower.copy_from_slice(s.as_bytes());
+        lower.make_ascii_lowercase();
+        let lower = &*lower;
         Word {
             kind: ALIASES
                 .iter()
-                .find(|(a, _)| a.eq_ignore_ascii_case(s))
+                .find(|(a, _)| a.as_bytes() == lower)
                 .map(|(_, k)| *k),
             label: KNOWN_TYPES
                 .iter()
-                .find(|k| k.eq_ignore_ascii_case(s))
+                .find(|k| k.as_bytes() == lower)
                 .copied(),
-            peerjs: PEERJS.contains(&s),
+            peerjs: s.as_bytes().first().is_some_and(u8::is_ascii_uppercase) && PEERJS.contains(&s),
         }
     }
 }
@@ -150,6 +160,71 @@ pub(super) struct Wanted<'p, 't> {
     pub(super) out: [Option<Cow<'t, str>>; 3],
 }
 
+/// A pointer's reference tokens, split once per message (as written: `~0` and `~1` are undone
+/// only for a pointer that has a `~`).
+struct Tokens<'p> {
+    first: [&'p str; 8],
+    len: usize,
+    pointer: &'p str,
+    tilde: bool,
+}
+
+impl<'p> Tokens<'p> {
+    fn of(pointer: &'p str) -> Tokens<'p> {
+        let mut t = Tokens {
+            first: [""; 8],
+            len: 0,
+            pointer,
+            tilde: pointer.contains('~'),
+        };
+        if let Some(rest) = pointer.strip_prefix('/') {
+            for (i, tok) in rest.split('/').enumerate() {
+                if let Some(slot) = t.first.get_mut(i) {
+                    *slot = tok;
+                }
+                t.len = i + 1;
+            }
+        }
+        t
+    }
+
+    /// Whether the pointer ends at `depth` (has no token there).
+    #[inline]
+    fn ends_at(&self, depth: usize) -> bool {
+        depth >= self.len
+    }
+
+    /// Token `depth`, as written; `None` past the last one.
+    #[inline]
+    fn get(&self, depth: usize) -> Option<&'p str> {
+        if depth >= self.len {
+            return None;
+        }
+        match self.first.get(depth) {
+            Some(t) => Some(t),
+            None => self.pointer[1..].split('/').nth(depth),
+        }
+    }
+
+    /// Token `depth` unescaped (RFC 6901, in serde_json's order).
+    fn unescaped(&self, depth: usize) -> Option<Cow<'p, str>> {
+        let t = self.get(depth)?;
+        Some(if self.tilde && t.contains('~') {
+            Cow::Owned(t.replace("~1", "/").replace("~0", "~"))
+        } else {
+            Cow::Borrowed(t)
+        })
+    }
+
+    #[inline]
+    fn matches(&self, depth: usize, key: &str) -> bool {
+        if self.tilde {
+            return self.unescaped(depth).is_some_and(|t| t == key);
+        }
+        self.get(depth) == Some(key)
+    }
+}
+
 /// What a member's key says about its value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Role {
@@ -165,14 +240,17 @@ enum Role {
 
 impl Role {
     fn of(key: &str) -> Role {
-        match key {
-            "type" => Role::Type,
-            "event" | "action" => Role::AltType,
-            "sdp" => Role::Sdp,
-            "candidate" | "candidates" | "ice" | "iceCandidate" => Role::Candidate,
-            "payload" => Role::Payload,
-            "renegotiate" => Role::Renegotiate,
-            "transceiverRequest" => Role::TransceiverRequest,
+        // By length first: most keys are none of these and cost one comparison.
+        match (key.len(), key) {
+            (4, "type") => Role::Type,
+            (5, "event") | (6, "action") => Role::AltType,
+            (3, "sdp") => Role::Sdp,
+            (9, "candidate") | (10, "candidates") | (3, "ice") | (12, "iceCandidate") => {
+                Role::Candidate
+            }
+            (7, "payload") => Role::Payload,
+            (11, "renegotiate") => Role::Renegotiate,
+            (18, "transceiverRequest") => Role::TransceiverRequest,
             _ => Role::Plain,
         }
     }
@@ -190,6 +268,7 @@ enum Seen {
 /// Visits one value: `mask` holds the pointers that matched the path so far (`depth` tokens).
 struct Node<'c, 'p, 't> {
     cx: &'c mut Wanted<'p, 't>,
+    tokens: &'c [Tokens<'p>; 3],
     depth: usize,
     mask: u8,
     role: Role,
@@ -204,7 +283,7 @@ impl<'t> Node<'_, '_, 't> {
     /// Sets every pointer that ends here.
     fn leaf(&mut self, value: impl Fn() -> Cow<'t, str>) {
         for i in self.bits() {
-            if token(self.cx.pointers[i], self.depth).is_none() {
+            if self.tokens[i].ends_at(self.depth) {
                 self.cx.out[i] = Some(value());
             }
         }
@@ -275,17 +354,11 @@ impl<'t> Visitor<'t> for Node<'_, '_, 't> {
     }
 
     fn visit_map<A: MapAccess<'t>>(self, mut map: A) -> Result<Seen, A::Error> {
-        let tokens: [Option<Cow<'_, str>>; 3] = std::array::from_fn(|i| {
-            if self.mask & (1 << i) != 0 {
-                token(self.cx.pointers[i], self.depth)
-            } else {
-                None
-            }
-        });
         let mut m = Members::default();
         while let Some(Key(key)) = map.next_key()? {
-            let mask = (0..3)
-                .filter(|&i| tokens[i].as_deref() == Some(&*key))
+            let mask = self
+                .bits()
+                .filter(|&i| self.tokens[i].matches(self.depth, &key))
                 .fold(0u8, |m, i| m | 1 << i);
             let role = Role::of(&key);
             if role == Role::Sdp && mask == 0 {
@@ -297,6 +370,7 @@ impl<'t> Visitor<'t> for Node<'_, '_, 't> {
             }
             let seen = map.next_value_seed(Node {
                 cx: &mut *self.cx,
+            tokens: self.tokens,
                 depth: self.depth + 1,
                 mask,
                 role,
@@ -309,7 +383,9 @@ impl<'t> Visitor<'t> for Node<'_, '_, 't> {
     fn visit_seq<A: SeqAccess<'t>>(self, mut seq: A) -> Result<Seen, A::Error> {
         let indices: [Option<usize>; 3] = std::array::from_fn(|i| {
             if self.mask & (1 << i) != 0 {
-                token(self.cx.pointers[i], self.depth).and_then(|t| index(&t))
+                self.tokens[i]
+                    .unescaped(self.depth)
+                    .and_then(|t| index(&t))
             } else {
                 None
             }
@@ -322,6 +398,7 @@ impl<'t> Visitor<'t> for Node<'_, '_, 't> {
                 .fold(0u8, |m, i| m | 1 << i);
             let seen = seq.next_element_seed(Node {
                 cx: &mut *self.cx,
+            tokens: self.tokens,
                 depth: self.depth + 1,
                 mask,
                 role: Role::Plain,
@@ -433,6 +510,7 @@ impl Members {
 /// are resolved against the first argument.
 struct SioArgs<'c, 'p, 't> {
     cx: &'c mut Wanted<'p, 't>,
+    tokens: &'c [Tokens<'p>; 3],
     mask: u8,
     event: bool,
 }
@@ -457,6 +535,7 @@ impl<'t> Visitor<'t> for SioArgs<'_, '_, 't> {
         if self.event {
             let seen = seq.next_element_seed(Node {
                 cx: &mut *self.cx,
+            tokens: self.tokens,
                 depth: 0,
                 mask: 0,
                 role: Role::Type,
@@ -467,6 +546,7 @@ impl<'t> Visitor<'t> for SioArgs<'_, '_, 't> {
         }
         let first = seq.next_element_seed(Node {
             cx: &mut *self.cx,
+            tokens: self.tokens,
             depth: 0,
             mask: self.mask,
             role: Role::Plain,
