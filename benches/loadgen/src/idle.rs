@@ -70,6 +70,7 @@ async fn open(args: &IdleArgs, id: usize) -> anyhow::Result<Ws> {
         room: (id / 2) as u64,
         peer: id as u64,
         size: args.size,
+        spread: None,
     };
     ws.send(Message::text(b.build(0, 0))).await?;
     loop {

@@ -91,6 +91,11 @@ pub struct RunArgs {
     /// that many sessions do not run out of ephemeral ports on one address.
     #[arg(long, value_parser = parse_source_ips)]
     pub source_ips: Option<SourceIps>,
+    /// Spread the messages over this many distinct rooms (all sessions together: message `seq`
+    /// of session `id` names room `(id + seq × sessions) mod N`), to fill a proxy's per-room
+    /// tables; 0 (the default) keeps one room per pair of sessions.
+    #[arg(long, default_value_t = 0)]
+    pub rooms: u64,
 }
 
 /// The result of one run, as written by `--json`.
@@ -197,6 +202,9 @@ pub(crate) struct Builder {
     pub(crate) room: u64,
     pub(crate) peer: u64,
     pub(crate) size: usize,
+    /// `(rooms, stride)`: message `seq` names room `(room + seq × stride) mod rooms` (see
+    /// `RunArgs::rooms`); `None`: always `room`.
+    pub(crate) spread: Option<(u64, u64)>,
 }
 
 impl Builder {
@@ -206,7 +214,11 @@ impl Builder {
         let _ = write!(
             s,
             r#"{{"type":"candidate","room":"r{}","from":"p{}","seq":{seq},"ts":{ts}"#,
-            self.room, self.peer
+            match self.spread {
+                Some((rooms, stride)) => self.room.wrapping_add(seq.wrapping_mul(stride)) % rooms,
+                None => self.room,
+            },
+            self.peer
         );
         // `,"candidate":"…"` and `,"pad":""}` around the variable part.
         const PAD_ENVELOPE: usize = r#","pad":""}"#.len();
@@ -283,9 +295,14 @@ impl Receiver {
 async fn session(mut ws: Ws, id: usize, ctx: Ctx) -> anyhow::Result<Stats> {
     let mut st = Stats::new()?;
     let builder = Builder {
-        room: (id / 2) as u64,
+        room: if ctx.args.rooms > 0 {
+            id as u64
+        } else {
+            (id / 2) as u64
+        },
         peer: id as u64,
         size: ctx.args.size,
+        spread: (ctx.args.rooms > 0).then(|| (ctx.args.rooms, ctx.args.sessions as u64)),
     };
     let mut rx = Receiver { expect: 0 };
     let outcome = match ctx.args.rate {

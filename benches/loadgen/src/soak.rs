@@ -308,6 +308,7 @@ async fn good(id: usize, args: &SoakArgs, stats: &Stats, permits: &tokio::sync::
             room: (id / 2) as u64,
             peer: (id as u64) << 20 | generation,
             size: args.size,
+            spread: None,
         };
         let mut send_at = Instant::now() + args.message_every.mul_f64(rng.unit());
         let mut seq = 0u64;
