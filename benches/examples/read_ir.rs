@@ -34,7 +34,11 @@ fn main() {
     // `read_ir load` (or `trickle`, `offer`) reads that message alone.
     let only = std::env::args().nth(1);
     let mut n = 0u64;
-    for (name, text) in [("load", load), ("trickle", trickle), ("offer", offer.as_str())] {
+    for (name, text) in [
+        ("load", load),
+        ("trickle", trickle),
+        ("offer", offer.as_str()),
+    ] {
         if only.as_deref().is_some_and(|o| o != name) {
             continue;
         }

@@ -567,12 +567,31 @@ mod tests {
     use super::*;
 
     #[test]
+    fn spread_messages_cycle_through_the_rooms() {
+        // Session 3 of 10 over 25 rooms: rooms 3, 13, 23, 8, 18, 3, …
+        let b = Builder {
+            room: 3,
+            peer: 3,
+            size: 200,
+            spread: Some((25, 10)),
+        };
+        let rooms: Vec<String> = (0..6)
+            .map(|seq| {
+                let m: serde_json::Value = serde_json::from_str(&b.build(seq, 0)).expect("JSON");
+                m["room"].as_str().expect("a room").to_owned()
+            })
+            .collect();
+        assert_eq!(rooms, ["r3", "r13", "r23", "r8", "r18", "r3"]);
+    }
+
+    #[test]
     fn messages_have_the_requested_size_and_parse_back() {
         for size in [0, 60, 120, 200, 1000] {
             let b = Builder {
                 room: 3,
                 peer: 7,
                 size,
+                spread: None,
             };
             let m = b.build(123_456, 987_654_321);
             if size >= 200 {

@@ -117,10 +117,7 @@ impl Word {
                 .iter()
                 .find(|(a, _)| a.as_bytes() == lower)
                 .map(|(_, k)| *k),
-            label: KNOWN_TYPES
-                .iter()
-                .find(|k| k.as_bytes() == lower)
-                .copied(),
+            label: KNOWN_TYPES.iter().find(|k| k.as_bytes() == lower).copied(),
             peerjs: s.as_bytes().first().is_some_and(u8::is_ascii_uppercase) && PEERJS.contains(&s),
         }
     }
@@ -370,7 +367,7 @@ impl<'t> Visitor<'t> for Node<'_, '_, 't> {
             }
             let seen = map.next_value_seed(Node {
                 cx: &mut *self.cx,
-            tokens: self.tokens,
+                tokens: self.tokens,
                 depth: self.depth + 1,
                 mask,
                 role,
@@ -383,9 +380,7 @@ impl<'t> Visitor<'t> for Node<'_, '_, 't> {
     fn visit_seq<A: SeqAccess<'t>>(self, mut seq: A) -> Result<Seen, A::Error> {
         let indices: [Option<usize>; 3] = std::array::from_fn(|i| {
             if self.mask & (1 << i) != 0 {
-                self.tokens[i]
-                    .unescaped(self.depth)
-                    .and_then(|t| index(&t))
+                self.tokens[i].unescaped(self.depth).and_then(|t| index(&t))
             } else {
                 None
             }
@@ -398,7 +393,7 @@ impl<'t> Visitor<'t> for Node<'_, '_, 't> {
                 .fold(0u8, |m, i| m | 1 << i);
             let seen = seq.next_element_seed(Node {
                 cx: &mut *self.cx,
-            tokens: self.tokens,
+                tokens: self.tokens,
                 depth: self.depth + 1,
                 mask,
                 role: Role::Plain,
@@ -535,7 +530,7 @@ impl<'t> Visitor<'t> for SioArgs<'_, '_, 't> {
         if self.event {
             let seen = seq.next_element_seed(Node {
                 cx: &mut *self.cx,
-            tokens: self.tokens,
+                tokens: self.tokens,
                 depth: 0,
                 mask: 0,
                 role: Role::Type,
