@@ -563,4 +563,9 @@ with open(stem + ".md", "w") as f:
     f.write("\n".join(md) + "\n")
 print("\n".join(md))
 PY
+# The README's table: sigmesh's figures and its ratios to the others in this run.
+if [[ " $PEERS " == *" sigmesh "* ]]; then
+    { printf '\n## For the README (benches/readme_table.py)\n\n'; python3 "$ROOT/benches/readme_table.py" "$RESULTS/$STAMP-suite.json"; } \
+        | tee -a "$RESULTS/$STAMP-suite.md"
+fi
 log "wrote $RESULTS/$STAMP-suite.md and .json"
