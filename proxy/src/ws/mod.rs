@@ -197,15 +197,13 @@ pub async fn upgrade(
     // Only the socket and its read-ahead go on: the 101's headers share hyper's whole read
     // buffer (8 KiB), which an idle session must not keep.
     let upstream_leg = conn.into_leg();
-    let on_upgrade = hs.on_upgrade;
-    tokio::spawn(async move {
-        let Some(client_leg) = upgraded_leg(on_upgrade).await else {
-            return;
-        };
-        start
-            .run(upstream, room, (client_leg, upstream_leg), compressed)
-            .await;
-    });
+    // The session's future is the task itself: it completes the client's upgrade first.
+    tokio::spawn(start.run(
+        upstream,
+        room,
+        (session::ClientLeg::Upgrade(hs.on_upgrade), upstream_leg),
+        compressed,
+    ));
     resp
 }
 
@@ -244,6 +242,8 @@ pub fn await_first(
         failover: None,
     };
     let (on_upgrade, headers, pq) = (hs.on_upgrade, hs.headers, hs.path_and_query);
+    // This task ends when the session starts: the session is a task of its own, which keeps
+    // nothing of the wait.
     tokio::spawn(async move {
         let Some(client_leg) = upgraded_leg(on_upgrade).await else {
             return;
@@ -333,7 +333,7 @@ impl Start {
         self,
         upstream: usize,
         room: Option<String>,
-        legs: (Leg, Leg),
+        (client, upstream_leg): (session::ClientLeg, Leg),
         compressed: bool,
     ) -> impl std::future::Future<Output = ()> + Send + 'static {
         let route = &self.runtime.route(self.route).route;
@@ -346,7 +346,6 @@ impl Start {
         if let Some(room) = &room {
             let _ = info.room.set(sigmesh_core::request::shown(room).to_owned());
         }
-        let _ = info.transport.set(legs.0.io.transport());
         let opts = SessionOptions {
             sticky_room: room,
             // Negotiated only without a context either way: read through.
@@ -356,18 +355,22 @@ impl Start {
             now: crate::clock::now(),
             read_dropped: self.trace.as_ref().is_some_and(|t| t.is_recording()),
         };
-        session::run(
-            self.shared,
-            self.runtime,
-            self.route,
+        session::run(session::Parts {
+            shared: self.shared,
+            runtime: self.runtime,
+            route: self.route,
             info,
-            legs,
-            self.trace,
-            (opts, self.places, self.failover),
-        )
+            client,
+            upstream: upstream_leg,
+            trace: self.trace,
+            opts: Some(opts),
+            places: self.places,
+            failover: self.failover,
+        })
     }
 
-    /// Waits for the client's first message (bounded in time and size), picks, connects, runs.
+    /// Waits for the client's first message (bounded in time and size), picks, connects, and
+    /// spawns the session (a task of its own: the wait's state is not kept beside it).
     async fn first_message(
         mut self,
         mut wait: AwaitFirst,
@@ -418,8 +421,12 @@ impl Start {
                 let mut this = self;
                 this.places.endpoint = conn.lease.take();
                 let upstream_leg = conn.into_leg();
-                this.run(up.upstream, None, (client_leg, upstream_leg), false)
-                    .await
+                tokio::spawn(this.run(
+                    up.upstream,
+                    None,
+                    (session::ClientLeg::Ready(client_leg), upstream_leg),
+                    false,
+                ));
             }
             Err(_) => {
                 if let Some(t) = &self.trace {

@@ -86,20 +86,74 @@ enum Wake {
     Done,
 }
 
-/// Runs a session between two upgraded legs until both are closed.
-pub(super) async fn run(
-    shared: Arc<Shared>,
-    runtime: Arc<Runtime>,
-    route: usize,
-    info: Arc<SessionInfo>,
-    (client, upstream): (Leg, Leg),
-    trace: Option<Arc<SessionTrace>>,
-    (opts, places, failover): (SessionOptions, Places, Option<Box<Failover>>),
-) {
-    let mut failover = failover;
-    // Held for the session's life: its places in the live-session counts and on its endpoint.
-    let mut places = places;
-    let mut lease = places.endpoint.take();
+/// How the client's leg comes to the session.
+pub(super) enum ClientLeg {
+    /// The 101 is on its way: the session completes hyper's upgrade first.
+    Upgrade(hyper::upgrade::OnUpgrade),
+    Ready(Leg),
+    /// Taken (the upgrade is under way or failed).
+    Gone,
+}
+
+/// Everything a session starts with. Its task's future keeps these in place: nothing is moved
+/// out of them into locals of its own (an async fn's arguments, and what it would move out of
+/// them, each take a slot of every session's task).
+pub(super) struct Parts {
+    pub shared: Arc<Shared>,
+    pub runtime: Arc<Runtime>,
+    pub route: usize,
+    pub info: Arc<SessionInfo>,
+    pub client: ClientLeg,
+    pub upstream: Leg,
+    pub trace: Option<Arc<SessionTrace>>,
+    pub opts: Option<SessionOptions>,
+    /// Held for the session's life: its places in the live-session counts and on its endpoint.
+    pub places: Places,
+    pub failover: Option<Box<Failover>>,
+}
+
+/// Runs a session between two legs until both are closed (the client's upgraded first when it
+/// is not yet).
+// Not an `async fn`: its arguments would be stored twice in the task (as the future's upvars and
+// as the locals the body binds them to); an `async move` block keeps `p` once, in place.
+#[allow(clippy::manual_async_fn)]
+pub(super) fn run(mut p: Parts) -> impl std::future::Future<Output = ()> + Send + 'static {
+    async move {
+        if let ClientLeg::Upgrade(_) = p.client {
+            let ClientLeg::Upgrade(on_upgrade) = std::mem::replace(&mut p.client, ClientLeg::Gone)
+            else {
+                return;
+            };
+            match super::upgraded_leg(on_upgrade).await {
+                Some(leg) => p.client = ClientLeg::Ready(leg),
+                None => return,
+            }
+        }
+        relay(&mut p).await;
+        drop(p);
+    }
+}
+
+/// The session proper, on `p` in place.
+async fn relay(p: &mut Parts) {
+    let Parts {
+        shared,
+        runtime,
+        route,
+        info,
+        client,
+        upstream,
+        trace,
+        opts,
+        places,
+        failover,
+    } = p;
+    let route = *route;
+    let (ClientLeg::Ready(client), Some(opts)) = (client, opts.take()) else {
+        return;
+    };
+    let _ = info.transport.set(client.io.transport());
+    let lease = &mut places.endpoint;
     info.endpoint
         .store(lease.as_ref().map(|l| l.endpoint_arc().clone()));
     let metrics = shared.metrics();
@@ -122,9 +176,8 @@ pub(super) async fn run(
     let idle = session.idle_timeout();
     let mut handles = Handles::default();
     let recording = trace.as_deref().filter(|t| t.is_recording());
-    let (mut c_io, mut u_io) = (client.io, upstream.io);
-    let mut inbound = Way::new(client.pre);
-    let mut outbound = Way::new(upstream.pre);
+    let mut inbound = Way::new(std::mem::take(&mut client.pre));
+    let mut outbound = Way::new(std::mem::take(&mut upstream.pre));
 
     // The shutdown, or a drain of this session's upstream; then its paced close.
     let upstream_drain = lease.as_ref().map(crate::pool::Lease::drain_signal);
@@ -149,7 +202,7 @@ pub(super) async fn run(
     let mut ending = false;
     let cluster = shared.cluster();
     let buckets = crate::state::SessionBuckets {
-        runtime: &runtime,
+        runtime,
         cluster: cluster.as_ref(),
     };
     loop {
@@ -163,7 +216,7 @@ pub(super) async fn run(
             };
             let mut recorder = Recorder {
                 metrics,
-                info: &info,
+                info,
                 trace: recording,
                 handles: &mut handles,
                 endpoint: lease.as_ref(),
@@ -175,11 +228,13 @@ pub(super) async fn run(
                 from_client: true,
                 failover: failover.as_deref_mut(),
             };
-            if let Poll::Ready(ev) = inbound.poll(task, &mut c_io, &mut u_io, &mut way) {
+            if let Poll::Ready(ev) = inbound.poll(task, &mut client.io, &mut upstream.io, &mut way)
+            {
                 return Poll::Ready(Wake::In(ev));
             }
             way.from_client = false;
-            if let Poll::Ready(ev) = outbound.poll(task, &mut u_io, &mut c_io, &mut way) {
+            if let Poll::Ready(ev) = outbound.poll(task, &mut upstream.io, &mut client.io, &mut way)
+            {
                 return Poll::Ready(Wake::Out(ev));
             }
             if inbound.finished() && outbound.finished() {
@@ -263,12 +318,12 @@ pub(super) async fn run(
                 if let Some(r) = replay {
                     inbound.send_first(&r);
                 }
-                u_io = conn.io;
+                upstream.io = conn.io;
                 outbound = Way::new(conn.read_ahead);
                 session.upstream_replaced();
                 tracing::info!(session = info.id, route = %info.route, upstream = %info.upstream, endpoint = %new_lease.endpoint().id, lost, "session moved to another endpoint");
                 info.endpoint.store(Some(new_lease.endpoint_arc().clone()));
-                lease = Some(new_lease);
+                *lease = Some(new_lease);
                 continue;
             }
             metrics
@@ -278,7 +333,7 @@ pub(super) async fn run(
         }
         let mut recorder = Recorder {
             metrics,
-            info: &info,
+            info,
             trace: recording,
             handles: &mut handles,
             endpoint: lease.as_ref(),
@@ -342,8 +397,8 @@ pub(super) async fn run(
                 .reset(tokio::time::Instant::now() + shared.tuning().close_grace);
         }
     }
-    if let Some(t) = &trace {
-        t.finish(Some(&info));
+    if let Some(t) = trace.as_ref() {
+        t.finish(Some(info));
     }
     drop(pending);
     active.dec();
