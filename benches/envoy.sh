@@ -49,21 +49,7 @@ PLUGIN='{"routes":[{"name":"load","match":{"path_prefix":"/ws"},"websocket":{"ma
 bootstrap() {
     local name=$1 port=$2 admin=$3 with=$4 filter=""
     if [[ $with == 1 ]]; then
-        filter=$(cat <<EOF
-          - name: sigmesh
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
-              config:
-                name: sigmesh
-                root_id: sigmesh
-                configuration:
-                  "@type": type.googleapis.com/google.protobuf.StringValue
-                  value: '$PLUGIN'
-                vm_config:
-                  runtime: envoy.wasm.runtime.v8
-                  code: { local: { filename: "$WASM" } }
-EOF
-)
+        filter=$(wasm_filter_yaml "$PLUGIN" "$WASM")
     fi
     cat >"$TMP/$name.yaml" <<EOF
 admin:

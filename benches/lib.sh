@@ -172,6 +172,26 @@ load() {
         || fail "load run $label ($url)"
 }
 
+# --- Envoy ---------------------------------------------------------------------------------------
+# `wasm_filter_yaml PLUGIN_JSON WASM`: the sigmesh Wasm filter (V8) as an entry of an Envoy
+# bootstrap's `http_filters` (indented for benches/envoy.sh's and run.sh's bootstraps).
+wasm_filter_yaml() {
+    cat <<YAML
+          - name: sigmesh
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+              config:
+                name: sigmesh
+                root_id: sigmesh
+                configuration:
+                  "@type": type.googleapis.com/google.protobuf.StringValue
+                  value: '$1'
+                vm_config:
+                  runtime: envoy.wasm.runtime.v8
+                  code: { local: { filename: "$2" } }
+YAML
+}
+
 # --- results -------------------------------------------------------------------------------------
 # `result_meta`: creates RESULTS; sets STAMP (UTC, for file names), REV (git, "(dirty)" when the
 # tree has changes) and MACHINE (CPUs, model, kernel).

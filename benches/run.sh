@@ -150,28 +150,14 @@ render() { # `render TEMPLATE OUT` (with TLS=1: the listener terminates TLS with
         "$ROOT/benches/peers/$1" >"$2"
 }
 
-# `with_filter ENVOY_YAML`: adds the sigmesh Wasm filter (WASM) to a rendered Envoy bootstrap.
+# `with_filter ENVOY_YAML`: adds the sigmesh Wasm filter (WASM, lib.sh's `wasm_filter_yaml`) to a
+# rendered Envoy bootstrap, before its router; configured as sigmesh.yaml.in.
 with_filter() {
-    python3 - "$1" "$WASM" <<'PY'
-import json, sys
-path, wasm = sys.argv[1], sys.argv[2]
-plugin = json.dumps({"routes": [{"name": "load", "match": {"path_prefix": "/ws"},
-    "websocket": {"max_message_bytes": 65536, "signaling": {"type": "/type", "room": "/room", "peer": "/from"}},
-    "limits": {"messages": {"rate": 1000000000, "per": "1s", "burst": 1000000000, "on_exceed": "drop"}},
-    "upstreams": [{"name": "echo", "weight": 1}]}]})
-block = f"""          - name: sigmesh
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
-              config:
-                name: sigmesh
-                root_id: sigmesh
-                configuration:
-                  "@type": type.googleapis.com/google.protobuf.StringValue
-                  value: '{plugin}'
-                vm_config:
-                  runtime: envoy.wasm.runtime.v8
-                  code: {{ local: {{ filename: "{wasm}" }} }}
-"""
+    local plugin='{"routes":[{"name":"load","match":{"path_prefix":"/ws"},"websocket":{"max_message_bytes":65536,"signaling":{"type":"/type","room":"/room","peer":"/from"}},"limits":{"messages":{"rate":1000000000,"per":"1s","burst":1000000000,"on_exceed":"drop"}},"upstreams":[{"name":"echo","weight":1}]}]}'
+    wasm_filter_yaml "$plugin" "$WASM" >"$TMP/filter.yaml"
+    python3 - "$1" "$TMP/filter.yaml" <<'PY'
+import sys
+path, block = sys.argv[1], open(sys.argv[2]).read()
 text = open(path).read()
 anchor = "          - name: envoy.filters.http.router\n"
 assert anchor in text, "no router filter in the bootstrap"

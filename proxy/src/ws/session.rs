@@ -194,7 +194,8 @@ async fn relay(p: &mut Parts) {
         }
     });
     let mut planned: Option<Arc<crate::drain::DrainPlan>> = None;
-    let mut close_at = std::pin::pin!(tokio::time::sleep(Duration::from_secs(86_400)));
+    // This session's turn in a planned drain: the one timer below also wakes for it.
+    let mut drain_at: Option<tokio::time::Instant> = None;
     let mut pending = None;
     let mut timer = std::pin::pin!(tokio::time::sleep(idle));
     let write_timeout = shared.tuning().write_timeout;
@@ -247,8 +248,13 @@ async fn relay(p: &mut Parts) {
                 if let Poll::Ready(plan) = drain.as_mut().poll(task) {
                     return Poll::Ready(Wake::DrainPlanned(plan));
                 }
-            } else if !ending && close_at.as_mut().poll(task).is_ready() {
-                return Poll::Ready(Wake::Drain);
+            } else if !ending && let Some(at) = drain_at {
+                if at <= tokio::time::Instant::now() {
+                    return Poll::Ready(Wake::Drain);
+                }
+                if at < timer.deadline() {
+                    timer.as_mut().reset(at);
+                }
             }
             // A leg that stopped reading: the timer also wakes for the earliest stall's end
             // (during the close grace, the grace is the bound).
@@ -361,7 +367,7 @@ async fn relay(p: &mut Parts) {
                 let Some(plan) = plan.or_else(|| shared.shutdown_plan().cloned()) else {
                     continue;
                 };
-                close_at.as_mut().reset(plan.close_at());
+                drain_at = Some(plan.close_at());
                 pending = Some(metrics.drain_pending_guard());
                 planned = Some(plan);
                 continue;
