@@ -583,7 +583,6 @@ async fn call(tls: Option<sigmesh_core::config::Tls>) {
 /// `admin_auth`, the page sends the token from its fragment.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_admin_ui_shows_the_live_call_its_endpoints_and_the_rollout() {
-    use common::{recv_json, send, ws};
     let chromedriver = binary("SIGMESH_CHROMEDRIVER", "/usr/bin/chromedriver");
     binary("SIGMESH_CHROMIUM", "/usr/bin/chromium");
     let stable = common::signaling("stable").await;
@@ -603,37 +602,10 @@ async fn the_admin_ui_shows_the_live_call_its_endpoints_and_the_rollout() {
         .await
         .unwrap();
     // The call: a offers with a host candidate, b answers with a srflx one.
-    let room = "ui-room";
-    let path = format!("/ws?room={room}");
-    let mut a = ws(p.listen, &path).await;
-    let mut b = ws(p.listen, &path).await;
-    send(
-        &mut a,
-        &format!(r#"{{"type":"join","room":"{room}","from":"alice"}}"#),
-    )
-    .await;
-    let _ = recv_json(&mut a).await;
-    send(
-        &mut b,
-        &format!(r#"{{"type":"join","room":"{room}","from":"bob"}}"#),
-    )
-    .await;
-    let _ = recv_json(&mut b).await;
-    let _ = recv_json(&mut a).await;
     let offer = r#"v=0\r\na=candidate:1 1 udp 2122260223 192.168.1.2 54321 typ host\r\n"#;
-    send(
-        &mut a,
-        &format!(r#"{{"type":"offer","room":"{room}","from":"alice","sdp":"{offer}"}}"#),
-    )
-    .await;
-    assert_eq!(recv_json(&mut b).await["type"], "offer");
     let answer = r#"v=0\r\na=candidate:2 1 udp 1686052607 203.0.113.7 40000 typ srflx raddr 10.0.0.2 rport 40000\r\n"#;
-    send(
-        &mut b,
-        &format!(r#"{{"type":"answer","room":"{room}","from":"bob","sdp":"{answer}"}}"#),
-    )
-    .await;
-    assert_eq!(recv_json(&mut a).await["type"], "answer");
+    let room = "ui-room";
+    let (a, b) = common::call(p.listen, room, ("alice", "bob"), (offer, answer)).await;
 
     let driver = Driver::start(&chromedriver)
         .await

@@ -426,25 +426,12 @@ async fn replicas_share_a_rollouts_abort() {
     let addrs = [stable.local_addr, canary.local_addr];
     let a = proxy(&yaml, &addrs).await;
     let b = proxy(&yaml, &addrs).await;
-    let state = |p: &sigmesh::app::Proxy| {
-        let admin = p.admin.unwrap();
-        async move {
-            let (_, _, body) = http(admin, "GET", "/routes/sig/rollout", &[], "").await;
-            serde_json::from_str::<serde_json::Value>(&body).unwrap()
-        }
-    };
+    let state = |p| rollout_state(p, "sig");
     let mut i = 0;
     within(async {
         while state(&a).await["state"] == "running" {
-            let mut c = ws(a.listen, &format!("/ws?room=x{i}")).await;
+            churn(&a, &format!("x{i}"), Some(1011)).await;
             i += 1;
-            if whoami(&mut c).await["server"] == "canary" {
-                send(&mut c, r#"{"type":"close","code":1011}"#).await;
-                let _ = recv_close(&mut c).await;
-            } else {
-                futures_util::SinkExt::close(&mut c).await.unwrap();
-                let _ = recv_close(&mut c).await;
-            }
         }
     })
     .await;

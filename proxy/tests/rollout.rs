@@ -33,10 +33,24 @@ fn config(stable: SocketAddr, canary: SocketAddr, rollout: &str) -> String {
     )
 }
 
+/// The stable and canary servers (each relaying after its delay) and a proxy rolling out from
+/// one to the other with `rollout` (the YAML of `routes[0].rollout`).
+async fn start(
+    (stable_delay, canary_delay): (Duration, Duration),
+    rollout: &str,
+) -> (
+    sigmesh_signaling_server::ServerHandle,
+    sigmesh_signaling_server::ServerHandle,
+    sigmesh::app::Proxy,
+) {
+    let stable = server("stable", stable_delay).await;
+    let canary = server("canary", canary_delay).await;
+    let p = proxy(&config(stable.local_addr, canary.local_addr, rollout), &[]).await;
+    (stable, canary, p)
+}
+
 async fn rollout(p: &sigmesh::app::Proxy) -> Value {
-    let (status, body) = admin_get(p, "/routes/sig/rollout").await;
-    assert_eq!(status, 200, "{body}");
-    serde_json::from_str(&body).unwrap()
+    rollout_state(p, "sig").await
 }
 
 async fn post(p: &sigmesh::app::Proxy, verb: &str) -> (u16, Value) {
@@ -51,56 +65,10 @@ async fn post(p: &sigmesh::app::Proxy, verb: &str) -> (u16, Value) {
     (s, serde_json::from_str(&b).unwrap_or(Value::Null))
 }
 
-/// One session in a fresh room: which upstream served it; closed by the client (1000), or by
-/// the upstream with `code` when it is the canary's and `canary_close` is set.
-async fn churn(p: &sigmesh::app::Proxy, room: &str, canary_close: Option<u16>) -> String {
-    let mut c = ws(p.listen, &format!("/ws?room={room}")).await;
-    let who = whoami(&mut c).await;
-    let server = who["server"].as_str().unwrap().to_owned();
-    match canary_close {
-        Some(code) if server == "canary" => {
-            send(&mut c, &format!(r#"{{"type":"close","code":{code}}}"#)).await;
-            let (got, _) = recv_close(&mut c).await;
-            assert_eq!(got, code);
-        }
-        _ => {
-            futures_util::SinkExt::close(&mut c).await.unwrap();
-            let _ = recv_close(&mut c).await;
-        }
-    }
-    server
-}
-
-/// A call in a fresh room: peer a offers, peer b answers (the setup sigmesh measures).
+/// A call in a fresh room: peer a offers, peer b answers (the setup sigmesh measures); which
+/// upstream served it.
 async fn call(p: &sigmesh::app::Proxy, room: &str) -> String {
-    let path = format!("/ws?room={room}");
-    let mut a = ws(p.listen, &path).await;
-    let mut b = ws(p.listen, &path).await;
-    send(
-        &mut a,
-        &format!(r#"{{"type":"join","room":"{room}","from":"a"}}"#),
-    )
-    .await;
-    let _ = recv_json(&mut a).await;
-    send(
-        &mut b,
-        &format!(r#"{{"type":"join","room":"{room}","from":"b"}}"#),
-    )
-    .await;
-    let _ = recv_json(&mut b).await;
-    let _ = recv_json(&mut a).await; // peer-joined
-    send(
-        &mut a,
-        &format!(r#"{{"type":"offer","room":"{room}","from":"a","sdp":"v=0"}}"#),
-    )
-    .await;
-    assert_eq!(recv_json(&mut b).await["type"], "offer");
-    send(
-        &mut b,
-        &format!(r#"{{"type":"answer","room":"{room}","from":"b","sdp":"v=0"}}"#),
-    )
-    .await;
-    assert_eq!(recv_json(&mut a).await["type"], "answer");
+    let (mut a, b) = common::call(p.listen, room, ("a", "b"), ("v=0", "v=0")).await;
     let who = whoami(&mut a).await;
     for mut c in [a, b] {
         futures_util::SinkExt::close(&mut c).await.unwrap();
@@ -111,15 +79,9 @@ async fn call(p: &sigmesh::app::Proxy, room: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_healthy_canary_reaches_100_percent() {
-    let stable = server("stable", Duration::ZERO).await;
-    let canary = server("canary", Duration::ZERO).await;
-    let p = proxy(
-        &config(
-            stable.local_addr,
-            canary.local_addr,
-            "      { baseline: stable, canary: canary, steps: [30, 60, 100], interval: 1s, min_sessions: 3 }\n",
-        ),
-        &[],
+    let (_stable, _canary, p) = start(
+        (Duration::ZERO, Duration::ZERO),
+        "      { baseline: stable, canary: canary, steps: [30, 60, 100], interval: 1s, min_sessions: 3 }\n",
     )
     .await;
     let mut i = 0;
@@ -168,15 +130,9 @@ async fn a_healthy_canary_reaches_100_percent() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_canary_closing_with_1011_is_aborted_and_drained() {
-    let stable = server("stable", Duration::ZERO).await;
-    let canary = server("canary", Duration::ZERO).await;
-    let p = proxy(
-        &config(
-            stable.local_addr,
-            canary.local_addr,
-            "      { baseline: stable, canary: canary, steps: [50, 100], interval: 1s, min_sessions: 3, on_abort: { drain: 1s } }\n",
-        ),
-        &[],
+    let (_stable, _canary, p) = start(
+        (Duration::ZERO, Duration::ZERO),
+        "      { baseline: stable, canary: canary, steps: [50, 100], interval: 1s, min_sessions: 3, on_abort: { drain: 1s } }\n",
     )
     .await;
     let start = Instant::now();
@@ -248,15 +204,9 @@ async fn a_canary_closing_with_1011_is_aborted_and_drained() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_canary_3x_slower_to_answer_is_aborted() {
-    let stable = server("stable", Duration::from_millis(15)).await;
-    let canary = server("canary", Duration::from_millis(45)).await;
-    let p = proxy(
-        &config(
-            stable.local_addr,
-            canary.local_addr,
-            "      { baseline: stable, canary: canary, steps: [50, 100], interval: 1s, min_sessions: 5, abort_if: { abnormal_close_ratio: 2.0, setup_p90_ratio: 1.5 } }\n",
-        ),
-        &[],
+    let (_stable, _canary, p) = start(
+        (Duration::from_millis(15), Duration::from_millis(45)),
+        "      { baseline: stable, canary: canary, steps: [50, 100], interval: 1s, min_sessions: 5, abort_if: { abnormal_close_ratio: 2.0, setup_p90_ratio: 1.5 } }\n",
     )
     .await;
     let start = Instant::now();
@@ -288,15 +238,9 @@ async fn a_canary_3x_slower_to_answer_is_aborted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pause_resume_promote_and_weights_by_hand() {
-    let stable = server("stable", Duration::ZERO).await;
-    let canary = server("canary", Duration::ZERO).await;
-    let p = proxy(
-        &config(
-            stable.local_addr,
-            canary.local_addr,
-            "      { baseline: stable, canary: canary, steps: [10, 50, 100], interval: 1s, min_sessions: 1000 }\n",
-        ),
-        &[],
+    let (stable, canary, p) = start(
+        (Duration::ZERO, Duration::ZERO),
+        "      { baseline: stable, canary: canary, steps: [10, 50, 100], interval: 1s, min_sessions: 1000 }\n",
     )
     .await;
     eventually(|| async { rollout(&p).await["step"] == 1 }).await;

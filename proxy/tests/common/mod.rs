@@ -285,6 +285,72 @@ pub fn metric(text: &str, name_and_labels: &str) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
+/// A route's rollout as `GET /routes/ROUTE/rollout` shows it (200 asserted).
+pub async fn rollout_state(p: &Proxy, route: &str) -> serde_json::Value {
+    let (status, body) = admin_get(p, &format!("/routes/{route}/rollout")).await;
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+/// One session on `/ws?room=ROOM` (the example signaling server behind it): which upstream served
+/// it. Closed by the client (1000), or, when it is the canary's and `canary_close` is set, by the
+/// upstream with that code (asserted).
+pub async fn churn(p: &Proxy, room: &str, canary_close: Option<u16>) -> String {
+    let mut c = ws(p.listen, &format!("/ws?room={room}")).await;
+    let who = whoami(&mut c).await;
+    let server = who["server"].as_str().unwrap().to_owned();
+    match canary_close {
+        Some(code) if server == "canary" => {
+            send(&mut c, &format!(r#"{{"type":"close","code":{code}}}"#)).await;
+            let (got, _) = recv_close(&mut c).await;
+            assert_eq!(got, code);
+        }
+        _ => {
+            c.close(None).await.unwrap();
+            let _ = recv_close(&mut c).await;
+        }
+    }
+    server
+}
+
+/// A call set up on `/ws?room=ROOM`: peers `from.0` and `from.1` join, the first offers `sdp.0`
+/// and the second answers `sdp.1` (each relayed, asserted). The two sessions stay open.
+pub async fn call(
+    listen: SocketAddr,
+    room: &str,
+    from: (&str, &str),
+    sdp: (&str, &str),
+) -> (Client, Client) {
+    let path = format!("/ws?room={room}");
+    let mut a = ws(listen, &path).await;
+    let mut b = ws(listen, &path).await;
+    let join = |who: &str| format!(r#"{{"type":"join","room":"{room}","from":"{who}"}}"#);
+    send(&mut a, &join(from.0)).await;
+    let _ = recv_json(&mut a).await;
+    send(&mut b, &join(from.1)).await;
+    let _ = recv_json(&mut b).await;
+    let _ = recv_json(&mut a).await; // peer-joined
+    send(
+        &mut a,
+        &format!(
+            r#"{{"type":"offer","room":"{room}","from":"{}","sdp":"{}"}}"#,
+            from.0, sdp.0
+        ),
+    )
+    .await;
+    assert_eq!(recv_json(&mut b).await["type"], "offer");
+    send(
+        &mut b,
+        &format!(
+            r#"{{"type":"answer","room":"{room}","from":"{}","sdp":"{}"}}"#,
+            from.1, sdp.1
+        ),
+    )
+    .await;
+    assert_eq!(recv_json(&mut a).await["type"], "answer");
+    (a, b)
+}
+
 /// What a scripted upstream saw.
 #[derive(Debug)]
 pub enum Seen {
