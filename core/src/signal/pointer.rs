@@ -26,9 +26,10 @@ pub fn pointer_values<const N: usize>(text: &str, pointers: [&str; N]) -> [Optio
     if mask == 0 || !looks_like_json(text) {
         return out;
     }
+    let tokens = pointers.map(Tokens::of);
     let mut de = serde_json::Deserializer::from_str(text);
     let walk = Walk {
-        pointers: &pointers,
+        tokens: &tokens,
         mask,
         depth: 0,
         out: &mut out,
@@ -51,15 +52,70 @@ pub(super) fn looks_like_json(text: &str) -> bool {
 
 // === the streaming pointer walk ===
 
-/// Token `depth` (0-based) of a pointer, unescaped; `None` past the last token.
-pub(super) fn token(pointer: &str, depth: usize) -> Option<Cow<'_, str>> {
-    let t = pointer.strip_prefix('/')?.split('/').nth(depth)?;
-    // The same unescaping, in the same order, as serde_json's `Value::pointer`.
-    Some(if t.contains('~') {
-        Cow::Owned(t.replace("~1", "/").replace("~0", "~"))
-    } else {
-        Cow::Borrowed(t)
-    })
+/// A pointer's reference tokens, split once per message (as written: `~0` and `~1` are undone
+/// only for a pointer that has a `~`).
+pub(super) struct Tokens<'p> {
+    first: [&'p str; 8],
+    len: usize,
+    pointer: &'p str,
+    tilde: bool,
+}
+
+impl<'p> Tokens<'p> {
+    pub(super) fn of(pointer: &'p str) -> Tokens<'p> {
+        let mut t = Tokens {
+            first: [""; 8],
+            len: 0,
+            pointer,
+            tilde: pointer.contains('~'),
+        };
+        if let Some(rest) = pointer.strip_prefix('/') {
+            for (i, tok) in rest.split('/').enumerate() {
+                if let Some(slot) = t.first.get_mut(i) {
+                    *slot = tok;
+                }
+                t.len = i + 1;
+            }
+        }
+        t
+    }
+
+    /// Whether the pointer ends at `depth` (has no token there).
+    #[inline]
+    pub(super) fn ends_at(&self, depth: usize) -> bool {
+        depth >= self.len
+    }
+
+    /// Token `depth`, as written; `None` past the last one.
+    #[inline]
+    pub(super) fn get(&self, depth: usize) -> Option<&'p str> {
+        if depth >= self.len {
+            return None;
+        }
+        match self.first.get(depth) {
+            Some(t) => Some(t),
+            None => self.pointer[1..].split('/').nth(depth),
+        }
+    }
+
+    /// Token `depth` unescaped (RFC 6901, in serde_json's order).
+    pub(super) fn unescaped(&self, depth: usize) -> Option<Cow<'p, str>> {
+        let t = self.get(depth)?;
+        Some(if self.tilde && t.contains('~') {
+            Cow::Owned(t.replace("~1", "/").replace("~0", "~"))
+        } else {
+            Cow::Borrowed(t)
+        })
+    }
+
+    /// Whether token `depth` is `key` (unescaped).
+    #[inline]
+    pub(super) fn matches(&self, depth: usize, key: &str) -> bool {
+        if self.tilde {
+            return self.unescaped(depth).is_some_and(|t| t == key);
+        }
+        self.get(depth) == Some(key)
+    }
 }
 
 /// An array index token, as serde_json's `Value::pointer` reads it.
@@ -72,7 +128,7 @@ pub(super) fn index(token: &str) -> Option<usize> {
 
 /// Visits one JSON value for the pointers in `mask`, all of which have matched `depth` tokens.
 struct Walk<'a, const N: usize> {
-    pointers: &'a [&'a str; N],
+    tokens: &'a [Tokens<'a>; N],
     mask: u64,
     depth: usize,
     out: &'a mut [Option<String>; N],
@@ -84,28 +140,17 @@ impl<'a, const N: usize> Walk<'a, N> {
         (0..N.min(64)).filter(move |i| mask & (1 << i) != 0)
     }
 
-    /// The unescaped token at `depth` of each pointer in `mask` (computed once per node).
-    fn tokens(&self) -> [Option<Cow<'a, str>>; N] {
-        std::array::from_fn(|i| {
-            if self.mask & (1 << i) != 0 {
-                token(self.pointers[i], self.depth)
-            } else {
-                None
-            }
-        })
-    }
-
-    /// The pointers whose token (from [`Walk::tokens`]) satisfies `f`.
-    fn child_mask<T>(&self, tokens: &[Option<T>; N], f: impl Fn(&T) -> bool) -> u64 {
+    /// The pointers in `mask` whose token at `depth` satisfies `f`.
+    fn child_mask(&self, f: impl Fn(&Tokens<'a>) -> bool) -> u64 {
         self.bits()
-            .filter(|&i| tokens[i].as_ref().is_some_and(&f))
+            .filter(|&i| f(&self.tokens[i]))
             .fold(0, |m, i| m | 1 << i)
     }
 
     /// Sets every pointer that ends here to `value`.
     fn leaf(self, value: impl Fn() -> String) {
         for i in self.bits() {
-            if token(self.pointers[i], self.depth).is_none() {
+            if self.tokens[i].ends_at(self.depth) {
                 self.out[i] = Some(value());
             }
         }
@@ -164,14 +209,13 @@ impl<'de, const N: usize> Visitor<'de> for Walk<'_, N> {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        let tokens = self.tokens();
         while let Some(Key(key)) = map.next_key()? {
-            let mask = self.child_mask(&tokens, |t| *t == key);
+            let mask = self.child_mask(|t| t.matches(self.depth, &key));
             if mask == 0 {
                 map.next_value::<IgnoredAny>()?;
             } else {
                 map.next_value_seed(Walk {
-                    pointers: self.pointers,
+                    tokens: self.tokens,
                     mask,
                     depth: self.depth + 1,
                     out: &mut *self.out,
@@ -182,15 +226,24 @@ impl<'de, const N: usize> Visitor<'de> for Walk<'_, N> {
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        let indices: [Option<usize>; N] = self.tokens().map(|t| t.and_then(|t| index(&t)));
+        let indices: [Option<usize>; N] = std::array::from_fn(|i| {
+            if self.mask & (1 << i) != 0 {
+                self.tokens[i].unescaped(self.depth).and_then(|t| index(&t))
+            } else {
+                None
+            }
+        });
         let mut n = 0usize;
         loop {
-            let mask = self.child_mask(&indices, |&i| i == n);
+            let mask = self
+                .bits()
+                .filter(|&i| indices[i] == Some(n))
+                .fold(0, |m, i| m | 1 << i);
             let more = if mask == 0 {
                 seq.next_element::<IgnoredAny>()?.is_some()
             } else {
                 seq.next_element_seed(Walk {
-                    pointers: self.pointers,
+                    tokens: self.tokens,
                     mask,
                     depth: self.depth + 1,
                     out: &mut *self.out,

@@ -9,7 +9,7 @@ use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqA
 
 use super::KNOWN_TYPES;
 use super::kind::{Dialect, SignalKind};
-use super::pointer::{Key, index};
+use super::pointer::{Key, Tokens, index};
 use super::socketio;
 
 /// Walks `body`; `None` if it is not well-formed JSON.
@@ -155,71 +155,6 @@ pub(super) struct Wanted<'p, 't> {
     /// `signaling.type`, `.room`, `.peer`; `""` when unset.
     pub(super) pointers: [&'p str; 3],
     pub(super) out: [Option<Cow<'t, str>>; 3],
-}
-
-/// A pointer's reference tokens, split once per message (as written: `~0` and `~1` are undone
-/// only for a pointer that has a `~`).
-struct Tokens<'p> {
-    first: [&'p str; 8],
-    len: usize,
-    pointer: &'p str,
-    tilde: bool,
-}
-
-impl<'p> Tokens<'p> {
-    fn of(pointer: &'p str) -> Tokens<'p> {
-        let mut t = Tokens {
-            first: [""; 8],
-            len: 0,
-            pointer,
-            tilde: pointer.contains('~'),
-        };
-        if let Some(rest) = pointer.strip_prefix('/') {
-            for (i, tok) in rest.split('/').enumerate() {
-                if let Some(slot) = t.first.get_mut(i) {
-                    *slot = tok;
-                }
-                t.len = i + 1;
-            }
-        }
-        t
-    }
-
-    /// Whether the pointer ends at `depth` (has no token there).
-    #[inline]
-    fn ends_at(&self, depth: usize) -> bool {
-        depth >= self.len
-    }
-
-    /// Token `depth`, as written; `None` past the last one.
-    #[inline]
-    fn get(&self, depth: usize) -> Option<&'p str> {
-        if depth >= self.len {
-            return None;
-        }
-        match self.first.get(depth) {
-            Some(t) => Some(t),
-            None => self.pointer[1..].split('/').nth(depth),
-        }
-    }
-
-    /// Token `depth` unescaped (RFC 6901, in serde_json's order).
-    fn unescaped(&self, depth: usize) -> Option<Cow<'p, str>> {
-        let t = self.get(depth)?;
-        Some(if self.tilde && t.contains('~') {
-            Cow::Owned(t.replace("~1", "/").replace("~0", "~"))
-        } else {
-            Cow::Borrowed(t)
-        })
-    }
-
-    #[inline]
-    fn matches(&self, depth: usize, key: &str) -> bool {
-        if self.tilde {
-            return self.unescaped(depth).is_some_and(|t| t == key);
-        }
-        self.get(depth) == Some(key)
-    }
 }
 
 /// What a member's key says about its value.
